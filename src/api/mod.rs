@@ -1,0 +1,642 @@
+//! The local HTTP API for registers (and the CLI): routes, bearer auth, and the JSON shapes
+//! that are a contract (see README "Local API").
+
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tower_http::trace::TraceLayer;
+
+use crate::clock::{self, SharedClock};
+use crate::config::{Role, Settings, sha256};
+use crate::ledger::{self, Balance, RedeemRefusal, State as TxnState};
+use crate::metrics::Metrics;
+use crate::store::{AcceptCtx, AcceptOutcome, CustomerRow, LookupColumn, Store, TxnFilter, TxnRow};
+use crate::sync::SyncEngine;
+use crate::upstream::health::Health;
+pub use problem::ApiError;
+
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Everything a request handler needs; one struct instead of long argument lists.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub sync: Arc<SyncEngine>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+}
+
+type AppRef = Arc<AppState>;
+
+/// Who is calling, from their token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+pub fn router(state: AppRef) -> Router {
+    let authed = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/customers", get(find_customer))
+        .route("/v1/customers/{id}", get(get_customer))
+        .route(
+            "/v1/transactions",
+            get(list_transactions).post(post_transaction),
+        )
+        .route("/v1/transactions/{txn_id}", get(get_transaction))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .merge(authed)
+        .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn auth(State(st): State<AppRef>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let caller = presented.and_then(|tok| {
+        // Only digests are compared; the token itself is never stored or logged.
+        let h = sha256(tok.as_bytes());
+        st.settings
+            .tokens
+            .iter()
+            .find(|t| t.sha256 == h)
+            .map(|t| Caller {
+                name: t.name.clone(),
+                role: t.role,
+            })
+    });
+    match caller {
+        Some(c) => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        None => {
+            tracing::warn!(
+                path = %req.uri().path(),
+                token_sent = presented.is_some(),
+                "request refused: missing or unknown token"
+            );
+            ApiError::Unauthorized.into_response()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    online: bool,
+    store_id: String,
+    version: &'static str,
+    upstream: UpstreamView,
+    queue: QueueView,
+    cache: CacheView,
+}
+
+#[derive(Serialize)]
+struct UpstreamView {
+    kind: &'static str,
+    last_ok_at: Option<String>,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    paused_until: Option<String>,
+    auth_failed: bool,
+}
+
+#[derive(Serialize)]
+struct QueueView {
+    pending: i64,
+    sending: i64,
+    ambiguous: i64,
+    needs_review: i64,
+    rejected: i64,
+    applied: i64,
+    oldest_pending_age_s: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct CacheView {
+    customers: i64,
+    last_full_refresh_at: Option<String>,
+}
+
+async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> {
+    let q = st.store.queue_stats().await?;
+    let customers = st.store.customer_count().await?;
+    let last_refresh = st
+        .store
+        .meta("last_full_refresh_at")
+        .await?
+        .and_then(|v| v.parse::<i64>().ok());
+    let h = st.health.snapshot();
+    let now = st.clock.now_ms();
+    Ok(Json(StatusView {
+        online: h.online && !h.auth_failed,
+        store_id: st.settings.config.agent.store_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        upstream: UpstreamView {
+            kind: st.sync.upstream().kind(),
+            last_ok_at: h.last_ok_at.map(clock::rfc3339),
+            last_error: h.last_error,
+            last_error_at: h.last_error_at.map(clock::rfc3339),
+            paused_until: h.paused_until.filter(|u| *u > now).map(clock::rfc3339),
+            auth_failed: h.auth_failed,
+        },
+        queue: QueueView {
+            pending: q.pending,
+            sending: q.sending,
+            ambiguous: q.ambiguous,
+            needs_review: q.needs_review,
+            rejected: q.rejected,
+            applied: q.applied,
+            oldest_pending_age_s: q
+                .oldest_pending_created_at
+                .map(|t| ((now - t) / 1000).max(0)),
+        },
+        cache: CacheView {
+            customers,
+            last_full_refresh_at: last_refresh.map(clock::rfc3339),
+        },
+    }))
+}
+
+#[derive(Serialize)]
+pub struct CustomerView {
+    pub customer_id: String,
+    pub code: Option<String>,
+    pub barcode: Option<String>,
+    pub name: Option<String>,
+    pub balance: Balance,
+    /// When `confirmed` was last confirmed by the upstream.
+    pub as_of: Option<String>,
+    /// The figure may be out of date: offline, never confirmed, or older than `stale_after_s`.
+    pub stale: bool,
+    pub online: bool,
+    pub expires_at: Option<String>,
+    /// The upstream expiry date has passed: confirmed points are not spendable offline.
+    pub expired: bool,
+    pub tier: Option<String>,
+    /// Created offline; the upstream has not confirmed this customer yet.
+    pub local_only: bool,
+}
+
+fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
+    let now = st.clock.now_ms();
+    let online = st.health.is_online();
+    let stale_after = st.settings.config.sync.stale_after_s as i64 * 1000;
+    let balance = c.balance();
+    CustomerView {
+        stale: !online || c.as_of.is_none_or(|t| now - t > stale_after),
+        online,
+        expired: ledger::is_expired(c.expires_at.as_deref(), &clock::jst_date(now)),
+        tier: ledger::tier_for(balance.available, &st.settings.config.tiers),
+        as_of: c.as_of.map(clock::rfc3339),
+        customer_id: c.customer_id,
+        code: c.code,
+        barcode: c.barcode,
+        name: c.name,
+        balance,
+        expires_at: c.expires_at,
+        local_only: c.local_only,
+    }
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
+    if ledger::is_valid_id(v) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            field,
+            "must be 1-64 printable ASCII characters without spaces",
+        ))
+    }
+}
+
+async fn get_customer(
+    State(st): State<AppRef>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, ApiError> {
+    check_id("customer_id", &id)?;
+    match st.store.customer(&id).await? {
+        Some(c) => Ok(Json(customer_view(&st, c))),
+        None => Err(ApiError::NotFound(format!(
+            "No customer with id {id:?} in the local cache."
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    code: Option<String>,
+    barcode: Option<String>,
+    /// Anything a cashier typed or scanned: customer id, member code or barcode.
+    q: Option<String>,
+}
+
+async fn find_customer(
+    State(st): State<AppRef>,
+    query: Result<Query<FindQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::field("(query)", e.body_text()))?;
+    let found = match (q.code, q.barcode, q.q) {
+        (Some(code), None, None) => {
+            check_id("code", &code)?;
+            st.store.customer_by(LookupColumn::Code, &code).await?
+        }
+        (None, Some(bc), None) => {
+            check_id("barcode", &bc)?;
+            st.store.customer_by(LookupColumn::Barcode, &bc).await?
+        }
+        (None, None, Some(any)) => {
+            let any = any.trim().to_string();
+            check_id("q", &any)?;
+            match st.store.customer(&any).await? {
+                Some(c) => Some(c),
+                None => match st.store.customer_by(LookupColumn::Code, &any).await? {
+                    Some(c) => Some(c),
+                    None => st.store.customer_by(LookupColumn::Barcode, &any).await?,
+                },
+            }
+        }
+        _ => {
+            return Err(ApiError::field(
+                "(query)",
+                "give exactly one of code=, barcode= or q=",
+            ));
+        }
+    };
+    found
+        .map(|c| Json(customer_view(&st, c)))
+        .ok_or_else(|| ApiError::NotFound("No customer matches that code or barcode.".into()))
+}
+
+#[derive(Serialize)]
+pub struct TxnView {
+    pub txn_id: String,
+    pub customer_id: String,
+    pub kind: String,
+    /// Signed change to the balance.
+    pub delta: i64,
+    pub purchase_amount: Option<i64>,
+    pub state: TxnState,
+    pub attempts: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub reason: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub token_name: String,
+    /// The upstream's balance after applying this, or its reason for refusing.
+    pub upstream_balance: Option<i64>,
+    pub upstream_result: Option<Value>,
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
+}
+
+fn txn_view(t: TxnRow) -> TxnView {
+    TxnView {
+        next_attempt_at: matches!(t.state, TxnState::Pending | TxnState::Ambiguous)
+            .then(|| clock::rfc3339(t.next_attempt_at)),
+        created_at: clock::rfc3339(t.created_at),
+        updated_at: clock::rfc3339(t.updated_at),
+        upstream_result: t
+            .upstream_result
+            .as_deref()
+            .map(|s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))),
+        txn_id: t.txn_id,
+        customer_id: t.customer_id,
+        kind: t.kind,
+        delta: t.delta,
+        purchase_amount: t.purchase_amount,
+        state: t.state,
+        attempts: t.attempts,
+        last_error: t.last_error,
+        reason: t.reason,
+        register_id: t.register_id,
+        staff_id: t.staff_id,
+        token_name: t.token_name,
+        upstream_balance: t.upstream_balance,
+        resolved_by: t.resolved_by,
+        resolution_note: t.resolution_note,
+    }
+}
+
+/// The answer to a write: the transaction, whether the upstream already confirmed it, and
+/// the customer's balance now.
+#[derive(Serialize)]
+struct WriteAnswer {
+    #[serde(flatten)]
+    txn: TxnView,
+    /// `confirmed`: applied upstream. `queued`: saved here, will sync.
+    status: &'static str,
+    balance: Balance,
+    customer: CustomerView,
+}
+
+async fn post_transaction(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let r = write_transaction(&st, &caller, &headers, body).await;
+    st.metrics.count_write(match &r {
+        Ok((StatusCode::CREATED, _)) => "created",
+        Ok(_) => "replayed",
+        Err(ApiError::Store(_)) => "storage_error",
+        Err(ApiError::Conflict { .. }) => "conflict",
+        Err(_) => "invalid",
+    });
+    r.map(|(status, body)| (status, body).into_response())
+}
+
+async fn write_transaction(
+    st: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<WriteAnswer>), ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadJson(e.body_text())
+        }
+    })?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::field("Idempotency-Key", "must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let cfg = &st.settings.config;
+    let new = ledger::validate_txn(&value, header_key, &cfg.earn).map_err(ApiError::Validation)?;
+    let now = st.clock.now_ms();
+    let online = st.health.is_online();
+    let ctx = AcceptCtx {
+        now_ms: now,
+        today: clock::jst_date(now),
+        online,
+        token_name: caller.name.clone(),
+        earn: cfg.earn.clone(),
+        offline: cfg.offline.clone(),
+    };
+    let txn_id = new.txn_id.clone();
+    let customer_id = new.customer_id.clone();
+    // Watch before the row exists, so a fast push cannot settle it unseen.
+    let watch = online.then(|| st.sync.watch(&txn_id));
+    let outcome = st.store.accept(new, ctx).await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            st.sync.unwatch(&txn_id);
+            return Err(e.into());
+        }
+    };
+    match outcome {
+        AcceptOutcome::Created { txn, .. } => {
+            tracing::info!(txn_id = %txn.txn_id, customer_id = %txn.customer_id, kind = %txn.kind, delta = txn.delta, register = %caller.name, "transaction accepted");
+            st.sync.kick();
+            if let Some(rx) = watch {
+                // Write-through: give the upstream a short budget to confirm.
+                let budget = st.settings.sync_durations().online_budget;
+                let _ = tokio::time::timeout(budget, rx).await;
+                st.sync.unwatch(&txn_id);
+            }
+            let answer = current_answer(st, &txn_id).await?;
+            Ok((StatusCode::CREATED, answer))
+        }
+        AcceptOutcome::Replay { .. } => {
+            st.sync.unwatch(&txn_id);
+            let answer = current_answer(st, &txn_id).await?;
+            Ok((StatusCode::OK, answer))
+        }
+        AcceptOutcome::Conflict { existing } => {
+            st.sync.unwatch(&txn_id);
+            Err(ApiError::Conflict {
+                code: "idempotency_conflict",
+                title: "Idempotency key reused",
+                detail: format!(
+                    "txn_id {:?} was already used for a different request (customer {}, {} {}). Use a new txn_id for a new transaction.",
+                    existing.txn_id, existing.customer_id, existing.kind, existing.delta
+                ),
+                txn_id: Some(existing.txn_id),
+            })
+        }
+        AcceptOutcome::UnknownCustomer => {
+            st.sync.unwatch(&txn_id);
+            Err(ApiError::NotFound(format!(
+                "No customer with id {customer_id:?} in the local cache; check the id or look the customer up by code or barcode."
+            )))
+        }
+        AcceptOutcome::Refused { refusal, .. } => {
+            st.sync.unwatch(&txn_id);
+            let (code, title, detail) = match refusal {
+                RedeemRefusal::Insufficient {
+                    requested,
+                    spendable,
+                } => (
+                    "insufficient_points",
+                    "Not enough points",
+                    format!(
+                        "Redeeming {requested} points needs more than the {spendable} points available."
+                    ),
+                ),
+                RedeemRefusal::OfflineDisabled => (
+                    "offline_redeem_disabled",
+                    "Redeem not allowed offline",
+                    "The upstream is unreachable and this store does not allow redeeming points offline (offline.allow_redeem = false). Try again when the store is online.".to_string(),
+                ),
+                RedeemRefusal::OfflineLimit { requested, limit } => (
+                    "offline_redeem_limit",
+                    "Offline redeem limit",
+                    format!(
+                        "The upstream is unreachable; offline, at most {limit} points can be redeemed at once (asked for {requested})."
+                    ),
+                ),
+            };
+            Err(ApiError::Conflict {
+                code,
+                title,
+                detail,
+                txn_id: None,
+            })
+        }
+    }
+}
+
+/// The transaction as it stands now, with the customer's current balance.
+async fn current_answer(st: &AppState, txn_id: &str) -> Result<Json<WriteAnswer>, ApiError> {
+    let txn = st
+        .store
+        .txn(txn_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("transaction vanished".into()))?;
+    if txn.state == TxnState::Rejected {
+        let reason = txn
+            .upstream_result
+            .clone()
+            .or(txn.last_error.clone())
+            .unwrap_or_default();
+        return Err(ApiError::Conflict {
+            code: "upstream_rejected",
+            title: "Refused by the upstream",
+            detail: format!(
+                "The upstream refused this transaction, so it does not count: {reason}"
+            ),
+            txn_id: Some(txn.txn_id),
+        });
+    }
+    let customer = st
+        .store
+        .customer(&txn.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("customer vanished".into()))?;
+    let status = if txn.state == TxnState::Applied {
+        "confirmed"
+    } else {
+        "queued"
+    };
+    let view = customer_view(st, customer);
+    Ok(Json(WriteAnswer {
+        txn: txn_view(txn),
+        status,
+        balance: view.balance,
+        customer: view,
+    }))
+}
+
+async fn get_transaction(
+    State(st): State<AppRef>,
+    Path(txn_id): Path<String>,
+) -> Result<Json<TxnView>, ApiError> {
+    check_id("txn_id", &txn_id)?;
+    st.store
+        .txn(&txn_id)
+        .await?
+        .map(|t| Json(txn_view(t)))
+        .ok_or_else(|| ApiError::NotFound(format!("No transaction with txn_id {txn_id:?}.")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    customer_id: Option<String>,
+    register_id: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct TxnList {
+    transactions: Vec<TxnView>,
+}
+
+async fn list_transactions(
+    State(st): State<AppRef>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TxnList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::field("(query)", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TxnState::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "state",
+                "must be one of pending, sending, ambiguous, applied, rejected, needs_review, discarded",
+            )
+        })?),
+    };
+    if let Some(c) = &q.customer_id {
+        check_id("customer_id", c)?;
+    }
+    if let Some(r) = &q.register_id {
+        check_id("register_id", r)?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::field("limit", "must be 1..=1000"));
+    }
+    let rows = st
+        .store
+        .list_txns(TxnFilter {
+            state,
+            customer_id: q.customer_id,
+            register_id: q.register_id,
+            limit,
+        })
+        .await?;
+    Ok(Json(TxnList {
+        transactions: rows.into_iter().map(txn_view).collect(),
+    }))
+}
+
+async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
+    let q = st.store.queue_stats().await?;
+    let m = &st.metrics;
+    for (state, n) in [
+        ("pending", q.pending),
+        ("sending", q.sending),
+        ("ambiguous", q.ambiguous),
+        ("applied", q.applied),
+        ("rejected", q.rejected),
+        ("needs_review", q.needs_review),
+        ("discarded", q.discarded),
+    ] {
+        m.queue_depth
+            .get_or_create(&crate::metrics::StateLabels { state })
+            .set(n);
+    }
+    let now = st.clock.now_ms();
+    m.oldest_pending_age.set(
+        q.oldest_pending_created_at
+            .map_or(0, |t| ((now - t) / 1000).max(0)),
+    );
+    m.cache_customers.set(st.store.customer_count().await?);
+    m.online.set(st.health.is_online() as i64);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response())
+}
+
+/// How long the API waits at most for in-flight requests at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

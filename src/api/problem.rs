@@ -1,0 +1,153 @@
+//! `application/problem+json` (RFC 9457) answers. Every error the local API gives is one of
+//! these, with a stable `code` a register can branch on and a `detail` a person can read.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::ledger::FieldError;
+use crate::store::StoreError;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable reason, e.g. `insufficient_points`.
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txn_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("missing or unknown bearer token")]
+    Unauthorized,
+    #[error("this token may not do that")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{detail}")]
+    Conflict {
+        code: &'static str,
+        title: &'static str,
+        detail: String,
+        txn_id: Option<String>,
+    },
+    #[error("request body too large")]
+    TooLarge,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        match self {
+            ApiError::BadJson(d) => (
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                "Malformed JSON",
+                format!("The body is not valid JSON ({d}). Send a JSON object."),
+            ),
+            ApiError::Validation(errs) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "Send `Authorization: Bearer <token>` with a register token from the config."
+                    .into(),
+            ),
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", d.clone()),
+            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", "Not found", d.clone()),
+            ApiError::Conflict {
+                code,
+                title,
+                detail,
+                ..
+            } => (StatusCode::CONFLICT, code, title, detail.clone()),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "Request body too large",
+                "Request bodies are limited to 64 KiB.".into(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                "This path does not accept that HTTP method.".into(),
+            ),
+            ApiError::Store(StoreError::Full) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                "Storage full",
+                "The disk is full, so nothing was saved. Free space in the data dir; retry the same request (same txn_id) afterwards.".into(),
+            ),
+            ApiError::Store(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_error",
+                "Storage error",
+                format!("The transaction was not saved ({e}). Retry with the same txn_id."),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(code, %detail, "request failed");
+        }
+        let (errors, txn_id) = match self {
+            ApiError::Validation(e) => (e, None),
+            ApiError::Conflict { txn_id, .. } => (Vec::new(), txn_id),
+            _ => (Vec::new(), None),
+        };
+        let body = Problem {
+            type_: format!("urn:pointsd:problem:{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            code,
+            errors,
+            txn_id,
+        };
+        let mut r = (status, Json(body)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}

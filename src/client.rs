@@ -1,0 +1,257 @@
+//! The CLI's client of a running daemon: it talks to the local API like a register does and
+//! turns problem+json answers into readable errors.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach pointsd at {url}: {reason}. Is it running? (`pointsd status --url ...`, or check the service)"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("{title} ({status}): {detail}{}", if errors.is_empty() { String::new() } else { format!("\n{}", errors.join("\n")) })]
+    Problem {
+        status: u16,
+        code: String,
+        title: String,
+        detail: String,
+        errors: Vec<String>,
+    },
+    #[error("unexpected answer from pointsd: {0}")]
+    Unexpected(String),
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .no_proxy()
+                .build()
+                .expect("static client config"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let rb = self.http.get(format!("{}{path}", self.base));
+        self.send(rb).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut rb = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(k) = idempotency_key {
+            rb = rb.header("Idempotency-Key", k);
+        }
+        self.send(rb).await
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let resp =
+            rb.bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: e.to_string(),
+                })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if status.is_success() {
+            return Ok(v);
+        }
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let errors = v
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        format!(
+                            "  - {}: {}",
+                            e.get("field").and_then(Value::as_str).unwrap_or("?"),
+                            e.get("message").and_then(Value::as_str).unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Err(ClientError::Problem {
+            status: status.as_u16(),
+            code: s("code"),
+            title: if s("title").is_empty() {
+                status.to_string()
+            } else {
+                s("title")
+            },
+            detail: if s("detail").is_empty() {
+                text
+            } else {
+                s("detail")
+            },
+            errors,
+        })
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        cur = match cur.get(p) {
+            Some(c) => c,
+            None => return "-".into(),
+        };
+    }
+    match cur {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => group_thousands(n.as_i64().unwrap_or(0)),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// 12345 → "12,345", as cashiers read numbers.
+pub fn group_thousands(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+pub fn render_status(v: &Value) -> String {
+    let online = v.get("online").and_then(Value::as_bool).unwrap_or(false);
+    let mut s = format!(
+        "store {}  {}  (upstream {}, last ok {})\n",
+        num(v, &["store_id"]),
+        if online { "ONLINE" } else { "OFFLINE" },
+        num(v, &["upstream", "kind"]),
+        num(v, &["upstream", "last_ok_at"]),
+    );
+    if let Some(e) = v.pointer("/upstream/last_error").and_then(Value::as_str) {
+        s.push_str(&format!("last upstream error: {e}\n"));
+    }
+    s.push_str(&format!(
+        "queue: {} pending, {} sending, {} ambiguous, {} needs review, {} rejected (oldest pending {} s)\n",
+        num(v, &["queue", "pending"]),
+        num(v, &["queue", "sending"]),
+        num(v, &["queue", "ambiguous"]),
+        num(v, &["queue", "needs_review"]),
+        num(v, &["queue", "rejected"]),
+        num(v, &["queue", "oldest_pending_age_s"]),
+    ));
+    s.push_str(&format!(
+        "cache: {} customers, last full refresh {}\n",
+        num(v, &["cache", "customers"]),
+        num(v, &["cache", "last_full_refresh_at"]),
+    ));
+    s
+}
+
+pub fn render_customer(v: &Value) -> String {
+    let stale = v.get("stale").and_then(Value::as_bool).unwrap_or(true);
+    format!(
+        "{} ({}, code {})\navailable {} points = confirmed {} + pending {}\nas of {}{}; expires {}; tier {}\n",
+        num(v, &["name"]),
+        num(v, &["customer_id"]),
+        num(v, &["code"]),
+        num(v, &["balance", "available"]),
+        num(v, &["balance", "confirmed"]),
+        num(v, &["balance", "pending"]),
+        num(v, &["as_of"]),
+        if stale { " (may be out of date)" } else { "" },
+        num(v, &["expires_at"]),
+        num(v, &["tier"]),
+    )
+}
+
+pub fn render_write(v: &Value) -> String {
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
+    format!(
+        "{} {} {} points for customer {}: {}\navailable now {} points\n",
+        num(v, &["txn_id"]),
+        num(v, &["kind"]),
+        num(v, &["delta"]),
+        num(v, &["customer_id"]),
+        if status == "confirmed" {
+            "confirmed by the upstream"
+        } else {
+            "saved — will sync"
+        },
+        num(v, &["balance", "available"]),
+    )
+}
+
+pub fn render_queue(v: &Value) -> String {
+    let rows = v
+        .get("transactions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no transactions\n".into();
+    }
+    let mut s = format!(
+        "{:<24} {:<10} {:<8} {:>10} {:<13} {:>4}  {}\n",
+        "TXN", "CUSTOMER", "KIND", "DELTA", "STATE", "TRY", "LAST ERROR"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<24} {:<10} {:<8} {:>10} {:<13} {:>4}  {}\n",
+            num(&r, &["txn_id"]),
+            num(&r, &["customer_id"]),
+            num(&r, &["kind"]),
+            num(&r, &["delta"]),
+            num(&r, &["state"]),
+            num(&r, &["attempts"]),
+            num(&r, &["last_error"]),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1000), "1,000");
+        assert_eq!(group_thousands(-1234567), "-1,234,567");
+    }
+
+    #[test]
+    fn renders_a_queued_write() {
+        let v = serde_json::json!({"txn_id":"t1","kind":"earn","delta":5,"customer_id":"7","status":"queued","balance":{"available":12005}});
+        let s = render_write(&v);
+        assert!(
+            s.contains("saved — will sync") && s.contains("12,005"),
+            "{s}"
+        );
+    }
+}

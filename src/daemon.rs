@@ -1,0 +1,222 @@
+//! Wiring: opens the data dir and database, builds the upstream (starting the in-process
+//! simulator for `kind = "sim"`), starts the sync workers and serves the API until the
+//! shutdown token fires; then stops accepting, lets in-flight requests and the current sync
+//! step finish, and waits for every task under a deadline.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::config::{Settings, UpstreamKind};
+use crate::metrics::Metrics;
+use crate::sim::{SimHandle, SimOptions};
+use crate::store::{Store, StoreError};
+use crate::sync::schedule::Schedule;
+use crate::sync::{SyncEngine, SyncOptions};
+use crate::upstream::Upstream;
+use crate::upstream::health::{Health, Observed};
+use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+
+/// How long shutdown waits for tasks before giving up on them.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "cannot create or use the data dir {path}: {source}. Create it and make it writable by the user pointsd runs as"
+    )]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another pointsd is already running with the data dir {path} (lock file {lock} is held). Stop it first, or give this one its own --data-dir"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the upstream: {0}")]
+    Upstream(String),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything `run` needs. Tests build one with a port-0 listener and their own token.
+pub struct RunConfig {
+    pub settings: Arc<Settings>,
+    pub data_dir: PathBuf,
+    pub listener: TcpListener,
+    pub shutdown: CancellationToken,
+    pub clock: SharedClock,
+}
+
+/// Holds the data dir's lock file for the daemon's lifetime.
+pub struct DataDirLock {
+    _file: File,
+}
+
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, DaemonError> {
+    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let lock = dir.join("pointsd.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| DaemonError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked {
+            path: dir.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn build_upstream(settings: &Settings, sim: Option<&SimHandle>) -> Result<Smaregi, DaemonError> {
+    let u = &settings.config.upstream;
+    let s = match (u.kind, sim) {
+        (UpstreamKind::Sim, Some(sim)) => {
+            let o = sim.options();
+            SmaregiSettings {
+                contract_id: o.contract_id,
+                client_id: o.client_id,
+                client_secret: crate::config::Secret::new(o.client_secret),
+                id_base: sim.url(),
+                api_base: sim.url(),
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                request_timeout: Duration::from_millis(u.request_timeout_ms),
+                proxy: None,
+                page_limit: PAGE_LIMIT,
+            }
+        }
+        _ => {
+            let sm = u
+                .smaregi
+                .clone()
+                .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
+            SmaregiSettings {
+                contract_id: sm.contract_id,
+                client_id: sm.client_id,
+                client_secret: sm.client_secret,
+                id_base: sm.id_base,
+                api_base: sm.api_base,
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                request_timeout: Duration::from_millis(u.request_timeout_ms),
+                proxy: u.proxy.clone(),
+                page_limit: PAGE_LIMIT,
+            }
+        }
+    };
+    Smaregi::new(s).map_err(|e| DaemonError::Upstream(e.to_string()))
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
+    let RunConfig {
+        settings,
+        data_dir,
+        listener,
+        shutdown,
+        clock,
+    } = rc;
+    let _lock = lock_data_dir(&data_dir)?;
+    let store = Store::open(&data_dir.join("pointsd.db"))?;
+
+    let sim = if settings.config.upstream.kind == UpstreamKind::Sim {
+        let sc = &settings.config.upstream.sim;
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let h = SimHandle::start(
+            local,
+            local,
+            SimOptions {
+                customers: sc.customers,
+                seed: sc.seed,
+                state_file: Some(data_dir.join("sim-state.json")),
+                ..SimOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| DaemonError::Upstream(format!("simulator: {e}")))?;
+        tracing::info!(url = %h.url(), admin = %h.admin_url(), "built-in upstream simulator started");
+        Some(h)
+    } else {
+        None
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(clock.clone()));
+    let adapter = build_upstream(&settings, sim.as_ref())?;
+    let upstream: Arc<dyn Upstream> =
+        Arc::new(Observed::new(adapter, health.clone(), metrics.clone()));
+    let sc = &settings.config.sync;
+    let durations = settings.sync_durations();
+    let engine = SyncEngine::new(
+        store.clone(),
+        upstream,
+        health.clone(),
+        clock.clone(),
+        SyncOptions {
+            concurrency: sc.concurrency as usize,
+            pull_interval: durations.pull_interval,
+            probe_interval: durations.probe_interval,
+            schedule: Schedule {
+                initial: Duration::from_millis(sc.backoff_initial_ms),
+                max: Duration::from_millis(sc.backoff_max_ms),
+                multiplier: sc.backoff_multiplier,
+            },
+        },
+    );
+    let tracker = TaskTracker::new();
+    engine.start(&tracker, shutdown.child_token()).await?;
+
+    let state = Arc::new(AppState {
+        settings: settings.clone(),
+        store,
+        sync: engine,
+        health,
+        metrics,
+        clock,
+    });
+    let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+    tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // Reached once the listener closed and in-flight requests finished (their writes
+    // committed before they answered).
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sync workers did not stop within the deadline; their rows resume at next start"
+        );
+    }
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    tracing::info!("pointsd stopped; queue kept on disk");
+    served.map_err(DaemonError::Serve)
+}

@@ -1,0 +1,27 @@
+//! pointsd: an offline-first loyalty point agent that runs next to a Smaregi register.
+//!
+//! Map of the crate (one module per concern):
+//! - [`config`]: TOML config, environment overrides, default paths, validation.
+//! - [`store`]: SQLite schema, migrations, the single writer with group commit, queries.
+//! - [`ledger`]: domain rules: kinds, states, validation, balance math, earn rule, tiers,
+//!   offline redeem policy.
+//! - [`api`]: the local HTTP API (axum), bearer auth, problem+json errors.
+//! - [`sync`]: push worker (outbox → upstream) and pull worker (upstream → cache).
+//! - [`upstream`]: the `Upstream` trait, failure classes, the Smaregi adapter, link health.
+//! - [`sim`]: the stateful Smaregi simulator used by `demo` and the tests.
+//! - [`daemon`]: wiring and graceful shutdown.
+//! - [`client`]: the CLI's client of a running daemon.
+//! - [`logging`], [`metrics`], [`clock`]: cross-cutting pieces.
+
+pub mod api;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod ledger;
+pub mod logging;
+pub mod metrics;
+pub mod sim;
+pub mod store;
+pub mod sync;
+pub mod upstream;

@@ -1,0 +1,1076 @@
+//! SQLite: the customer cache and the transaction outbox.
+//!
+//! All writes go through one writer thread fed by a channel. It groups whatever is queued
+//! (up to [`GROUP_COMMIT_MAX`] jobs) into one `BEGIN IMMEDIATE` transaction, runs each job in its
+//! own savepoint (so one failing job does not spoil the others), commits once, and only then
+//! answers each caller. That is how an acknowledged write is durable (WAL + `synchronous=FULL`,
+//! DESIGN.md §2.1) without paying one fsync per register request. Reads use a small pool of
+//! connections on the blocking thread pool, so a slow disk never stalls the async runtime.
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{EarnConfig, OfflineConfig};
+use crate::ledger::{self, Balance, NewTxn, RedeemRefusal, State};
+use crate::upstream::{UpstreamBalance, UpstreamCustomer};
+
+/// Most jobs folded into one commit.
+pub const GROUP_COMMIT_MAX: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the database {path}: {source}. Check that the data dir exists and is writable by the pointsd user"
+    )]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this pointsd knows ({known}). Install the newer pointsd again, or restore a backup made by this version"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "the database {path} failed its integrity check ({detail}). Stop pointsd, keep the file for support, and restore a backup; it will not be repaired automatically"
+    )]
+    Corrupt { path: String, detail: String },
+    #[error(
+        "storage is full: the transaction was not saved. Free disk space in the data dir; writes resume by themselves"
+    )]
+    Full,
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("database error: {0}")]
+    Batch(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DiskFull) => StoreError::Full,
+            Some(DatabaseCorrupt) | Some(NotADatabase) => StoreError::Corrupt {
+                path: "(open database)".into(),
+                detail: e.to_string(),
+            },
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// A copy for each caller of a failed group commit.
+    fn for_batch(&self) -> StoreError {
+        match self {
+            StoreError::Full => StoreError::Full,
+            StoreError::WriterGone => StoreError::WriterGone,
+            other => StoreError::Batch(other.to_string()),
+        }
+    }
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full)
+    }
+}
+
+trait WriteJob: Send {
+    /// Runs inside a savepoint; an `Err` rolls that savepoint back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Called after the group's commit (or its failure); only now does the caller hear back.
+    fn finish(self: Box<Self>, commit: Result<(), &StoreError>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("job runs once");
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+    fn finish(self: Box<Self>, commit: Result<(), &StoreError>) {
+        let out = match (commit, self.result) {
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(StoreError::Batch("job was not run".into())),
+            (Err(e), Some(Err(own))) => Err(if own.is_full() { own } else { e.for_batch() }),
+            (Err(e), _) => Err(e.for_batch()),
+        };
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Arc<Readers>,
+    path: Arc<PathBuf>,
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().expect("reader pool").pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(conn)
+    }
+    fn give(&self, c: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool");
+        if idle.len() < 8 {
+            idle.push(c);
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let p = path.display().to_string();
+    let open_err = |source| StoreError::Open {
+        path: p.clone(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // A corrupt or foreign file fails here, before anything writes to it.
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(e, &p))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Batch(format!(
+            "could not switch {p} to WAL (got {journal}); is the data dir on a network share?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(e, &p))?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt {
+            path: p,
+            detail: check,
+        });
+    }
+    schema::migrate(&mut conn, &p).map_err(|e| match e {
+        StoreError::Corrupt { detail, .. } => StoreError::Corrupt {
+            path: p.clone(),
+            detail,
+        },
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+fn corrupt_or(e: rusqlite::Error, path: &str) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Corrupt { detail, .. } => StoreError::Corrupt {
+            path: path.to_string(),
+            detail,
+        },
+        other => other,
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&mut conn, &mut batch);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = batch.len(), "database commit failed; nothing in this group was acknowledged");
+        }
+        for job in batch {
+            job.finish(commit.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for job in batch.iter_mut() {
+        let sp = tx.savepoint()?;
+        if job.run(&sp) {
+            sp.commit()?;
+        } // else: dropping the savepoint rolls back just this job.
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A cached customer with its balance parts.
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerRow {
+    pub customer_id: String,
+    pub code: Option<String>,
+    pub barcode: Option<String>,
+    pub name: Option<String>,
+    pub confirmed: i64,
+    pub pending: i64,
+    pub expires_at: Option<String>,
+    pub upstream_updated_at: Option<String>,
+    pub as_of: Option<i64>,
+    pub local_only: bool,
+}
+
+impl CustomerRow {
+    pub fn balance(&self) -> Balance {
+        Balance::new(self.confirmed, self.pending)
+    }
+}
+
+/// One outbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxnRow {
+    pub seq: i64,
+    pub txn_id: String,
+    pub request: String,
+    pub customer_id: String,
+    pub kind: String,
+    pub delta: i64,
+    pub points: Option<i64>,
+    pub purchase_amount: Option<i64>,
+    pub reason: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub token_name: String,
+    pub created_at: i64,
+    pub state: State,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub before_balance: Option<i64>,
+    pub before_updated_at: Option<String>,
+    pub upstream_balance: Option<i64>,
+    pub upstream_result: Option<String>,
+    pub updated_at: i64,
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
+}
+
+const TXN_COLS: &str = "seq, txn_id, request, customer_id, kind, delta, points, purchase_amount, reason, \
+    register_id, staff_id, token_name, created_at, state, attempts, next_attempt_at, last_error, \
+    before_balance, before_updated_at, upstream_balance, upstream_result, updated_at, resolved_by, \
+    resolution_note";
+
+fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
+    let state: String = r.get(13)?;
+    Ok(TxnRow {
+        seq: r.get(0)?,
+        txn_id: r.get(1)?,
+        request: r.get(2)?,
+        customer_id: r.get(3)?,
+        kind: r.get(4)?,
+        delta: r.get(5)?,
+        points: r.get(6)?,
+        purchase_amount: r.get(7)?,
+        reason: r.get(8)?,
+        register_id: r.get(9)?,
+        staff_id: r.get(10)?,
+        token_name: r.get(11)?,
+        created_at: r.get(12)?,
+        state: State::parse(&state).unwrap_or(State::NeedsReview),
+        attempts: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+        last_error: r.get(16)?,
+        before_balance: r.get(17)?,
+        before_updated_at: r.get(18)?,
+        upstream_balance: r.get(19)?,
+        upstream_result: r.get(20)?,
+        updated_at: r.get(21)?,
+        resolved_by: r.get(22)?,
+        resolution_note: r.get(23)?,
+    })
+}
+
+const CUSTOMER_SELECT: &str = "SELECT c.customer_id, c.code, c.barcode, c.name, c.confirmed, \
+    (SELECT COALESCE(SUM(t.delta), 0) FROM txns t WHERE t.customer_id = c.customer_id \
+       AND t.state IN ('pending','sending','ambiguous')), \
+    c.expires_at, c.upstream_updated_at, c.as_of, c.local_only FROM customers c";
+
+fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
+    Ok(CustomerRow {
+        customer_id: r.get(0)?,
+        code: r.get(1)?,
+        barcode: r.get(2)?,
+        name: r.get(3)?,
+        confirmed: r.get(4)?,
+        pending: r.get(5)?,
+        expires_at: r.get(6)?,
+        upstream_updated_at: r.get(7)?,
+        as_of: r.get(8)?,
+        local_only: r.get::<_, i64>(9)? != 0,
+    })
+}
+
+pub fn customer_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<CustomerRow>> {
+    conn.prepare_cached(&format!("{CUSTOMER_SELECT} WHERE c.customer_id = ?1"))?
+        .query_row([id], customer_from_row)
+        .optional()
+}
+
+pub fn txn_by_id(conn: &Connection, txn_id: &str) -> rusqlite::Result<Option<TxnRow>> {
+    conn.prepare_cached(&format!("SELECT {TXN_COLS} FROM txns WHERE txn_id = ?1"))?
+        .query_row([txn_id], txn_from_row)
+        .optional()
+}
+
+fn txn_by_seq(conn: &Connection, seq: i64) -> rusqlite::Result<TxnRow> {
+    conn.prepare_cached(&format!("SELECT {TXN_COLS} FROM txns WHERE seq = ?1"))?
+        .query_row([seq], txn_from_row)
+}
+
+fn bump_apply_counter(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "UPDATE sync_state SET value = CAST(value AS INTEGER) + 1 WHERE key = 'apply_counter' \
+         RETURNING CAST(value AS INTEGER)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// What the accept rule needs to know besides the request.
+#[derive(Debug, Clone)]
+pub struct AcceptCtx {
+    pub now_ms: i64,
+    /// Today's date where the upstream counts expiry (JST), `YYYY-MM-DD`.
+    pub today: String,
+    pub online: bool,
+    pub token_name: String,
+    pub earn: EarnConfig,
+    pub offline: OfflineConfig,
+}
+
+#[derive(Debug)]
+pub enum AcceptOutcome {
+    /// Committed as a new pending transaction.
+    Created {
+        txn: TxnRow,
+        customer: CustomerRow,
+    },
+    /// The same key with the same body was seen before.
+    Replay {
+        txn: TxnRow,
+        customer: CustomerRow,
+    },
+    /// The same key with a different body.
+    Conflict {
+        existing: TxnRow,
+    },
+    UnknownCustomer,
+    Refused {
+        refusal: RedeemRefusal,
+        customer: CustomerRow,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub pending: i64,
+    pub sending: i64,
+    pub ambiguous: i64,
+    pub applied: i64,
+    pub needs_review: i64,
+    pub rejected: i64,
+    pub discarded: i64,
+    pub oldest_pending_created_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TxnFilter {
+    pub state: Option<State>,
+    pub customer_id: Option<String>,
+    pub register_id: Option<String>,
+    pub limit: u32,
+}
+
+/// How a send that got no answer turned out on read-back.
+#[derive(Debug, Clone)]
+pub enum Verified {
+    Applied {
+        balance: i64,
+        updated_at: Option<String>,
+    },
+    Resend,
+    NeedsReview {
+        evidence: String,
+    },
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database, and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = open_writer(path)?;
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(4 * GROUP_COMMIT_MAX);
+        std::thread::Builder::new()
+            .name("pointsd-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Batch(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            writer: tx,
+            readers: Arc::new(Readers {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's next group commit and returns once that commit is durable.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let r = f(&conn);
+            readers.give(conn);
+            r.map_err(StoreError::from)
+        })
+        .await
+        .map_err(|e| StoreError::Batch(format!("reader task failed: {e}")))?
+    }
+
+    pub async fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| customer_by_id(c, &id)).await
+    }
+
+    /// Look-up by member code or barcode (the first match).
+    pub async fn customer_by(
+        &self,
+        column: LookupColumn,
+        value: &str,
+    ) -> Result<Option<CustomerRow>, StoreError> {
+        let value = value.to_string();
+        self.read(move |c| {
+            let col = match column {
+                LookupColumn::Code => "code",
+                LookupColumn::Barcode => "barcode",
+            };
+            c.prepare_cached(&format!(
+                "{CUSTOMER_SELECT} WHERE c.{col} = ?1 ORDER BY c.customer_id LIMIT 1"
+            ))?
+            .query_row([value], customer_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn txn(&self, txn_id: &str) -> Result<Option<TxnRow>, StoreError> {
+        let id = txn_id.to_string();
+        self.read(move |c| txn_by_id(c, &id)).await
+    }
+
+    pub async fn list_txns(&self, f: TxnFilter) -> Result<Vec<TxnRow>, StoreError> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {TXN_COLS} FROM txns WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = f.state {
+                args.push(s.as_str().into());
+                sql.push_str(&format!(" AND state = ?{}", args.len()));
+            }
+            if let Some(cid) = &f.customer_id {
+                args.push(cid.clone());
+                sql.push_str(&format!(" AND customer_id = ?{}", args.len()));
+            }
+            if let Some(r) = &f.register_id {
+                args.push(r.clone());
+                sql.push_str(&format!(" AND register_id = ?{}", args.len()));
+            }
+            sql.push_str(&format!(
+                " ORDER BY seq DESC LIMIT {}",
+                f.limit.clamp(1, 1000)
+            ));
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), txn_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|c| {
+            let mut q = QueueStats::default();
+            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM txns GROUP BY state")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let s: String = r.get(0)?;
+                let n: i64 = r.get(1)?;
+                match State::parse(&s) {
+                    Some(State::Pending) => q.pending = n,
+                    Some(State::Sending) => q.sending = n,
+                    Some(State::Ambiguous) => q.ambiguous = n,
+                    Some(State::Applied) => q.applied = n,
+                    Some(State::NeedsReview) => q.needs_review = n,
+                    Some(State::Rejected) => q.rejected = n,
+                    Some(State::Discarded) => q.discarded = n,
+                    None => {}
+                }
+            }
+            q.oldest_pending_created_at = c.query_row(
+                "SELECT MIN(created_at) FROM txns WHERE state IN ('pending','sending','ambiguous')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(q)
+        })
+        .await
+    }
+
+    pub async fn customer_count(&self) -> Result<i64, StoreError> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0)))
+            .await
+    }
+
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT value FROM sync_state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn set_meta(&self, key: &str, value: String) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sync_state(key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The accept rule, atomically: idempotency check, customer check, redeem policy, insert.
+    pub async fn accept(&self, new: NewTxn, ctx: AcceptCtx) -> Result<AcceptOutcome, StoreError> {
+        self.write(move |c| accept_in(c, &new, &ctx)).await
+    }
+
+    /// Claims the next due transactions: for each customer only the oldest open one, and
+    /// only when it is due. Pending ones become `sending` with the evidence for a read-back
+    /// recorded; ambiguous ones are returned as they are, to be verified.
+    pub async fn claim_due(&self, now_ms: i64, limit: usize) -> Result<Vec<TxnRow>, StoreError> {
+        self.write(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT t.seq FROM txns t \
+                 WHERE t.state IN ('pending','ambiguous') AND t.next_attempt_at <= ?1 \
+                   AND NOT EXISTS (SELECT 1 FROM txns o WHERE o.customer_id = t.customer_id \
+                        AND o.seq < t.seq AND o.state IN ('pending','sending','ambiguous')) \
+                 ORDER BY t.seq LIMIT ?2",
+            )?;
+            let seqs: Vec<i64> = st
+                .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                c.execute(
+                    "UPDATE txns SET state = 'sending', attempts = attempts + 1, updated_at = ?2, \
+                       before_balance = (SELECT confirmed FROM customers WHERE customer_id = txns.customer_id), \
+                       before_updated_at = (SELECT upstream_updated_at FROM customers WHERE customer_id = txns.customer_id) \
+                     WHERE seq = ?1 AND state = 'pending'",
+                    params![seq, now_ms],
+                )?;
+                out.push(txn_by_seq(c, seq)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The upstream applied the delta and answered with the new balance.
+    pub async fn mark_applied(
+        &self,
+        seq: i64,
+        balance: i64,
+        upstream_updated_at: Option<String>,
+        now_ms: i64,
+        note: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET state = 'applied', upstream_balance = ?2, updated_at = ?3, \
+                   last_error = NULL, upstream_result = COALESCE(?4, upstream_result) WHERE seq = ?1",
+                params![seq, balance, now_ms, note],
+            )?;
+            let rev = bump_apply_counter(c)?;
+            c.execute(
+                "UPDATE customers SET confirmed = ?2, as_of = ?3, applied_rev = ?4, local_only = 0, \
+                   upstream_updated_at = COALESCE(?5, upstream_updated_at) \
+                 WHERE customer_id = (SELECT customer_id FROM txns WHERE seq = ?1)",
+                params![seq, balance, now_ms, rev, upstream_updated_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Back to `pending` to be tried again at `next_attempt_at`.
+    pub async fn mark_retry(
+        &self,
+        seq: i64,
+        error: String,
+        next_attempt_at: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET state = 'pending', last_error = ?2, next_attempt_at = ?3, updated_at = ?4 \
+                 WHERE seq = ?1",
+                params![seq, error, next_attempt_at, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// No answer after the request left: verify by read-back before anything else.
+    pub async fn mark_ambiguous(
+        &self,
+        seq: i64,
+        error: String,
+        next_attempt_at: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET state = 'ambiguous', last_error = ?2, next_attempt_at = ?3, updated_at = ?4 \
+                 WHERE seq = ?1",
+                params![seq, error, next_attempt_at, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Verification of an ambiguous send failed for now; try the read-back again later.
+    pub async fn defer_ambiguous(
+        &self,
+        seq: i64,
+        error: String,
+        next_attempt_at: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.mark_ambiguous(seq, error, next_attempt_at, now_ms)
+            .await
+    }
+
+    pub async fn mark_rejected(
+        &self,
+        seq: i64,
+        error: String,
+        upstream_result: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET state = 'rejected', last_error = ?2, upstream_result = ?3, updated_at = ?4 \
+                 WHERE seq = ?1",
+                params![seq, error, upstream_result, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn mark_needs_review(
+        &self,
+        seq: i64,
+        error: String,
+        evidence: String,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET state = 'needs_review', last_error = ?2, upstream_result = ?3, updated_at = ?4 \
+                 WHERE seq = ?1",
+                params![seq, error, evidence, now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// At start-up: a row still `sending` was in flight when the process died. Whether the
+    /// upstream got it is unknown, so it must be verified, never blindly resent.
+    pub async fn recover_in_flight(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE txns SET state = 'ambiguous', next_attempt_at = ?1, updated_at = ?1, \
+                   last_error = 'pointsd stopped while this was being sent; verifying by read-back' \
+                 WHERE state = 'sending'",
+                [now_ms],
+            )?)
+        })
+        .await
+    }
+
+    /// The customer directory from upstream: insert new customers, refresh names and codes.
+    pub async fn upsert_customers(&self, items: Vec<UpstreamCustomer>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let mut st = c.prepare_cached(
+                "INSERT INTO customers(customer_id, code, barcode, name) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(customer_id) DO UPDATE SET code = excluded.code, \
+                   barcode = excluded.barcode, name = excluded.name",
+            )?;
+            for it in &items {
+                st.execute(params![it.customer_id, it.code, it.barcode, it.name])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Confirmed balances from upstream. A customer with a send in flight, or whose balance a
+    /// push confirmed after this pull started (`started_rev`), keeps what it has: the pulled
+    /// figure may predate our own change (DESIGN.md: pending deltas are overlaid, never double
+    /// counted). Returns how many rows were updated.
+    pub async fn upsert_balances(
+        &self,
+        items: Vec<UpstreamBalance>,
+        started_rev: i64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let mut st = c.prepare_cached(
+                "INSERT INTO customers(customer_id, confirmed, expires_at, upstream_updated_at, as_of) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(customer_id) DO UPDATE SET confirmed = excluded.confirmed, \
+                   expires_at = excluded.expires_at, upstream_updated_at = excluded.upstream_updated_at, \
+                   as_of = excluded.as_of, local_only = 0 \
+                 WHERE customers.applied_rev <= ?6 AND NOT EXISTS (SELECT 1 FROM txns t \
+                   WHERE t.customer_id = customers.customer_id AND t.state IN ('sending','ambiguous'))",
+            )?;
+            let mut n = 0;
+            for it in &items {
+                n += st.execute(params![
+                    it.customer_id,
+                    it.point,
+                    it.expires_at,
+                    it.updated_at,
+                    now_ms,
+                    started_rev
+                ])?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub async fn apply_counter(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT CAST(value AS INTEGER) FROM sync_state WHERE key = 'apply_counter'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// The earliest time an open transaction becomes due, to sleep until then.
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(next_attempt_at) FROM txns WHERE state IN ('pending','ambiguous')",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LookupColumn {
+    Code,
+    Barcode,
+}
+
+fn accept_in(c: &Connection, new: &NewTxn, ctx: &AcceptCtx) -> Result<AcceptOutcome, StoreError> {
+    let canonical = new.canonical();
+    if let Some(existing) = txn_by_id(c, &new.txn_id)? {
+        if existing.request == canonical {
+            let customer = customer_by_id(c, &existing.customer_id)?
+                .ok_or_else(|| StoreError::Batch("transaction without customer".into()))?;
+            return Ok(AcceptOutcome::Replay {
+                txn: existing,
+                customer,
+            });
+        }
+        return Ok(AcceptOutcome::Conflict { existing });
+    }
+    let customer = match customer_by_id(c, &new.customer_id)? {
+        Some(cu) => cu,
+        None => {
+            // An earn for a customer the cache has not seen may be kept offline when the store
+            // allows it; the upstream decides when the link is back.
+            if !ctx.online && ctx.offline.allow_unknown_customers && new.kind == ledger::Kind::Earn
+            {
+                c.execute(
+                    "INSERT INTO customers(customer_id, local_only) VALUES (?1, 1)",
+                    [&new.customer_id],
+                )?;
+                customer_by_id(c, &new.customer_id)?.expect("just inserted")
+            } else {
+                return Ok(AcceptOutcome::UnknownCustomer);
+            }
+        }
+    };
+    let delta = new.delta(&ctx.earn);
+    if new.kind == ledger::Kind::Redeem || delta < 0 {
+        let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+        let res = if new.kind == ledger::Kind::Redeem {
+            ledger::check_redeem(
+                -delta,
+                customer.balance(),
+                expired,
+                ctx.online,
+                &ctx.offline,
+            )
+        } else {
+            // A negative adjustment is a correction by staff: it may not overdraw either.
+            ledger::check_redeem(-delta, customer.balance(), false, true, &ctx.offline)
+        };
+        if let Err(refusal) = res {
+            return Ok(AcceptOutcome::Refused { refusal, customer });
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO txns(txn_id, request, customer_id, kind, delta, points, purchase_amount, reason, \
+           register_id, staff_id, token_name, created_at, state, next_attempt_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', ?12, ?12)",
+    )?
+    .execute(params![
+        new.txn_id,
+        canonical,
+        new.customer_id,
+        new.kind.as_str(),
+        delta,
+        new.points,
+        new.purchase_amount,
+        new.reason,
+        new.register_id,
+        new.staff_id,
+        ctx.token_name,
+        ctx.now_ms,
+    ])?;
+    let txn = txn_by_seq(c, c.last_insert_rowid())?;
+    let customer = customer_by_id(c, &new.customer_id)?.expect("exists");
+    Ok(AcceptOutcome::Created { txn, customer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Kind;
+
+    fn ctx(online: bool) -> AcceptCtx {
+        AcceptCtx {
+            now_ms: 1_000,
+            today: "2026-11-23".into(),
+            online,
+            token_name: "t".into(),
+            earn: EarnConfig::default(),
+            offline: OfflineConfig::default(),
+        }
+    }
+
+    fn txn(id: &str, kind: Kind, points: i64) -> NewTxn {
+        NewTxn {
+            txn_id: id.into(),
+            customer_id: "c1".into(),
+            kind,
+            points: Some(points),
+            purchase_amount: None,
+            reason: None,
+            register_id: None,
+            staff_id: None,
+        }
+    }
+
+    async fn store_with_customer(dir: &Path, confirmed: i64) -> Store {
+        let s = Store::open(&dir.join("t.db")).unwrap();
+        s.upsert_balances(
+            vec![UpstreamBalance {
+                customer_id: "c1".into(),
+                point: confirmed,
+                expires_at: None,
+                updated_at: Some("u0".into()),
+            }],
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn accept_replay_conflict_and_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_customer(dir.path(), 100).await;
+        let r = s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap();
+        let AcceptOutcome::Created { customer, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(customer.balance(), Balance::new(100, 10));
+        assert!(matches!(
+            s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap(),
+            AcceptOutcome::Replay { .. }
+        ));
+        assert!(matches!(
+            s.accept(txn("a", Kind::Earn, 11), ctx(true)).await.unwrap(),
+            AcceptOutcome::Conflict { .. }
+        ));
+        assert!(matches!(
+            s.accept(txn("b", Kind::Redeem, 111), ctx(true))
+                .await
+                .unwrap(),
+            AcceptOutcome::Refused { .. }
+        ));
+        let mut unknown = txn("c", Kind::Earn, 1);
+        unknown.customer_id = "nobody".into();
+        assert!(matches!(
+            s.accept(unknown, ctx(true)).await.unwrap(),
+            AcceptOutcome::UnknownCustomer
+        ));
+        assert_eq!(s.queue_stats().await.unwrap().pending, 1);
+    }
+
+    #[tokio::test]
+    async fn claim_is_per_customer_fifo_and_pull_respects_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_customer(dir.path(), 100).await;
+        s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap();
+        s.accept(txn("b", Kind::Earn, 20), ctx(true)).await.unwrap();
+        let claimed = s.claim_due(2_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "only the head of the customer's queue");
+        assert_eq!(claimed[0].txn_id, "a");
+        assert_eq!(claimed[0].before_balance, Some(100));
+        // A pull while "a" is in flight must not overwrite the cached balance.
+        let stale = vec![UpstreamBalance {
+            customer_id: "c1".into(),
+            point: 5,
+            expires_at: None,
+            updated_at: None,
+        }];
+        let rev = s.apply_counter().await.unwrap();
+        assert_eq!(s.upsert_balances(stale.clone(), rev, 3).await.unwrap(), 0);
+        s.mark_applied(claimed[0].seq, 110, None, 3, None)
+            .await
+            .unwrap();
+        // A pull that started before the apply must not overwrite it either.
+        assert_eq!(s.upsert_balances(stale, rev, 4).await.unwrap(), 0);
+        let c = s.customer("c1").await.unwrap().unwrap();
+        assert_eq!(c.balance(), Balance::new(110, 20));
+        let next = s.claim_due(5_000, 10).await.unwrap();
+        assert_eq!(next[0].txn_id, "b");
+    }
+
+    #[tokio::test]
+    async fn in_flight_rows_become_ambiguous_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store_with_customer(dir.path(), 100).await;
+            s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap();
+            s.claim_due(2_000, 10).await.unwrap();
+        }
+        let s = Store::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(s.recover_in_flight(3_000).await.unwrap(), 1);
+        let t = s.txn("a").await.unwrap().unwrap();
+        assert_eq!(t.state, State::Ambiguous);
+        assert_eq!(t.before_balance, Some(100));
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        drop(Store::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let err = Store::open(&p).err().expect("must refuse");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_file_is_reported_not_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        std::fs::write(&p, vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&p).err().expect("must refuse");
+        assert!(err.to_string().contains("t.db"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), vec![0x42u8; 8192]);
+    }
+}

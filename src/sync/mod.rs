@@ -1,0 +1,461 @@
+//! The sync engine: the push worker (outbox → upstream, per-customer order, retry, read-back
+//! of ambiguous sends) and the pull worker (upstream → cache, periodic, plus a link probe).
+//!
+//! Every state change is one SQLite write through the store, so a restart resumes exactly
+//! where the last run stopped (DESIGN.md §3).
+
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::clock::SharedClock;
+use crate::ledger::State;
+use crate::store::{Store, StoreError, TxnRow};
+use crate::upstream::health::Health;
+use crate::upstream::{FailureClass, Upstream};
+use schedule::Schedule;
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub concurrency: usize,
+    pub pull_interval: Duration,
+    pub probe_interval: Duration,
+    pub schedule: Schedule,
+}
+
+/// Shared by the workers and the API (which waits on write-through results and wakes the
+/// push worker).
+pub struct SyncEngine {
+    store: Store,
+    upstream: Arc<dyn Upstream>,
+    health: Arc<Health>,
+    clock: SharedClock,
+    opts: SyncOptions,
+    wake: Notify,
+    refresh_now: Notify,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<State>>>>,
+}
+
+impl SyncEngine {
+    pub fn new(
+        store: Store,
+        upstream: Arc<dyn Upstream>,
+        health: Arc<Health>,
+        clock: SharedClock,
+        opts: SyncOptions,
+    ) -> Arc<SyncEngine> {
+        Arc::new(SyncEngine {
+            store,
+            upstream,
+            health,
+            clock,
+            opts,
+            wake: Notify::new(),
+            refresh_now: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn upstream(&self) -> &Arc<dyn Upstream> {
+        &self.upstream
+    }
+
+    /// Wakes the push worker: something new is in the outbox.
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Asks the pull worker for a full refresh now.
+    pub fn request_refresh(&self) {
+        self.refresh_now.notify_one();
+    }
+
+    /// Registers interest in a transaction's next final outcome (applied, rejected,
+    /// needs_review). Register before kicking, so the outcome cannot be missed.
+    pub fn watch(&self, txn_id: &str) -> oneshot::Receiver<State> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .entry(txn_id.to_string())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    pub fn unwatch(&self, txn_id: &str) {
+        let mut w = self.waiters.lock().expect("waiters");
+        if let Some(list) = w.get_mut(txn_id) {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                w.remove(txn_id);
+            }
+        }
+    }
+
+    fn settle(&self, txn_id: &str, state: State) {
+        if let Some(list) = self.waiters.lock().expect("waiters").remove(txn_id) {
+            for s in list {
+                let _ = s.send(state);
+            }
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn retry_at(&self, attempts: i64, min_wait: Option<Duration>) -> i64 {
+        let d = self.opts.schedule.delay(attempts.max(1) as u32);
+        let d = min_wait.map_or(d, |w| d.max(w));
+        self.now() + d.as_millis() as i64
+    }
+
+    /// Starts both workers; they stop when `shutdown` is cancelled, each finishing the request
+    /// it has in flight (a send cut short would only become an ambiguous row to verify).
+    pub async fn start(
+        self: &Arc<Self>,
+        tracker: &tokio_util::task::TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let recovered = self.store.recover_in_flight(self.now()).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                count = recovered,
+                "transactions were in flight when pointsd stopped; verifying them by read-back before any resend"
+            );
+        }
+        let me = self.clone();
+        let sd = shutdown.clone();
+        tracker
+            .spawn(async move { me.push_loop(sd).await }.instrument(tracing::info_span!("push")));
+        let me = self.clone();
+        tracker.spawn(
+            async move { me.pull_loop(shutdown).await }.instrument(tracing::info_span!("pull")),
+        );
+        Ok(())
+    }
+
+    async fn push_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A 429 with Retry-After pauses the whole upstream; bad credentials pause it until
+            // the probe sees them accepted (no retries burnt meanwhile).
+            let paused = self
+                .health
+                .pause_remaining_ms()
+                .map(|ms| ms as u64)
+                .or_else(|| {
+                    self.health
+                        .snapshot()
+                        .auth_failed
+                        .then_some(self.opts.probe_interval.as_millis() as u64)
+                });
+            if let Some(ms) = paused {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(ms.max(10))) => {}
+                    _ = self.health.back_online.notified() => {}
+                }
+                continue;
+            }
+            let claimed = match self
+                .store
+                .claim_due(self.now(), self.opts.concurrency)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying in 1 s");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let wait = match self.store.next_due_at().await {
+                    Ok(Some(at)) => (at - self.now()).clamp(10, 5_000) as u64,
+                    _ => 5_000,
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = self.health.back_online.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                }
+                continue;
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for txn in claimed {
+                let me = self.clone();
+                let span = tracing::info_span!("txn", txn_id = %txn.txn_id, customer_id = %txn.customer_id, attempt = txn.attempts);
+                set.spawn(async move { me.process(txn).await }.instrument(span));
+            }
+            while set.join_next().await.is_some() {}
+        }
+        tracing::debug!("push worker stopped");
+    }
+
+    async fn process(&self, txn: TxnRow) {
+        let r = if txn.state == State::Ambiguous {
+            self.verify(&txn).await
+        } else {
+            self.send(&txn).await
+        };
+        if let Err(e) = r {
+            // The outcome could not be recorded; the row stays `sending` and becomes
+            // ambiguous at the next start, which is the safe direction.
+            tracing::error!(error = %e, "could not record a sync outcome");
+        }
+    }
+
+    async fn send(&self, txn: &TxnRow) -> Result<(), StoreError> {
+        let r = self.upstream.add_points(&txn.customer_id, txn.delta).await;
+        let now = self.now();
+        match r {
+            Ok(b) => {
+                self.store
+                    .mark_applied(txn.seq, b.point, b.updated_at, now, None)
+                    .await?;
+                tracing::info!(delta = txn.delta, balance = b.point, "applied upstream");
+                self.settle(&txn.txn_id, State::Applied);
+            }
+            Err(e) => match e.class() {
+                FailureClass::Transient | FailureClass::Auth => {
+                    let at = self.retry_at(txn.attempts, e.retry_after());
+                    tracing::warn!(error = %e, retry_in_ms = at - now, "send failed; will retry");
+                    self.store
+                        .mark_retry(txn.seq, e.to_string(), at, now)
+                        .await?;
+                }
+                FailureClass::Ambiguous => {
+                    tracing::warn!(error = %e, "no answer to a send; verifying by read-back before any resend");
+                    self.store
+                        .mark_ambiguous(txn.seq, e.to_string(), now, now)
+                        .await?;
+                }
+                FailureClass::Permanent => {
+                    let result = match &e {
+                        crate::upstream::UpstreamError::Status {
+                            status,
+                            title,
+                            detail,
+                            ..
+                        } => json!({"status": status, "title": title, "detail": detail}),
+                        other => json!({"detail": other.to_string()}),
+                    };
+                    tracing::error!(error = %e, "upstream rejected the transaction; it no longer counts toward the balance");
+                    self.store
+                        .mark_rejected(txn.seq, e.to_string(), result.to_string(), now)
+                        .await?;
+                    self.settle(&txn.txn_id, State::Rejected);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// The exactly-once rule for a send whose answer was lost (DESIGN.md §2.2).
+    async fn verify(&self, txn: &TxnRow) -> Result<(), StoreError> {
+        let r = self.upstream.get_balance(&txn.customer_id).await;
+        let now = self.now();
+        let b = match r {
+            Err(e) => {
+                let at = self.retry_at(txn.attempts, e.retry_after());
+                tracing::warn!(error = %e, "read-back failed; the transaction stays ambiguous");
+                return self
+                    .store
+                    .defer_ambiguous(txn.seq, format!("read-back failed: {e}"), at, now)
+                    .await;
+            }
+            Ok(b) => b,
+        };
+        let before = txn.before_balance;
+        let evidence = json!({
+            "before_balance": before,
+            "before_updated_at": txn.before_updated_at,
+            "delta": txn.delta,
+            "expected_if_applied": before.map(|b| b + txn.delta),
+            "read_back_balance": b.as_ref().map(|b| b.point),
+            "read_back_updated_at": b.as_ref().and_then(|b| b.updated_at.clone()),
+        });
+        match (b, before) {
+            (Some(b), Some(before))
+                if b.point == before + txn.delta && b.updated_at != txn.before_updated_at =>
+            {
+                tracing::info!(balance = b.point, "read-back shows the send was applied");
+                self.store
+                    .mark_applied(
+                        txn.seq,
+                        b.point,
+                        b.updated_at,
+                        now,
+                        Some(json!({"verified_by": "read-back", "evidence": evidence}).to_string()),
+                    )
+                    .await?;
+                self.settle(&txn.txn_id, State::Applied);
+            }
+            (Some(b), Some(before))
+                if b.point == before && b.updated_at == txn.before_updated_at =>
+            {
+                tracing::info!("read-back shows nothing changed upstream; resending");
+                self.store
+                    .mark_retry(
+                        txn.seq,
+                        "not applied upstream (verified by read-back); resending".into(),
+                        now,
+                        now,
+                    )
+                    .await?;
+            }
+            _ => {
+                tracing::error!(%evidence, "cannot prove whether the send was applied; needs review");
+                self.store
+                    .mark_needs_review(
+                        txn.seq,
+                        "exactly-once could not be proven by read-back; a person must decide"
+                            .into(),
+                        evidence.to_string(),
+                        now,
+                    )
+                    .await?;
+                self.settle(&txn.txn_id, State::NeedsReview);
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next_full = tokio::time::Instant::now();
+        let mut probe = tokio::time::interval(self.opts.probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            if tokio::time::Instant::now() >= next_full {
+                let ok = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = self.full_refresh() => r,
+                };
+                next_full = tokio::time::Instant::now()
+                    + if ok {
+                        self.opts.pull_interval
+                    } else {
+                        // Try again soon; the probe will tell when the link is back.
+                        self.opts.probe_interval.max(Duration::from_secs(5))
+                    };
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next_full) => {}
+                _ = self.refresh_now.notified() => next_full = tokio::time::Instant::now(),
+                _ = self.health.back_online.notified() => next_full = tokio::time::Instant::now(),
+                _ = probe.tick() => {
+                    let quiet_for = self.health.snapshot().last_ok_at.map(|t| self.now() - t);
+                    let due = quiet_for.is_none_or(|q| q >= self.opts.probe_interval.as_millis() as i64);
+                    if due && self.health.pause_remaining_ms().is_none() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            r = self.upstream.list_balances(1) => {
+                                if let Err(e) = r { tracing::debug!(error = %e, "probe failed"); }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::debug!("pull worker stopped");
+    }
+
+    /// Refreshes the customer directory and every balance. Returns false if it did not finish.
+    pub async fn full_refresh(&self) -> bool {
+        match self.try_full_refresh().await {
+            Ok((customers, balances)) => {
+                tracing::info!(customers, balances, "full refresh done");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "full refresh failed; the cache keeps its last figures");
+                false
+            }
+        }
+    }
+
+    async fn try_full_refresh(&self) -> Result<(usize, usize), String> {
+        let started_rev = self
+            .store
+            .apply_counter()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut customers = 0;
+        let mut page = 1;
+        loop {
+            let p = self
+                .upstream
+                .list_customers(page)
+                .await
+                .map_err(|e| e.to_string())?;
+            customers += p.items.len();
+            self.store
+                .upsert_customers(p.items)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !p.more {
+                break;
+            }
+            page += 1;
+        }
+        let mut balances = 0;
+        page = 1;
+        loop {
+            let p = self
+                .upstream
+                .list_balances(page)
+                .await
+                .map_err(|e| e.to_string())?;
+            balances += p.items.len();
+            self.store
+                .upsert_balances(p.items, started_rev, self.now())
+                .await
+                .map_err(|e| e.to_string())?;
+            if !p.more {
+                break;
+            }
+            page += 1;
+        }
+        self.store
+            .set_meta("last_full_refresh_at", self.now().to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((customers, balances))
+    }
+
+    /// Refreshes one customer from upstream (look-up while online). Errors are the caller's
+    /// to ignore: the cache answers instead.
+    pub async fn refresh_customer(&self, customer_id: &str) -> Result<bool, String> {
+        let started_rev = self
+            .store
+            .apply_counter()
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.upstream.get_balance(customer_id).await {
+            Ok(Some(b)) => self
+                .store
+                .upsert_balances(vec![b], started_rev, self.now())
+                .await
+                .map(|n| n > 0)
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Link state (online/offline, last success, last error, a pause requested by `Retry-After`)
+//! and the wrapper that records it, with metrics, around every upstream call.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::{Page, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError};
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HealthSnapshot {
+    pub online: bool,
+    pub last_ok_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    /// The upstream asked us to wait (429 + Retry-After) until this time.
+    pub paused_until: Option<i64>,
+    /// Credentials were refused even after a fresh token: sync waits for an operator.
+    pub auth_failed: bool,
+}
+
+pub struct Health {
+    inner: Mutex<HealthSnapshot>,
+    clock: SharedClock,
+    /// Woken when the link comes back, so the push worker drains at once.
+    pub back_online: tokio::sync::Notify,
+}
+
+impl Health {
+    pub fn new(clock: SharedClock) -> Health {
+        Health {
+            inner: Mutex::new(HealthSnapshot::default()),
+            clock,
+            back_online: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn snapshot(&self) -> HealthSnapshot {
+        self.inner.lock().expect("health").clone()
+    }
+
+    pub fn is_online(&self) -> bool {
+        let h = self.inner.lock().expect("health");
+        h.online && !h.auth_failed
+    }
+
+    /// Milliseconds until a `Retry-After` pause ends, if one is in force.
+    pub fn pause_remaining_ms(&self) -> Option<i64> {
+        let now = self.clock.now_ms();
+        let h = self.inner.lock().expect("health");
+        h.paused_until.filter(|u| *u > now).map(|u| u - now)
+    }
+
+    pub fn record_ok(&self) {
+        let now = self.clock.now_ms();
+        let was_online = {
+            let mut h = self.inner.lock().expect("health");
+            let was = h.online && !h.auth_failed;
+            h.online = true;
+            h.auth_failed = false;
+            h.last_ok_at = Some(now);
+            was
+        };
+        if !was_online {
+            tracing::info!("upstream reachable again");
+            self.back_online.notify_waiters();
+        }
+    }
+
+    pub fn record_err(&self, e: &UpstreamError) {
+        let now = self.clock.now_ms();
+        let mut h = self.inner.lock().expect("health");
+        h.last_error = Some(e.to_string());
+        h.last_error_at = Some(now);
+        if let Some(wait) = e.retry_after() {
+            h.paused_until = Some(now + wait.as_millis() as i64);
+        }
+        if e.is_link_down() {
+            if h.online {
+                tracing::warn!(error = %e, "upstream unreachable; working offline");
+            }
+            h.online = false;
+        } else if e.class() == super::FailureClass::Auth {
+            if !h.auth_failed {
+                tracing::error!(error = %e, "upstream refused our credentials; sync paused until the config is fixed");
+            }
+            h.auth_failed = true;
+        } else {
+            // It answered (4xx, 429): the link is up.
+            h.online = true;
+        }
+    }
+}
+
+/// Wraps an adapter: every call updates [`Health`] and the upstream metrics.
+pub struct Observed<U> {
+    inner: U,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl<U: Upstream> Observed<U> {
+    pub fn new(inner: U, health: Arc<Health>, metrics: Arc<Metrics>) -> Self {
+        Observed {
+            inner,
+            health,
+            metrics,
+        }
+    }
+
+    fn note<T>(&self, op: &'static str, start: Instant, r: &Result<T, UpstreamError>) {
+        let secs = start.elapsed().as_secs_f64();
+        match r {
+            Ok(_) => {
+                self.metrics.observe_upstream(op, "ok", secs);
+                self.health.record_ok();
+            }
+            Err(e) => {
+                self.metrics.observe_upstream(op, e.outcome_label(), secs);
+                self.health.record_err(e);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<U: Upstream> Upstream for Observed<U> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError> {
+        let t = Instant::now();
+        let r = self.inner.list_balances(page).await;
+        self.note("list_balances", t, &r);
+        r
+    }
+    async fn get_balance(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<UpstreamBalance>, UpstreamError> {
+        let t = Instant::now();
+        let r = self.inner.get_balance(customer_id).await;
+        self.note("get_balance", t, &r);
+        r
+    }
+    async fn add_points(
+        &self,
+        customer_id: &str,
+        delta: i64,
+    ) -> Result<UpstreamBalance, UpstreamError> {
+        let t = Instant::now();
+        let r = self.inner.add_points(customer_id, delta).await;
+        self.note("add_points", t, &r);
+        r
+    }
+    async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
+        let t = Instant::now();
+        let r = self.inner.list_customers(page).await;
+        self.note("list_customers", t, &r);
+        r
+    }
+}

@@ -1,0 +1,245 @@
+//! The seam to the cloud ledgers: one trait, one file per adapter, and the error type that
+//! carries the failure class of DESIGN.md §5. Classification lives here, on the error; the
+//! retry *policy* lives in `sync::schedule`.
+
+pub mod health;
+pub mod smaregi;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A customer's balance as the upstream reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamBalance {
+    pub customer_id: String,
+    pub point: i64,
+    pub expires_at: Option<String>,
+    /// The upstream's own last-change stamp (Smaregi `updDateTime`).
+    pub updated_at: Option<String>,
+}
+
+/// A customer directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamCustomer {
+    pub customer_id: String,
+    pub code: Option<String>,
+    pub barcode: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// True when another page may follow.
+    pub more: bool,
+}
+
+/// What the sync engine does about a failure (DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Nothing reached the upstream, or it said "later": retry with backoff.
+    Transient,
+    /// The request left but no answer came: read back before anything else.
+    Ambiguous,
+    /// The upstream refused for good: reject, keep its reason.
+    Permanent,
+    /// Credentials refused: refresh once, then pause and alert.
+    Auth,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable ({0}); nothing was sent")]
+    Unreachable(String),
+    #[error("no answer from the upstream after the request was sent ({0})")]
+    NoAnswer(String),
+    #[error("upstream answered {status}: {title}{}", detail.as_deref().map(|d| format!(" — {d}")).unwrap_or_default())]
+    Status {
+        status: u16,
+        title: String,
+        detail: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    #[error("upstream sent a malformed response: {0}")]
+    Malformed(String),
+    #[error(
+        "upstream refused the credentials ({0}); check client_id/client_secret and the app's scopes"
+    )]
+    Auth(String),
+}
+
+impl UpstreamError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            UpstreamError::Unreachable(_) | UpstreamError::Malformed(_) => FailureClass::Transient,
+            UpstreamError::NoAnswer(_) => FailureClass::Ambiguous,
+            UpstreamError::Auth(_) => FailureClass::Auth,
+            UpstreamError::Status { status, .. } => match *status {
+                401 | 403 => FailureClass::Auth,
+                408 | 429 => FailureClass::Transient,
+                400 | 404 | 409 | 422 => FailureClass::Permanent,
+                s if s >= 500 => FailureClass::Transient,
+                // Other 4xx: the request itself is wrong; retrying will not help.
+                _ => FailureClass::Permanent,
+            },
+        }
+    }
+
+    /// How long the upstream asked everyone to wait (429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether this failure says the link itself is down (for the online/offline flag).
+    pub fn is_link_down(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unreachable(_) | UpstreamError::NoAnswer(_)
+        ) || matches!(self, UpstreamError::Status { status, .. } if *status >= 500)
+    }
+
+    /// A short, secret-free label for metrics.
+    pub fn outcome_label(&self) -> &'static str {
+        match self.class() {
+            FailureClass::Transient => "transient",
+            FailureClass::Ambiguous => "ambiguous",
+            FailureClass::Permanent => "permanent",
+            FailureClass::Auth => "auth",
+        }
+    }
+}
+
+/// One upstream ledger.
+#[async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+    /// One page (1-based) of every customer's balance.
+    async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError>;
+    /// One customer's balance; `None` if the upstream does not know the customer.
+    async fn get_balance(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<UpstreamBalance>, UpstreamError>;
+    /// Applies a signed change and returns the balance after it. Never an absolute set.
+    async fn add_points(
+        &self,
+        customer_id: &str,
+        delta: i64,
+    ) -> Result<UpstreamBalance, UpstreamError>;
+    /// One page (1-based) of the customer directory.
+    async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError>;
+}
+
+/// Smaregi sends numbers as JSON strings; accept either, and tolerate absence.
+pub(crate) fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        I(i64),
+        F(f64),
+        S(String),
+    }
+    match N::deserialize(d)? {
+        N::I(i) => Ok(i),
+        N::F(f) if f.fract() == 0.0 && f.abs() < 9e15 => Ok(f as i64),
+        N::F(f) => Err(serde::de::Error::custom(format!(
+            "{f} is not a whole number"
+        ))),
+        N::S(s) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
+    }
+}
+
+/// Ids may arrive as numbers or strings; keep them as strings.
+pub(crate) fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+    }
+    Ok(match V::deserialize(d)? {
+        V::S(s) => s,
+        V::I(i) => i.to_string(),
+    })
+}
+
+pub(crate) fn lenient_opt_string<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+    }
+    Ok(match Option::<V>::deserialize(d)? {
+        Some(V::S(s)) if s.is_empty() => None,
+        Some(V::S(s)) => Some(s),
+        Some(V::I(i)) => Some(i.to_string()),
+        None => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: u16) -> UpstreamError {
+        UpstreamError::Status {
+            status: s,
+            title: "t".into(),
+            detail: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn failure_table() {
+        use FailureClass::*;
+        assert_eq!(
+            UpstreamError::Unreachable("refused".into()).class(),
+            Transient
+        );
+        assert_eq!(UpstreamError::NoAnswer("timeout".into()).class(), Ambiguous);
+        assert_eq!(UpstreamError::Malformed("x".into()).class(), Transient);
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert_eq!(status(s).class(), Transient, "{s}");
+        }
+        for s in [400, 404, 409, 422] {
+            assert_eq!(status(s).class(), Permanent, "{s}");
+        }
+        for s in [401, 403] {
+            assert_eq!(status(s).class(), Auth, "{s}");
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct T {
+        #[serde(deserialize_with = "lenient_i64")]
+        n: i64,
+    }
+
+    #[test]
+    fn numbers_as_strings_or_numbers() {
+        for (src, want) in [
+            (r#"{"n":"12"}"#, 12),
+            (r#"{"n":-3}"#, -3),
+            (r#"{"n":" 7 "}"#, 7),
+            (r#"{"n":5.0}"#, 5),
+        ] {
+            assert_eq!(serde_json::from_str::<T>(src).unwrap().n, want, "{src}");
+        }
+        for bad in [r#"{"n":"x"}"#, r#"{"n":1.5}"#, r#"{"n":null}"#, r#"{}"#] {
+            assert!(serde_json::from_str::<T>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Smaregi Platform API adapter (DESIGN.md §4): OAuth2 client credentials, the point list,
+//! the relative `point/add`, and the customer directory. The absolute `PATCH .../point` is
+//! deliberately absent (DESIGN.md §2.5).
+//!
+//! Requests that read are safe to repeat, so any failure on them is transient. A `point/add`
+//! that may have reached the server without us seeing the answer is `NoAnswer` (ambiguous):
+//! the API has no idempotency key, so only a read-back can tell.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::{
+    Page, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError, lenient_i64,
+    lenient_opt_string, lenient_string,
+};
+use crate::config::Secret;
+
+/// Smaregi's maximum page size for list endpoints.
+pub const PAGE_LIMIT: u32 = 1000;
+/// Refresh a token this long before the server says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+const SCOPE: &str = "pos.customers:read pos.customers:write";
+
+#[derive(Clone)]
+pub struct SmaregiSettings {
+    pub contract_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub id_base: String,
+    pub api_base: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub proxy: Option<String>,
+    pub page_limit: u32,
+}
+
+pub struct Smaregi {
+    http: reqwest::Client,
+    s: SmaregiSettings,
+    token: Mutex<Option<(Secret, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: Secret,
+    #[serde(default = "default_expires_in", deserialize_with = "lenient_i64")]
+    expires_in: i64,
+}
+
+fn default_expires_in() -> i64 {
+    3600
+}
+
+/// One row of `GET /pos/customers/point`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PointRow {
+    #[serde(deserialize_with = "lenient_string")]
+    customer_id: String,
+    #[serde(deserialize_with = "lenient_i64")]
+    point: i64,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    point_expire_date: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    upd_date_time: Option<String>,
+}
+
+impl From<PointRow> for UpstreamBalance {
+    fn from(r: PointRow) -> Self {
+        UpstreamBalance {
+            customer_id: r.customer_id,
+            point: r.point,
+            expires_at: r.point_expire_date,
+            updated_at: r.upd_date_time,
+        }
+    }
+}
+
+/// The answer of `point/add`: the customer's new balance. Some fields may be absent.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddAnswer {
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    customer_id: Option<String>,
+    #[serde(deserialize_with = "lenient_i64")]
+    point: i64,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    point_expire_date: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    upd_date_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CustomerRowJson {
+    #[serde(deserialize_with = "lenient_string")]
+    customer_id: String,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    customer_code: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    barcode: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    last_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    first_name: Option<String>,
+}
+
+/// Smaregi's error body (`{type, title, detail}`); any of it may be missing.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    detail: Option<serde_json::Value>,
+}
+
+/// A short excerpt of a body for logs and errors; bodies here never carry our secrets.
+fn excerpt(body: &str) -> String {
+    let mut s: String = body.chars().take(200).collect();
+    if body.chars().count() > 200 {
+        s.push('…');
+    }
+    s
+}
+
+fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let v = v?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+impl Smaregi {
+    pub fn new(s: SmaregiSettings) -> Result<Smaregi, UpstreamError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(s.connect_timeout)
+            .timeout(s.request_timeout)
+            .user_agent(concat!("pointsd/", env!("CARGO_PKG_VERSION")));
+        if let Some(p) = &s.proxy {
+            let proxy = reqwest::Proxy::all(p)
+                .map_err(|e| UpstreamError::Unreachable(format!("invalid upstream.proxy: {e}")))?;
+            b = b.proxy(proxy);
+        }
+        let http = b
+            .build()
+            .map_err(|e| UpstreamError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        Ok(Smaregi {
+            http,
+            s,
+            token: Mutex::new(None),
+        })
+    }
+
+    fn api_url(&self, path: &str) -> String {
+        format!(
+            "{}/{}{}",
+            self.s.api_base.trim_end_matches('/'),
+            self.s.contract_id,
+            path
+        )
+    }
+
+    async fn fetch_token(&self) -> Result<(Secret, Instant), UpstreamError> {
+        let url = format!(
+            "{}/app/{}/token",
+            self.s.id_base.trim_end_matches('/'),
+            self.s.contract_id
+        );
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(&self.s.client_id, Some(self.s.client_secret.expose()))
+            .form(&[("grant_type", "client_credentials"), ("scope", SCOPE)])
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, false))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| transport_error(&e, false))?;
+        if status == StatusCode::BAD_REQUEST
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+        {
+            return Err(UpstreamError::Auth(format!(
+                "token request answered {status}: {}",
+                error_title(&body)
+            )));
+        }
+        if !status.is_success() {
+            return Err(status_error(status, &body, None));
+        }
+        let t: TokenAnswer = serde_json::from_str(&body)
+            .map_err(|e| UpstreamError::Malformed(format!("token answer: {e}")))?;
+        let life = Duration::from_secs(t.expires_in.max(1) as u64);
+        let valid_until = Instant::now()
+            + life
+                .saturating_sub(TOKEN_MARGIN)
+                .max(Duration::from_secs(1));
+        Ok((t.access_token, valid_until))
+    }
+
+    async fn bearer(&self, force_new: bool) -> Result<Secret, UpstreamError> {
+        let mut slot = self.token.lock().await;
+        if !force_new
+            && let Some((tok, until)) = slot.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(tok.clone());
+        }
+        let (tok, until) = self.fetch_token().await?;
+        *slot = Some((tok.clone(), until));
+        Ok(tok)
+    }
+
+    /// Sends one API request; on 401 fetches a new token and tries exactly once more.
+    /// `mutating` marks a request whose lost answer is ambiguous.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+        mutating: bool,
+    ) -> Result<String, UpstreamError> {
+        let mut force = false;
+        for attempt in 0..2 {
+            let tok = self.bearer(force).await?;
+            let mut rb = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(tok.expose())
+                .query(query);
+            if let Some(b) = &body {
+                rb = rb.json(b);
+            }
+            let resp = rb.send().await.map_err(|e| transport_error(&e, mutating))?;
+            let status = resp.status();
+            let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                // A 401 means the request was not carried out: safe to repeat with a new token.
+                force = true;
+                continue;
+            }
+            let text = match resp.text().await {
+                Ok(t) => t,
+                Err(e) if status.is_success() && mutating => {
+                    return Err(UpstreamError::NoAnswer(format!(
+                        "answer {status} cut off: {e}"
+                    )));
+                }
+                Err(e) => return Err(transport_error(&e, mutating)),
+            };
+            if status.is_success() {
+                return Ok(text);
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(UpstreamError::Auth(format!(
+                    "{status} after a fresh token: {}",
+                    error_title(&text)
+                )));
+            }
+            return Err(status_error(status, &text, retry_after));
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn list<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        page: u32,
+    ) -> Result<(Vec<T>, bool), UpstreamError> {
+        let url = self.api_url(path);
+        let q = [
+            ("limit", self.s.page_limit.to_string()),
+            ("page", page.to_string()),
+        ];
+        let text = self.call(Method::GET, &url, &q, None, false).await?;
+        let items: Vec<T> = serde_json::from_str(&text).map_err(|e| {
+            UpstreamError::Malformed(format!("{path} page {page}: {e}; body: {}", excerpt(&text)))
+        })?;
+        let more = items.len() as u32 >= self.s.page_limit;
+        Ok((items, more))
+    }
+}
+
+fn error_title(body: &str) -> String {
+    serde_json::from_str::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.title)
+        .unwrap_or_else(|| excerpt(body))
+}
+
+fn status_error(status: StatusCode, body: &str, retry_after: Option<Duration>) -> UpstreamError {
+    let parsed = serde_json::from_str::<ErrorBody>(body).unwrap_or_default();
+    let detail = parsed.detail.map(|d| match d {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    });
+    UpstreamError::Status {
+        status: status.as_u16(),
+        title: parsed
+            .title
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+        detail: detail.or_else(|| (!body.is_empty()).then(|| excerpt(body))),
+        retry_after,
+    }
+}
+
+/// Failed before a response arrived. A connect failure means nothing was sent; anything
+/// later, for a mutating request, may have been applied.
+fn transport_error(e: &reqwest::Error, mutating: bool) -> UpstreamError {
+    // The error's Display may contain the URL; ours carry no secrets (tokens go in headers).
+    let what = if e.is_timeout() {
+        "timed out"
+    } else {
+        "connection failed"
+    };
+    let msg = format!("{what}: {}", error_chain(e));
+    if e.is_connect() || !mutating {
+        UpstreamError::Unreachable(msg)
+    } else {
+        UpstreamError::NoAnswer(msg)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[async_trait]
+impl Upstream for Smaregi {
+    fn kind(&self) -> &'static str {
+        "smaregi"
+    }
+
+    async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError> {
+        let (rows, more) = self.list::<PointRow>("/pos/customers/point", page).await?;
+        Ok(Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            more,
+        })
+    }
+
+    async fn get_balance(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<UpstreamBalance>, UpstreamError> {
+        let url = self.api_url("/pos/customers/point");
+        let q = [("customer_id", customer_id.to_string())];
+        let text = self.call(Method::GET, &url, &q, None, false).await?;
+        let rows: Vec<PointRow> = serde_json::from_str(&text).map_err(|e| {
+            UpstreamError::Malformed(format!(
+                "point of {customer_id}: {e}; body: {}",
+                excerpt(&text)
+            ))
+        })?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.customer_id == customer_id)
+            .map(Into::into))
+    }
+
+    async fn add_points(
+        &self,
+        customer_id: &str,
+        delta: i64,
+    ) -> Result<UpstreamBalance, UpstreamError> {
+        // Path segment: customer ids are ours to validate (printable ASCII), but escape anyway.
+        let id: String = url_escape(customer_id);
+        let url = self.api_url(&format!("/pos/customers/{id}/point/add"));
+        let body = serde_json::json!({ "point": delta.to_string() });
+        let text = self.call(Method::POST, &url, &[], Some(body), true).await?;
+        // A 2xx we cannot read still means "applied"; but without the figure we cannot
+        // confirm a balance, so it goes through the read-back like any lost answer.
+        let a: AddAnswer = serde_json::from_str(&text).map_err(|e| {
+            UpstreamError::NoAnswer(format!(
+                "unreadable answer to point/add ({e}); body: {}",
+                excerpt(&text)
+            ))
+        })?;
+        Ok(UpstreamBalance {
+            customer_id: a.customer_id.unwrap_or_else(|| customer_id.to_string()),
+            point: a.point,
+            expires_at: a.point_expire_date,
+            updated_at: a.upd_date_time,
+        })
+    }
+
+    async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
+        let (rows, more) = self.list::<CustomerRowJson>("/pos/customers", page).await?;
+        Ok(Page {
+            items: rows
+                .into_iter()
+                .map(|r| {
+                    let name = [r.last_name, r.first_name]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    UpstreamCustomer {
+                        customer_id: r.customer_id,
+                        code: r.customer_code,
+                        barcode: r.barcode,
+                        name: (!name.is_empty()).then_some(name),
+                    }
+                })
+                .collect(),
+            more,
+        })
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_rows_parse_strings_and_numbers() {
+        let src = r#"[{"customerId":"12","point":"150","mile":"0","pointExpireDate":"2027-03-31","insDateTime":"x","updDateTime":"2026-11-01T10:00:00+09:00","extra":1},
+                      {"customerId":13,"point":7}]"#;
+        let rows: Vec<PointRow> = serde_json::from_str(src).unwrap();
+        let b: Vec<UpstreamBalance> = rows.into_iter().map(Into::into).collect();
+        assert_eq!(b[0].customer_id, "12");
+        assert_eq!(b[0].point, 150);
+        assert_eq!(b[0].expires_at.as_deref(), Some("2027-03-31"));
+        assert_eq!(b[1].point, 7);
+        assert_eq!(b[1].expires_at, None);
+    }
+
+    #[test]
+    fn malformed_rows_fail() {
+        for bad in [
+            r#"{"customerId":"1"}"#,
+            r#"[{"customerId":"1","point":"abc"}]"#,
+            "<html>",
+        ] {
+            assert!(serde_json::from_str::<Vec<PointRow>>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_keep_title_and_detail() {
+        let e = status_error(
+            StatusCode::BAD_REQUEST,
+            r#"{"type":"about:blank","title":"Bad Request","detail":"ポイントが不足しています"}"#,
+            None,
+        );
+        let s = e.to_string();
+        assert!(s.contains("Bad Request") && s.contains("ポイント"), "{s}");
+        assert_eq!(e.class(), super::super::FailureClass::Permanent);
+    }
+
+    #[test]
+    fn escapes_path_segments() {
+        assert_eq!(url_escape("ab-1"), "ab-1");
+        assert_eq!(url_escape("a/b"), "a%2Fb");
+    }
+}
