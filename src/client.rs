@@ -233,6 +233,57 @@ pub fn render_queue(v: &Value) -> String {
     s
 }
 
+pub fn render_review(v: &Value) -> String {
+    let rows = v
+        .get("transactions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "the review queue is empty\n".into();
+    }
+    let mut s = format!("{} transaction(s) need a decision:\n", rows.len());
+    for r in rows {
+        s.push_str(&format!(
+            "\n{}  customer {}  {} {}  (created {})\n  why: {}\n  evidence: {}\n",
+            num(&r, &["txn_id"]),
+            num(&r, &["customer_id"]),
+            num(&r, &["kind"]),
+            num(&r, &["delta"]),
+            num(&r, &["created_at"]),
+            num(&r, &["last_error"]),
+            r.get("upstream_result")
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ));
+    }
+    s.push_str(
+        "\ndecide with: pointsd review resolve TXN --as applied|resend|discard --note \"why\"\n",
+    );
+    s
+}
+
+pub fn render_reconcile(v: &Value) -> String {
+    let mut s = format!(
+        "reconciled at {}: {} balances checked, {} differ from what this store last confirmed\n",
+        num(v, &["ran_at"]),
+        num(v, &["checked"]),
+        num(v, &["discrepancies"]),
+    );
+    if let Some(items) = v.get("items").and_then(Value::as_array) {
+        for it in items.iter().take(50) {
+            s.push_str(&format!(
+                "  customer {}: cached {} → upstream {} ({})\n",
+                num(it, &["customer_id"]),
+                num(it, &["cached_confirmed"]),
+                num(it, &["upstream"]),
+                num(it, &["difference"]),
+            ));
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

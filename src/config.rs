@@ -70,6 +70,9 @@ pub struct ApiConfig {
     /// How long a look-up waits for a one-customer refresh from upstream before answering
     /// from the cache.
     pub lookup_refresh_budget_ms: u64,
+    /// A look-up refreshes the customer from upstream (online only) when the cached figure is
+    /// older than this; 0 refreshes on every look-up.
+    pub lookup_refresh_after_s: u64,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +81,7 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8765".into(),
             tokens: Vec::new(),
             lookup_refresh_budget_ms: 300,
+            lookup_refresh_after_s: 30,
         }
     }
 }
@@ -194,6 +198,8 @@ pub struct SyncConfig {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub backoff_multiplier: f64,
+    /// Requests per second to the upstream, shared by push, pull and look-up refreshes.
+    pub max_requests_per_second: u32,
 }
 
 impl Default for SyncConfig {
@@ -207,6 +213,7 @@ impl Default for SyncConfig {
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
             backoff_multiplier: 2.0,
+            max_requests_per_second: 20,
         }
     }
 }
@@ -585,6 +592,16 @@ impl Config {
             bad(
                 "sync.backoff_multiplier",
                 "must be between 1.0 and 10.0".into(),
+            );
+        }
+
+        if s.max_requests_per_second == 0 || s.max_requests_per_second > 10_000 {
+            bad("sync.max_requests_per_second", "must be 1..=10000".into());
+        }
+        if self.api.lookup_refresh_budget_ms > 5_000 {
+            bad(
+                "api.lookup_refresh_budget_ms",
+                "must be at most 5000 (a cashier is waiting)".into(),
             );
         }
 

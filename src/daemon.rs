@@ -166,8 +166,12 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(clock.clone()));
     let adapter = build_upstream(&settings, sim.as_ref())?;
-    let upstream: Arc<dyn Upstream> =
-        Arc::new(Observed::new(adapter, health.clone(), metrics.clone()));
+    let upstream: Arc<dyn Upstream> = Arc::new(Observed::new(
+        adapter,
+        health.clone(),
+        metrics.clone(),
+        Some(settings.config.sync.max_requests_per_second),
+    ));
     let sc = &settings.config.sync;
     let durations = settings.sync_durations();
     let engine = SyncEngine::new(

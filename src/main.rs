@@ -95,6 +95,20 @@ enum Cmd {
         #[command(flatten)]
         w: WriteArgs,
     },
+    /// The review queue: transactions whose exactly-once delivery could not be proven.
+    Review {
+        #[command(subcommand)]
+        cmd: ReviewCmd,
+    },
+    /// Compare upstream balances with what this store last confirmed, and report differences
+    /// (nothing is corrected upstream).
+    Reconcile {
+        /// Show the last report instead of running a new one.
+        #[arg(long)]
+        last: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// List transactions in the outbox.
     Queue {
         /// pending, sending, ambiguous, applied, rejected, needs_review, discarded
@@ -102,6 +116,26 @@ enum Cmd {
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCmd {
+    /// List transactions waiting for a person's decision.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Decide a review item (needs a manager token): the audit keeps who and why.
+    Resolve {
+        txn_id: String,
+        /// applied: the upstream has it; resend: it does not, send again; discard: drop it.
+        #[arg(long = "as", value_parser = ["applied", "resend", "discard"])]
+        action: String,
+        #[arg(long)]
+        note: String,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -237,6 +271,55 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             points,
             w,
         } => write_cmd("redeem", customer, points, w).await,
+        Cmd::Review {
+            cmd: ReviewCmd::List { c },
+        } => {
+            let v = client_for(&c)?
+                .get("/v1/transactions?state=needs_review&limit=1000")
+                .await?;
+            print_out(&c, &v, client::render_review);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Review {
+            cmd:
+                ReviewCmd::Resolve {
+                    txn_id,
+                    action,
+                    note,
+                    c,
+                },
+        } => {
+            let cl = manager_client_for(&c)?;
+            let path = format!("/v1/transactions/{}/resolve", url_component(&txn_id));
+            let v = cl
+                .post(&path, &json!({"as": action, "note": note}), None)
+                .await?;
+            print_out(&c, &v, |v| {
+                format!(
+                    "{} is now {} (resolved by {})\n",
+                    v["txn_id"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?"),
+                    v["resolved_by"].as_str().unwrap_or("?")
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reconcile { last, c } => {
+            let v = if last {
+                client_for(&c)?.get("/v1/reconcile").await?
+            } else {
+                manager_client_for(&c)?
+                    .post("/v1/reconcile", &json!({}), None)
+                    .await?
+            };
+            print_out(&c, &v, client::render_reconcile);
+            let diffs = v["discrepancies"].as_u64().unwrap_or(0);
+            Ok(if diffs > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Queue { state, limit, c } => {
             let mut path = format!("/v1/transactions?limit={limit}");
             if let Some(s) = state {
@@ -284,6 +367,15 @@ async fn write_cmd(kind: &str, customer: String, points: i64, w: WriteArgs) -> R
 }
 
 fn client_for(c: &ClientArgs) -> Result<Client> {
+    client_with_role(c, false)
+}
+
+/// Like `client_for`, but picks the config's manager token when no --token is given.
+fn manager_client_for(c: &ClientArgs) -> Result<Client> {
+    client_with_role(c, true)
+}
+
+fn client_with_role(c: &ClientArgs, manager: bool) -> Result<Client> {
     // The config is optional for client commands: --url and --token are enough.
     let cfg = resolve_config_path(&c.cfg)
         .filter(|p| p.exists())
@@ -311,6 +403,8 @@ fn client_for(c: &ClientArgs) -> Result<Client> {
             .api
             .tokens
             .iter()
+            .filter(|t| !manager || t.role == config::Role::Manager)
+            .chain(cfg.api.tokens.iter())
             .find_map(|t| t.token.as_ref().map(|s| s.expose().to_string()))
             .context("the config has no plain token to use; pass --token or set POINTSD_TOKEN")?,
         (None, None) => {

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,7 +22,10 @@ use crate::clock::{self, SharedClock};
 use crate::config::{Role, Settings, sha256};
 use crate::ledger::{self, Balance, RedeemRefusal, State as TxnState};
 use crate::metrics::Metrics;
-use crate::store::{AcceptCtx, AcceptOutcome, CustomerRow, LookupColumn, Store, TxnFilter, TxnRow};
+use crate::store::{
+    AcceptCtx, AcceptOutcome, CustomerRow, LookupColumn, Resolution, ResolveOutcome, Store,
+    TxnFilter, TxnRow,
+};
 use crate::sync::SyncEngine;
 use crate::upstream::health::Health;
 pub use problem::ApiError;
@@ -58,6 +61,11 @@ pub fn router(state: AppRef) -> Router {
             get(list_transactions).post(post_transaction),
         )
         .route("/v1/transactions/{txn_id}", get(get_transaction))
+        .route(
+            "/v1/transactions/{txn_id}/resolve",
+            post(resolve_transaction),
+        )
+        .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -119,6 +127,13 @@ struct StatusView {
     upstream: UpstreamView,
     queue: QueueView,
     cache: CacheView,
+    reconcile: Option<ReconcileSummary>,
+}
+
+#[derive(Serialize)]
+struct ReconcileSummary {
+    last_run_at: String,
+    discrepancies: u64,
 }
 
 #[derive(Serialize)]
@@ -156,9 +171,19 @@ async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> 
         .meta("last_full_refresh_at")
         .await?
         .and_then(|v| v.parse::<i64>().ok());
+    let reconcile = st
+        .store
+        .meta("last_reconcile")
+        .await?
+        .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+        .map(|v| ReconcileSummary {
+            last_run_at: v["ran_at"].as_str().unwrap_or_default().to_string(),
+            discrepancies: v["discrepancies"].as_u64().unwrap_or(0),
+        });
     let h = st.health.snapshot();
     let now = st.clock.now_ms();
     Ok(Json(StatusView {
+        reconcile,
         online: h.online && !h.auth_failed,
         store_id: st.settings.config.agent.store_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -246,10 +271,32 @@ async fn get_customer(
 ) -> Result<Json<CustomerView>, ApiError> {
     check_id("customer_id", &id)?;
     match st.store.customer(&id).await? {
-        Some(c) => Ok(Json(customer_view(&st, c))),
+        Some(c) => Ok(Json(customer_view(&st, fresher(&st, c).await?))),
         None => Err(ApiError::NotFound(format!(
             "No customer with id {id:?} in the local cache."
         ))),
+    }
+}
+
+/// While online, a look-up of a customer whose cached figure is older than
+/// `api.lookup_refresh_after_s` asks the upstream first, within a short budget; whatever
+/// happens, the cache answers (a hung upstream never blocks a register).
+async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError> {
+    let api = &st.settings.config.api;
+    let age_limit = api.lookup_refresh_after_s as i64 * 1000;
+    let old = c.as_of.is_none_or(|t| st.clock.now_ms() - t >= age_limit);
+    if !old || !st.health.is_online() || c.local_only {
+        return Ok(c);
+    }
+    let budget = Duration::from_millis(api.lookup_refresh_budget_ms);
+    match tokio::time::timeout(budget, st.sync.refresh_customer(&c.customer_id)).await {
+        Ok(Ok(true)) => Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c)),
+        Ok(Ok(false)) => Ok(c),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, customer_id = %c.customer_id, "look-up refresh failed; answering from the cache");
+            Ok(c)
+        }
+        Err(_) => Ok(c),
     }
 }
 
@@ -294,9 +341,12 @@ async fn find_customer(
             ));
         }
     };
-    found
-        .map(|c| Json(customer_view(&st, c)))
-        .ok_or_else(|| ApiError::NotFound("No customer matches that code or barcode.".into()))
+    match found {
+        Some(c) => Ok(Json(customer_view(&st, fresher(&st, c).await?))),
+        None => Err(ApiError::NotFound(
+            "No customer matches that id, code or barcode.".into(),
+        )),
+    }
 }
 
 #[derive(Serialize)]
@@ -541,16 +591,187 @@ async fn current_answer(st: &AppState, txn_id: &str) -> Result<Json<WriteAnswer>
     }))
 }
 
+#[derive(Serialize)]
+struct TxnDetail {
+    #[serde(flatten)]
+    txn: TxnView,
+    /// Review decisions taken on this transaction, oldest first.
+    resolutions: Vec<ResolutionView>,
+}
+
+#[derive(Serialize)]
+struct ResolutionView {
+    from_state: String,
+    action: String,
+    resolved_by: String,
+    note: String,
+    at: String,
+}
+
+async fn txn_detail(st: &AppState, txn_id: &str) -> Result<Json<TxnDetail>, ApiError> {
+    let t = st
+        .store
+        .txn(txn_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("No transaction with txn_id {txn_id:?}.")))?;
+    let resolutions = st
+        .store
+        .resolutions(txn_id)
+        .await?
+        .into_iter()
+        .map(|r| ResolutionView {
+            from_state: r.from_state,
+            action: r.action,
+            resolved_by: r.resolved_by,
+            note: r.note,
+            at: clock::rfc3339(r.at),
+        })
+        .collect();
+    Ok(Json(TxnDetail {
+        txn: txn_view(t),
+        resolutions,
+    }))
+}
+
 async fn get_transaction(
     State(st): State<AppRef>,
     Path(txn_id): Path<String>,
-) -> Result<Json<TxnView>, ApiError> {
+) -> Result<Json<TxnDetail>, ApiError> {
     check_id("txn_id", &txn_id)?;
-    st.store
-        .txn(&txn_id)
+    txn_detail(&st, &txn_id).await
+}
+
+fn require_manager(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if caller.role == Role::Manager {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "Only a manager token may {what}; token {:?} is a register token.",
+            caller.name
+        )))
+    }
+}
+
+/// A person's decision on a review-queue item, audited with who and why.
+async fn resolve_transaction(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(txn_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TxnDetail>, ApiError> {
+    require_manager(&caller, "resolve review items")?;
+    check_id("txn_id", &txn_id)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadJson(e.body_text())
+        }
+    })?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let mut errs = Vec::new();
+    let Value::Object(map) = &v else {
+        return Err(ApiError::field("(body)", "must be a JSON object"));
+    };
+    for k in map.keys() {
+        if k != "as" && k != "note" {
+            errs.push(ledger::FieldError {
+                field: k.clone(),
+                message: "unknown field".into(),
+            });
+        }
+    }
+    let res = match map.get("as").and_then(Value::as_str) {
+        Some("applied") => Some(Resolution::Applied),
+        Some("resend") => Some(Resolution::Resend),
+        Some("discard") => Some(Resolution::Discard),
+        _ => {
+            errs.push(ledger::FieldError {
+                field: "as".into(),
+                message: "required: \"applied\", \"resend\" or \"discard\"".into(),
+            });
+            None
+        }
+    };
+    let note = match map.get("note").and_then(Value::as_str).map(str::trim) {
+        Some(n) if !n.is_empty() && n.chars().count() <= ledger::MAX_REASON_LEN => {
+            Some(n.to_string())
+        }
+        _ => {
+            errs.push(ledger::FieldError {
+                field: "note".into(),
+                message: format!(
+                    "required: why (1-{} characters), for the audit trail",
+                    ledger::MAX_REASON_LEN
+                ),
+            });
+            None
+        }
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    let (res, note) = (res.expect("checked"), note.expect("checked"));
+    match st
+        .store
+        .resolve(&txn_id, res, &caller.name, &note, st.clock.now_ms())
         .await?
-        .map(|t| Json(txn_view(t)))
-        .ok_or_else(|| ApiError::NotFound(format!("No transaction with txn_id {txn_id:?}.")))
+    {
+        ResolveOutcome::NotFound => {
+            return Err(ApiError::NotFound(format!(
+                "No transaction with txn_id {txn_id:?}."
+            )));
+        }
+        ResolveOutcome::NotResolvable(state) => {
+            return Err(ApiError::Conflict {
+                code: "not_resolvable",
+                title: "Nothing to resolve",
+                detail: format!(
+                    "Transaction {txn_id:?} is {}; only needs_review items (or rejected ones, to resend or discard) can be resolved.",
+                    state.as_str()
+                ),
+                txn_id: Some(txn_id),
+            });
+        }
+        ResolveOutcome::Done { customer_id } => {
+            tracing::warn!(txn_id = %txn_id, action = res.as_str(), by = %caller.name, note = %note, "review item resolved");
+            match res {
+                Resolution::Resend => st.sync.kick(),
+                Resolution::Applied => {
+                    // The upstream has it: take its figure rather than guessing one.
+                    let sync = st.sync.clone();
+                    tokio::spawn(async move {
+                        let _ = sync.refresh_customer(&customer_id).await;
+                    });
+                }
+                Resolution::Discard => {}
+            }
+        }
+    }
+    txn_detail(&st, &txn_id).await
+}
+
+async fn last_reconcile(State(st): State<AppRef>) -> Result<Json<Value>, ApiError> {
+    match st.store.meta("last_reconcile").await? {
+        Some(j) => Ok(Json(serde_json::from_str(&j).unwrap_or(Value::Null))),
+        None => Err(ApiError::NotFound(
+            "No reconciliation has run yet; it runs with every full refresh, or POST /v1/reconcile.".into(),
+        )),
+    }
+}
+
+async fn run_reconcile(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    require_manager(&caller, "run a reconciliation")?;
+    match tokio::time::timeout(Duration::from_secs(120), st.sync.refresh_and_reconcile()).await {
+        Ok(Ok(report)) => Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null))),
+        Ok(Err(e)) => Err(ApiError::Upstream(e)),
+        Err(_) => Err(ApiError::Upstream(
+            "the upstream took longer than 120 s".into(),
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,8 @@ pub enum ApiError {
     },
     #[error("request body too large")]
     TooLarge,
+    #[error("the upstream could not be reached: {0}")]
+    Upstream(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error(transparent)]
@@ -96,6 +98,12 @@ impl ApiError {
                 "too_large",
                 "Request body too large",
                 "Request bodies are limited to 64 KiB.".into(),
+            ),
+            ApiError::Upstream(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "Upstream unavailable",
+                format!("{d}. The local cache and queue keep working; try again when online."),
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -789,36 +789,59 @@ impl Store {
 
     /// Confirmed balances from upstream. A customer with a send in flight, or whose balance a
     /// push confirmed after this pull started (`started_rev`), keeps what it has: the pulled
-    /// figure may predate our own change (DESIGN.md: pending deltas are overlaid, never double
-    /// counted). Returns how many rows were updated.
+    /// figure may predate our own change (pending deltas are overlaid, never double counted).
+    ///
+    /// Returns how many rows were updated and, for reconciliation, every customer whose
+    /// previously confirmed figure differs from the upstream's (nothing is corrected upstream).
     pub async fn upsert_balances(
         &self,
         items: Vec<UpstreamBalance>,
         started_rev: i64,
         now_ms: i64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, Vec<Discrepancy>), StoreError> {
         self.write(move |c| {
-            let mut st = c.prepare_cached(
+            let mut check = c.prepare_cached(
+                "SELECT confirmed, as_of, applied_rev <= ?2 AND NOT EXISTS (SELECT 1 FROM txns t \
+                   WHERE t.customer_id = customers.customer_id AND t.state IN ('sending','ambiguous')) \
+                 FROM customers WHERE customer_id = ?1",
+            )?;
+            let mut up = c.prepare_cached(
                 "INSERT INTO customers(customer_id, confirmed, expires_at, upstream_updated_at, as_of) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT(customer_id) DO UPDATE SET confirmed = excluded.confirmed, \
                    expires_at = excluded.expires_at, upstream_updated_at = excluded.upstream_updated_at, \
-                   as_of = excluded.as_of, local_only = 0 \
-                 WHERE customers.applied_rev <= ?6 AND NOT EXISTS (SELECT 1 FROM txns t \
-                   WHERE t.customer_id = customers.customer_id AND t.state IN ('sending','ambiguous'))",
+                   as_of = excluded.as_of, local_only = 0",
             )?;
             let mut n = 0;
+            let mut diffs = Vec::new();
             for it in &items {
-                n += st.execute(params![
+                let existing: Option<(i64, Option<i64>, bool)> = check
+                    .query_row(params![it.customer_id, started_rev], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                match existing {
+                    Some((_, _, false)) => continue,
+                    Some((cached, Some(as_of), true)) if cached != it.point => {
+                        diffs.push(Discrepancy {
+                            customer_id: it.customer_id.clone(),
+                            cached_confirmed: cached,
+                            upstream: it.point,
+                            difference: it.point - cached,
+                            cached_as_of: as_of,
+                        })
+                    }
+                    _ => {}
+                }
+                n += up.execute(params![
                     it.customer_id,
                     it.point,
                     it.expires_at,
                     it.updated_at,
-                    now_ms,
-                    started_rev
+                    now_ms
                 ])?;
             }
-            Ok(n)
+            Ok((n, diffs))
         })
         .await
     }
@@ -842,6 +865,126 @@ impl Store {
                 [],
                 |r| r.get(0),
             )
+        })
+        .await
+    }
+}
+
+/// A customer whose upstream balance is not what the cache last confirmed: changed elsewhere
+/// (another store, the online shop, an operator) or lost. Reported, never "fixed" upstream.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Discrepancy {
+    pub customer_id: String,
+    pub cached_confirmed: i64,
+    pub upstream: i64,
+    pub difference: i64,
+    pub cached_as_of: i64,
+}
+
+/// A person's decision on a transaction in the review queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    /// The upstream has it (checked by a person): count it as applied.
+    Applied,
+    /// The upstream does not have it: send it again.
+    Resend,
+    /// It must not count: drop it.
+    Discard,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Applied => "applied",
+            Resolution::Resend => "resend",
+            Resolution::Discard => "discard",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ResolveOutcome {
+    Done { customer_id: String },
+    NotFound,
+    NotResolvable(State),
+}
+
+/// One audited review decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolutionRow {
+    pub txn_id: String,
+    pub from_state: String,
+    pub action: String,
+    pub resolved_by: String,
+    pub note: String,
+    pub at: i64,
+}
+
+impl Store {
+    /// Applies a person's decision, with an audit row, in one transaction. Only
+    /// `needs_review` rows take any decision; `rejected` rows may be resent or discarded.
+    pub async fn resolve(
+        &self,
+        txn_id: &str,
+        res: Resolution,
+        by: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<ResolveOutcome, StoreError> {
+        let (txn_id, by, note) = (txn_id.to_string(), by.to_string(), note.to_string());
+        self.write(move |c| {
+            let Some(t) = txn_by_id(c, &txn_id)? else {
+                return Ok(ResolveOutcome::NotFound);
+            };
+            let allowed = matches!(
+                (t.state, res),
+                (State::NeedsReview, _)
+                    | (State::Rejected, Resolution::Resend | Resolution::Discard)
+            );
+            if !allowed {
+                return Ok(ResolveOutcome::NotResolvable(t.state));
+            }
+            let new_state = match res {
+                Resolution::Applied => State::Applied,
+                Resolution::Resend => State::Pending,
+                Resolution::Discard => State::Discarded,
+            };
+            c.execute(
+                "UPDATE txns SET state = ?2, resolved_by = ?3, resolution_note = ?4, updated_at = ?5, \
+                   next_attempt_at = ?5 WHERE seq = ?1",
+                params![t.seq, new_state.as_str(), by, note, now_ms],
+            )?;
+            c.execute(
+                "INSERT INTO resolutions(txn_id, from_state, action, resolved_by, note, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![txn_id, t.state.as_str(), res.as_str(), by, note, now_ms],
+            )?;
+            Ok(ResolveOutcome::Done {
+                customer_id: t.customer_id,
+            })
+        })
+        .await
+    }
+
+    pub async fn resolutions(&self, txn_id: &str) -> Result<Vec<ResolutionRow>, StoreError> {
+        let id = txn_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT txn_id, from_state, action, resolved_by, note, at FROM resolutions \
+                 WHERE txn_id = ?1 ORDER BY id",
+            )?;
+            st.query_map([id], |r| {
+                Ok(ResolutionRow {
+                    txn_id: r.get(0)?,
+                    from_state: r.get(1)?,
+                    action: r.get(2)?,
+                    resolved_by: r.get(3)?,
+                    note: r.get(4)?,
+                    at: r.get(5)?,
+                })
+            })?
+            .collect()
         })
         .await
     }
@@ -1022,12 +1165,12 @@ mod tests {
             updated_at: None,
         }];
         let rev = s.apply_counter().await.unwrap();
-        assert_eq!(s.upsert_balances(stale.clone(), rev, 3).await.unwrap(), 0);
+        assert_eq!(s.upsert_balances(stale.clone(), rev, 3).await.unwrap().0, 0);
         s.mark_applied(claimed[0].seq, 110, None, 3, None)
             .await
             .unwrap();
         // A pull that started before the apply must not overwrite it either.
-        assert_eq!(s.upsert_balances(stale, rev, 4).await.unwrap(), 0);
+        assert_eq!(s.upsert_balances(stale, rev, 4).await.unwrap().0, 0);
         let c = s.customer("c1").await.unwrap().unwrap();
         assert_eq!(c.balance(), Balance::new(110, 20));
         let next = s.claim_due(5_000, 10).await.unwrap();

@@ -69,6 +69,18 @@ CREATE TABLE sync_state (
 ) STRICT;
 INSERT INTO sync_state(key, value) VALUES ('apply_counter', '0');
 "#,
+    // 2: audit trail of review-queue decisions.
+    r#"
+CREATE TABLE resolutions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    txn_id      TEXT NOT NULL REFERENCES txns(txn_id),
+    from_state  TEXT NOT NULL,
+    action      TEXT NOT NULL CHECK (action IN ('applied','resend','discard')),
+    resolved_by TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    at          INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 pub fn known_version() -> i64 {

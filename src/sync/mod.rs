@@ -17,10 +17,11 @@ use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::ledger::State;
-use crate::store::{Store, StoreError, TxnRow};
+use crate::store::{Discrepancy, Store, StoreError, TxnRow};
 use crate::upstream::health::Health;
 use crate::upstream::{FailureClass, Upstream};
 use schedule::Schedule;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -41,6 +42,19 @@ pub struct SyncEngine {
     wake: Notify,
     refresh_now: Notify,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<State>>>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+/// Discrepancies kept in a report (the count covers all).
+const REPORT_ITEMS: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    pub ran_at: String,
+    pub customers: usize,
+    pub checked: usize,
+    pub discrepancies: usize,
+    pub items: Vec<Discrepancy>,
 }
 
 impl SyncEngine {
@@ -60,6 +74,7 @@ impl SyncEngine {
             wake: Notify::new(),
             refresh_now: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
+            refresh_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -378,9 +393,14 @@ impl SyncEngine {
 
     /// Refreshes the customer directory and every balance. Returns false if it did not finish.
     pub async fn full_refresh(&self) -> bool {
-        match self.try_full_refresh().await {
-            Ok((customers, balances)) => {
-                tracing::info!(customers, balances, "full refresh done");
+        match self.refresh_and_reconcile().await {
+            Ok(r) => {
+                tracing::info!(
+                    customers = r.customers,
+                    balances = r.checked,
+                    discrepancies = r.discrepancies,
+                    "full refresh done"
+                );
                 true
             }
             Err(e) => {
@@ -390,7 +410,11 @@ impl SyncEngine {
         }
     }
 
-    async fn try_full_refresh(&self) -> Result<(usize, usize), String> {
+    /// A full refresh that also reconciles: every customer whose upstream balance differs from
+    /// the figure the cache last confirmed (with nothing of ours in flight) is reported. The
+    /// report is kept as `last_reconcile`; nothing is ever corrected upstream (DESIGN.md §2.5).
+    pub async fn refresh_and_reconcile(&self) -> Result<ReconcileReport, String> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
         let started_rev = self
             .store
             .apply_counter()
@@ -414,7 +438,8 @@ impl SyncEngine {
             }
             page += 1;
         }
-        let mut balances = 0;
+        let mut checked = 0;
+        let mut items = Vec::new();
         page = 1;
         loop {
             let p = self
@@ -422,21 +447,42 @@ impl SyncEngine {
                 .list_balances(page)
                 .await
                 .map_err(|e| e.to_string())?;
-            balances += p.items.len();
-            self.store
+            checked += p.items.len();
+            let (_, diffs) = self
+                .store
                 .upsert_balances(p.items, started_rev, self.now())
                 .await
                 .map_err(|e| e.to_string())?;
+            items.extend(diffs);
             if !p.more {
                 break;
             }
             page += 1;
         }
+        let now = self.now();
+        let report = ReconcileReport {
+            ran_at: crate::clock::rfc3339(now),
+            customers,
+            checked,
+            discrepancies: items.len(),
+            items: items.into_iter().take(REPORT_ITEMS).collect(),
+        };
+        if report.discrepancies > 0 {
+            tracing::warn!(
+                count = report.discrepancies,
+                "upstream balances differ from the figures this store last confirmed (changed elsewhere, or lost); see `pointsd reconcile`"
+            );
+        }
+        let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
         self.store
-            .set_meta("last_full_refresh_at", self.now().to_string())
+            .set_meta("last_reconcile", json)
             .await
             .map_err(|e| e.to_string())?;
-        Ok((customers, balances))
+        self.store
+            .set_meta("last_full_refresh_at", now.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(report)
     }
 
     /// Refreshes one customer from upstream (look-up while online). Errors are the caller's
@@ -452,7 +498,7 @@ impl SyncEngine {
                 .store
                 .upsert_balances(vec![b], started_rev, self.now())
                 .await
-                .map(|n| n > 0)
+                .map(|(n, _)| n > 0)
                 .map_err(|e| e.to_string()),
             Ok(None) => Ok(false),
             Err(e) => Err(e.to_string()),

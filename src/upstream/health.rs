@@ -101,14 +101,31 @@ pub struct Observed<U> {
     inner: U,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl<U: Upstream> Observed<U> {
-    pub fn new(inner: U, health: Arc<Health>, metrics: Arc<Metrics>) -> Self {
+    /// `per_second` caps requests to the upstream across every caller (push, pull, look-ups).
+    pub fn new(
+        inner: U,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        per_second: Option<u32>,
+    ) -> Self {
+        let limiter = per_second
+            .and_then(std::num::NonZeroU32::new)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
         Observed {
             inner,
             health,
             metrics,
+            limiter,
+        }
+    }
+
+    async fn permit(&self) {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
         }
     }
 
@@ -133,6 +150,7 @@ impl<U: Upstream> Upstream for Observed<U> {
         self.inner.kind()
     }
     async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError> {
+        self.permit().await;
         let t = Instant::now();
         let r = self.inner.list_balances(page).await;
         self.note("list_balances", t, &r);
@@ -142,6 +160,7 @@ impl<U: Upstream> Upstream for Observed<U> {
         &self,
         customer_id: &str,
     ) -> Result<Option<UpstreamBalance>, UpstreamError> {
+        self.permit().await;
         let t = Instant::now();
         let r = self.inner.get_balance(customer_id).await;
         self.note("get_balance", t, &r);
@@ -152,12 +171,14 @@ impl<U: Upstream> Upstream for Observed<U> {
         customer_id: &str,
         delta: i64,
     ) -> Result<UpstreamBalance, UpstreamError> {
+        self.permit().await;
         let t = Instant::now();
         let r = self.inner.add_points(customer_id, delta).await;
         self.note("add_points", t, &r);
         r
     }
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
+        self.permit().await;
         let t = Instant::now();
         let r = self.inner.list_customers(page).await;
         self.note("list_customers", t, &r);

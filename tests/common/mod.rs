@@ -1,0 +1,216 @@
+//! Shared fixtures: a simulator and a real daemon on loopback port 0, wired as in production
+//! (`upstream.kind = "smaregi"` pointed at the simulator), with fast sync timings.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pointsd::config::{Config, Role, Secret, SmaregiConfig, TierConfig, TokenConfig, UpstreamKind};
+use pointsd::sim::{Faults, SimHandle, SimOptions};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const REGISTER_TOKEN: &str = "test-register-token-0123456789";
+pub const MANAGER_TOKEN: &str = "test-manager-token-0123456789";
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+pub async fn start_sim(customers: u32) -> SimHandle {
+    SimHandle::start(
+        loopback(),
+        loopback(),
+        SimOptions {
+            customers,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .expect("sim starts")
+}
+
+/// A config for a daemon talking to `sim`, with fast timings for tests.
+pub fn test_config(sim: &SimHandle, store_id: &str) -> Config {
+    let o = sim.options();
+    let mut c = Config::default();
+    c.agent.store_id = store_id.into();
+    c.api.listen = "127.0.0.1:0".into();
+    c.api.tokens = vec![
+        TokenConfig {
+            name: "register-1".into(),
+            token: Some(Secret::new(REGISTER_TOKEN)),
+            token_sha256: None,
+            role: Role::Register,
+        },
+        TokenConfig {
+            name: "manager".into(),
+            token: Some(Secret::new(MANAGER_TOKEN)),
+            token_sha256: None,
+            role: Role::Manager,
+        },
+    ];
+    c.upstream.kind = UpstreamKind::Smaregi;
+    c.upstream.connect_timeout_ms = 500;
+    c.upstream.request_timeout_ms = 1_000;
+    c.upstream.smaregi = Some(SmaregiConfig {
+        contract_id: o.contract_id,
+        client_id: o.client_id,
+        client_secret: Secret::new(o.client_secret),
+        id_base: sim.url(),
+        api_base: sim.url(),
+    });
+    c.sync.probe_interval_s = 1;
+    c.sync.backoff_initial_ms = 100;
+    c.sync.backoff_max_ms = 1_000;
+    c.sync.online_budget_ms = 1_500;
+    c.tiers = vec![
+        TierConfig {
+            name: "Silver".into(),
+            min_points: 1000,
+        },
+        TierConfig {
+            name: "Gold".into(),
+            min_points: 5000,
+        },
+    ];
+    c
+}
+
+pub struct TestDaemon {
+    pub url: String,
+    pub dir: PathBuf,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), pointsd::daemon::DaemonError>>>,
+    pub http: reqwest::Client,
+}
+
+impl TestDaemon {
+    /// Starts a daemon in this process and waits until it has talked to the upstream
+    /// (unless the upstream is meant to be down: `wait_online = false`).
+    pub async fn start(config: Config, dir: PathBuf, wait_online: bool) -> TestDaemon {
+        let settings = Arc::new(config.clone().validate().expect("valid test config"));
+        let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pointsd::daemon::run(pointsd::daemon::RunConfig {
+            settings,
+            data_dir: dir.clone(),
+            listener,
+            shutdown: shutdown.clone(),
+            clock: pointsd::clock::system(),
+        }));
+        let d = TestDaemon {
+            url,
+            dir,
+            config,
+            shutdown,
+            task: Some(task),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        if wait_online {
+            d.wait_for("daemon online with a full cache", Duration::from_secs(10), |s| {
+                s["online"] == json!(true) && s["cache"]["last_full_refresh_at"].is_string()
+            })
+            .await;
+        }
+        d
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("daemon task").expect("daemon exits cleanly");
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(path, Some(REGISTER_TOKEN)).await
+    }
+
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut rb = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb.send().await.expect("daemon answers");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(REGISTER_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("daemon answers");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn earn(&self, txn_id: &str, customer: &str, points: i64) -> (u16, Value) {
+        self.post(
+            "/v1/transactions",
+            &json!({"txn_id": txn_id, "customer_id": customer, "kind": "earn", "points": points}),
+        )
+        .await
+    }
+
+    pub async fn redeem(&self, txn_id: &str, customer: &str, points: i64) -> (u16, Value) {
+        self.post(
+            "/v1/transactions",
+            &json!({"txn_id": txn_id, "customer_id": customer, "kind": "redeem", "points": points}),
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Value {
+        self.get("/v1/status").await.1
+    }
+
+    pub async fn available(&self, customer: &str) -> i64 {
+        let (s, v) = self.get(&format!("/v1/customers/{customer}")).await;
+        assert_eq!(s, 200, "{v}");
+        v["balance"]["available"].as_i64().unwrap()
+    }
+
+    /// Polls `/v1/status` until `pred` holds, or fails the test with the last status seen.
+    pub async fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status().await;
+            if pred(&s) {
+                return s;
+            }
+            if start.elapsed() > limit {
+                panic!("timed out waiting for {what}; last status: {s:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until nothing is pending, sending or ambiguous.
+    pub async fn wait_drained(&self, limit: Duration) -> Value {
+        self.wait_for("the queue to drain", limit, |s| {
+            s["queue"]["pending"] == json!(0)
+                && s["queue"]["sending"] == json!(0)
+                && s["queue"]["ambiguous"] == json!(0)
+        })
+        .await
+    }
+}
+
+pub fn set_faults(sim: &SimHandle, f: impl FnOnce(&mut Faults)) {
+    let mut faults = sim.faults();
+    f(&mut faults);
+    sim.set_faults(faults);
+}
