@@ -47,8 +47,10 @@ pub struct Faults {
     pub latency_ms: u64,
     /// For `point/add`: apply the change, then drop the connection without answering.
     pub drop_after_apply_rate: f64,
-    /// Answer 401 to every API request (as if the token were revoked).
+    /// Answer 401 to every API request and refuse new tokens (credentials revoked).
     pub reject_tokens: bool,
+    /// Answer `point/add` with this status (and a Smaregi-style error body) without applying.
+    pub add_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +116,7 @@ struct SimState {
     faults: Faults,
     adds: Vec<AppliedAdd>,
     requests: u64,
+    token_requests: u64,
     window: (Instant, u32),
     dirty: bool,
     rng: rand::rngs::StdRng,
@@ -221,6 +224,7 @@ impl SimState {
             faults: Faults::default(),
             adds,
             requests: 0,
+            token_requests: 0,
             window: (Instant::now(), 0),
             dirty: false,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed),
@@ -308,6 +312,7 @@ async fn token(
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let mut s = st.lock().expect("sim");
+    s.token_requests += 1;
     if contract != s.opts.contract_id {
         return problem(StatusCode::NOT_FOUND, "Not Found", "unknown contract");
     }
@@ -503,6 +508,11 @@ async fn add_point(
 ) -> Response {
     if let Err(r) = gate(&st, &headers, &contract).await {
         return r;
+    }
+    let forced = st.lock().expect("sim").faults.add_status;
+    if let Some(code) = forced {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return problem(status, status.canonical_reason().unwrap_or("Error"), "simulated failure");
     }
     let Ok(b) = serde_json::from_slice::<AddBody>(&body) else {
         return problem(
@@ -705,6 +715,25 @@ impl SimHandle {
     }
     pub fn request_count(&self) -> u64 {
         self.state.lock().expect("sim").requests
+    }
+    /// Token requests served (including refused ones).
+    pub fn token_request_count(&self) -> u64 {
+        self.state.lock().expect("sim").token_requests
+    }
+    /// Forgets every issued access token, as if they had expired.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().expect("sim").tokens.clear();
+    }
+    /// Changes a customer's balance behind the agent's back (another store, the online shop).
+    pub fn add_elsewhere(&self, customer_id: &str, delta: i64) {
+        let mut s = self.state.lock().expect("sim");
+        if let Some(k) = s.by_id.get(customer_id).copied()
+            && let Some(c) = s.customers.get_mut(&k)
+        {
+            c.point += delta;
+            c.upd_date_time = jst_now_string();
+            s.dirty = true;
+        }
     }
 
     pub async fn shutdown(&self) {

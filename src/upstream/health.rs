@@ -114,7 +114,12 @@ impl<U: Upstream> Observed<U> {
     ) -> Self {
         let limiter = per_second
             .and_then(std::num::NonZeroU32::new)
-            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+            // Evenly spaced, no burst: upstream limits are counted per second, and a burst
+            // on top of a full second's worth would earn a 429 and pause everything.
+            .map(|n| {
+                let one = std::num::NonZeroU32::MIN;
+                governor::RateLimiter::direct(governor::Quota::per_second(n).allow_burst(one))
+            });
         Observed {
             inner,
             health,
