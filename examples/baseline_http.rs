@@ -12,7 +12,10 @@ async fn main() {
     let body = json!({"customer_id":"1","code":"M000001","barcode":"2000000000015","name":"中村 健",
         "balance":{"confirmed":746,"pending":0,"available":746},"as_of":"2026-11-23T09:48:26.331Z",
         "stale":false,"online":true,"expires_at":"2028-08-21","expired":false,"tier":null,"local_only":false});
-    let app = Router::new().route("/v1/customers/{id}", get(move || async move { Json(body.clone()) }));
+    let app = Router::new().route(
+        "/v1/customers/{id}",
+        get(move || async move { Json(body.clone()) }),
+    );
     let l = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     println!("baseline listening on {addr}");
     axum::serve(l, app).await.expect("serve");

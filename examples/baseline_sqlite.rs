@@ -13,7 +13,8 @@ fn main() {
     let path = std::path::Path::new(&dir).join("baseline.db");
     let _ = std::fs::remove_file(&path);
     let c = rusqlite::Connection::open(&path).expect("open");
-    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).expect("wal");
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .expect("wal");
     c.pragma_update(None, "synchronous", "FULL").expect("sync");
     c.execute_batch(
         "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, txn_id TEXT UNIQUE, customer_id TEXT, delta INTEGER, created_at INTEGER)",

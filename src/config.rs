@@ -404,15 +404,25 @@ impl Config {
             .collect();
         match parsed {
             Ok(cfg) if problems.is_empty() => Ok(cfg),
-            Ok(_) => Err(invalid(problems)),
+            Ok(cfg) => {
+                // Report the rule problems too, so one `config check` shows everything.
+                if let Err(more) = cfg.validate() {
+                    problems.extend(more);
+                }
+                Err(invalid(problems))
+            }
             Err(e) => {
-                problems.push(Problem {
-                    key: track.path().to_string(),
-                    message: format!(
+                let key = track.path().to_string();
+                let message = if key.contains("secret") || key.contains("token") {
+                    // serde quotes the offending value, which here is a secret.
+                    "invalid value (not shown: it is a secret); expected a string".to_string()
+                } else {
+                    format!(
                         "{}; see config/pointsd.example.toml for the expected type",
                         e.message().trim()
-                    ),
-                });
+                    )
+                };
+                problems.push(Problem { key, message });
                 Err(invalid(problems))
             }
         }
@@ -671,9 +681,11 @@ impl Problem {
     }
 }
 
-/// `POINTSD_A__B=v` sets `a.b = v`. The value is read as a TOML value when it parses as one
-/// (numbers, booleans), else as a string, so secrets need no quoting.
+/// `POINTSD_A__B=v` sets `a.b = v`. The value is typed by the key's default: a key whose
+/// default is a number or boolean reads the value as TOML, every other key takes it as a plain
+/// string (so a digits-only store id or secret stays a string, and needs no quoting).
 fn apply_env_overrides(table: &mut toml::Table, env: &BTreeMap<String, String>) {
+    let defaults = toml::Value::try_from(Config::default()).ok();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -682,9 +694,21 @@ fn apply_env_overrides(table: &mut toml::Table, env: &BTreeMap<String, String>) 
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
+        let mut default = defaults.as_ref();
+        for part in &path {
+            default = default.and_then(|d| d.get(part));
+        }
+        let scalar = matches!(
+            default,
+            Some(toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))
+        );
+        let value = scalar
+            .then(|| {
+                toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+            })
+            .flatten()
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
         let mut cur = &mut *table;
         for (i, part) in path.iter().enumerate() {

@@ -183,6 +183,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             concurrency: sc.concurrency as usize,
             pull_interval: durations.pull_interval,
             probe_interval: durations.probe_interval,
+            settle: Duration::from_millis(settings.config.upstream.request_timeout_ms)
+                .clamp(Duration::from_secs(1), Duration::from_secs(30)),
             schedule: Schedule {
                 initial: Duration::from_millis(sc.backoff_initial_ms),
                 max: Duration::from_millis(sc.backoff_max_ms),

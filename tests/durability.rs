@@ -79,6 +79,7 @@ probe_interval_s = 1
 online_budget_ms = 0
 backoff_initial_ms = 100
 backoff_max_ms = 1000
+max_requests_per_second = 1000
 "#,
             url = sim.url
         ),
@@ -155,7 +156,9 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
     let start = Instant::now();
     loop {
         let (_, s) = get(&http, &format!("{url}/v1/status")).await;
-        if s["cache"]["customers"] == json!(CUSTOMERS) {
+        if s["cache"]["customers"] == json!(CUSTOMERS)
+            && s["cache"]["last_full_refresh_at"].is_string()
+        {
             break;
         }
         assert!(
@@ -242,7 +245,14 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(status["queue"]["needs_review"], json!(0), "{status}");
+    if status["queue"]["needs_review"] != json!(0) {
+        let (_, r) = get(&http, &format!("{url}/v1/transactions?state=needs_review")).await;
+        let mut logs = String::new();
+        for e in std::fs::read_dir(data.join("logs")).unwrap() {
+            logs.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+        }
+        panic!("transactions need review after the restart: {r:#}\ndaemon logs:\n{logs}");
+    }
     assert_eq!(status["queue"]["rejected"], json!(0), "{status}");
 
     // Every transaction the daemon holds (acknowledged or committed just before the kill)

@@ -512,7 +512,11 @@ async fn add_point(
     let forced = st.lock().expect("sim").faults.add_status;
     if let Some(code) = forced {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return problem(status, status.canonical_reason().unwrap_or("Error"), "simulated failure");
+        return problem(
+            status,
+            status.canonical_reason().unwrap_or("Error"),
+            "simulated failure",
+        );
     }
     let Ok(b) = serde_json::from_slice::<AddBody>(&body) else {
         return problem(

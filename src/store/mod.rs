@@ -632,14 +632,34 @@ impl Store {
             for seq in seqs {
                 c.execute(
                     "UPDATE txns SET state = 'sending', attempts = attempts + 1, updated_at = ?2, \
-                       before_balance = (SELECT confirmed FROM customers WHERE customer_id = txns.customer_id), \
-                       before_updated_at = (SELECT upstream_updated_at FROM customers WHERE customer_id = txns.customer_id) \
+                       before_balance = (SELECT confirmed FROM customers WHERE customer_id = txns.customer_id \
+                           AND as_of IS NOT NULL), \
+                       before_updated_at = (SELECT upstream_updated_at FROM customers WHERE customer_id = txns.customer_id \
+                           AND as_of IS NOT NULL) \
                      WHERE seq = ?1 AND state = 'pending'",
                     params![seq, now_ms],
                 )?;
                 out.push(txn_by_seq(c, seq)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Records the read-back evidence for a send when the cache had never confirmed the
+    /// customer's balance (the figure was read from the upstream just now).
+    pub async fn set_before(
+        &self,
+        seq: i64,
+        balance: i64,
+        upstream_updated_at: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE txns SET before_balance = ?2, before_updated_at = ?3 WHERE seq = ?1",
+                params![seq, balance, upstream_updated_at],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -759,13 +779,18 @@ impl Store {
 
     /// At start-up: a row still `sending` was in flight when the process died. Whether the
     /// upstream got it is unknown, so it must be verified, never blindly resent.
-    pub async fn recover_in_flight(&self, now_ms: i64) -> Result<usize, StoreError> {
+    /// `verify_at`: not before the orphaned request could have landed upstream.
+    pub async fn recover_in_flight(
+        &self,
+        now_ms: i64,
+        verify_at: i64,
+    ) -> Result<usize, StoreError> {
         self.write(move |c| {
             Ok(c.execute(
-                "UPDATE txns SET state = 'ambiguous', next_attempt_at = ?1, updated_at = ?1, \
+                "UPDATE txns SET state = 'ambiguous', next_attempt_at = ?2, updated_at = ?1, \
                    last_error = 'pointsd stopped while this was being sent; verifying by read-back' \
                  WHERE state = 'sending'",
-                [now_ms],
+                [now_ms, verify_at],
             )?)
         })
         .await
@@ -1186,7 +1211,7 @@ mod tests {
             s.claim_due(2_000, 10).await.unwrap();
         }
         let s = Store::open(&dir.path().join("t.db")).unwrap();
-        assert_eq!(s.recover_in_flight(3_000).await.unwrap(), 1);
+        assert_eq!(s.recover_in_flight(3_000, 3_000).await.unwrap(), 1);
         let t = s.txn("a").await.unwrap().unwrap();
         assert_eq!(t.state, State::Ambiguous);
         assert_eq!(t.before_balance, Some(100));

@@ -29,6 +29,10 @@ pub struct SyncOptions {
     pub pull_interval: Duration,
     pub probe_interval: Duration,
     pub schedule: Schedule,
+    /// How long after a send whose answer was lost before reading back: a request the
+    /// upstream is still working on must land first, or the read-back would see "nothing
+    /// moved" and the resend would apply twice. The request timeout is a fair bound.
+    pub settle: Duration,
 }
 
 /// Shared by the workers and the API (which waits on write-through results and wakes the
@@ -140,7 +144,11 @@ impl SyncEngine {
         tracker: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(), StoreError> {
-        let recovered = self.store.recover_in_flight(self.now()).await?;
+        let now = self.now();
+        let recovered = self
+            .store
+            .recover_in_flight(now, now + self.opts.settle.as_millis() as i64)
+            .await?;
         if recovered > 0 {
             tracing::warn!(
                 count = recovered,
@@ -165,14 +173,14 @@ impl SyncEngine {
             }
             // A 429 with Retry-After pauses the whole upstream; bad credentials pause it until
             // the probe sees them accepted (no retries burnt meanwhile).
+            // While the link is down nothing is sent (and no attempts are burnt): the pull
+            // worker's probe notices the link coming back and wakes this loop at once.
             let paused = self
                 .health
                 .pause_remaining_ms()
                 .map(|ms| ms as u64)
                 .or_else(|| {
-                    self.health
-                        .snapshot()
-                        .auth_failed
+                    (!self.health.is_online())
                         .then_some(self.opts.probe_interval.as_millis() as u64)
                 });
             if let Some(ms) = paused {
@@ -236,6 +244,30 @@ impl SyncEngine {
     }
 
     async fn send(&self, txn: &TxnRow) -> Result<(), StoreError> {
+        let mut txn = std::borrow::Cow::Borrowed(txn);
+        if txn.before_balance.is_none() {
+            // The cache never confirmed this customer's balance: read it first, so a lost
+            // answer can still be settled by read-back.
+            match self.upstream.get_balance(&txn.customer_id).await {
+                Ok(Some(b)) => {
+                    self.store
+                        .set_before(txn.seq, b.point, b.updated_at.clone())
+                        .await?;
+                    let t = txn.to_mut();
+                    t.before_balance = Some(b.point);
+                    t.before_updated_at = b.updated_at;
+                }
+                // Unknown upstream: the add will be refused (404) and the row rejected.
+                Ok(None) => {}
+                Err(e) => {
+                    let now = self.now();
+                    let at = self.retry_at(txn.attempts, e.retry_after());
+                    tracing::warn!(error = %e, "could not read the balance before sending; will retry");
+                    return self.store.mark_retry(txn.seq, e.to_string(), at, now).await;
+                }
+            }
+        }
+        let txn = txn.as_ref();
         let r = self.upstream.add_points(&txn.customer_id, txn.delta).await;
         let now = self.now();
         match r {
@@ -256,8 +288,9 @@ impl SyncEngine {
                 }
                 FailureClass::Ambiguous => {
                     tracing::warn!(error = %e, "no answer to a send; verifying by read-back before any resend");
+                    let verify_at = now + self.opts.settle.as_millis() as i64;
                     self.store
-                        .mark_ambiguous(txn.seq, e.to_string(), now, now)
+                        .mark_ambiguous(txn.seq, e.to_string(), verify_at, now)
                         .await?;
                 }
                 FailureClass::Permanent => {
@@ -380,7 +413,7 @@ impl SyncEngine {
                     if due && self.health.pause_remaining_ms().is_none() {
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            r = self.upstream.list_balances(1) => {
+                            r = self.upstream.probe() => {
                                 if let Err(e) = r { tracing::debug!(error = %e, "probe failed"); }
                             }
                         }
@@ -420,27 +453,10 @@ impl SyncEngine {
             .apply_counter()
             .await
             .map_err(|e| e.to_string())?;
-        let mut customers = 0;
-        let mut page = 1;
-        loop {
-            let p = self
-                .upstream
-                .list_customers(page)
-                .await
-                .map_err(|e| e.to_string())?;
-            customers += p.items.len();
-            self.store
-                .upsert_customers(p.items)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !p.more {
-                break;
-            }
-            page += 1;
-        }
+        // Balances first: they are what a register needs; names and codes follow.
         let mut checked = 0;
         let mut items = Vec::new();
-        page = 1;
+        let mut page = 1;
         loop {
             let p = self
                 .upstream
@@ -454,6 +470,24 @@ impl SyncEngine {
                 .await
                 .map_err(|e| e.to_string())?;
             items.extend(diffs);
+            if !p.more {
+                break;
+            }
+            page += 1;
+        }
+        let mut customers = 0;
+        page = 1;
+        loop {
+            let p = self
+                .upstream
+                .list_customers(page)
+                .await
+                .map_err(|e| e.to_string())?;
+            customers += p.items.len();
+            self.store
+                .upsert_customers(p.items)
+                .await
+                .map_err(|e| e.to_string())?;
             if !p.more {
                 break;
             }

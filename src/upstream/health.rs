@@ -182,6 +182,13 @@ impl<U: Upstream> Upstream for Observed<U> {
         self.note("add_points", t, &r);
         r
     }
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        self.permit().await;
+        let t = Instant::now();
+        let r = self.inner.probe().await;
+        self.note("probe", t, &r);
+        r
+    }
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
         self.permit().await;
         let t = Instant::now();

@@ -134,6 +134,8 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<UpstreamBalance, UpstreamError>;
     /// One page (1-based) of the customer directory.
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError>;
+    /// The cheapest authenticated request, to tell whether the link and credentials work.
+    async fn probe(&self) -> Result<(), UpstreamError>;
 }
 
 /// Smaregi sends numbers as JSON strings; accept either, and tolerate absence.

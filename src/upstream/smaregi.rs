@@ -401,6 +401,14 @@ impl Upstream for Smaregi {
         })
     }
 
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        let url = self.api_url("/pos/customers/point");
+        let q = [("limit", "1".to_string()), ("page", "1".to_string())];
+        self.call(Method::GET, &url, &q, None, false)
+            .await
+            .map(|_| ())
+    }
+
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
         let (rows, more) = self.list::<CustomerRowJson>("/pos/customers", page).await?;
         Ok(Page {
