@@ -1,6 +1,7 @@
 //! The local HTTP API for registers (and the CLI): routes, bearer auth, and the JSON shapes
 //! that are a contract (see README "Local API").
 
+pub mod page;
 pub mod problem;
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::HeaderValue;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::clock::{self, SharedClock};
@@ -42,7 +45,7 @@ pub struct AppState {
     pub clock: SharedClock,
 }
 
-type AppRef = Arc<AppState>;
+pub(crate) type AppRef = Arc<AppState>;
 
 /// Who is calling, from their token.
 #[derive(Debug, Clone)]
@@ -74,9 +77,29 @@ pub fn router(state: AppRef) -> Router {
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .merge(authed)
+        .merge(page::router())
         .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // The page and the API come from this daemon only; nothing may frame or sniff them.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
