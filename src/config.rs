@@ -146,6 +146,8 @@ pub struct SmaregiConfig {
     pub contract_id: String,
     pub client_id: String,
     pub client_secret: Secret,
+    /// Read the client secret from this file instead (for fleet tools and secret stores).
+    pub client_secret_file: Option<PathBuf>,
     /// Production `https://id.smaregi.jp`, sandbox `https://id.smaregi.dev`.
     pub id_base: String,
     /// Production `https://api.smaregi.jp`, sandbox `https://api.smaregi.dev`.
@@ -158,6 +160,7 @@ impl Default for SmaregiConfig {
             contract_id: String::new(),
             client_id: String::new(),
             client_secret: Secret::default(),
+            client_secret_file: None,
             id_base: "https://id.smaregi.jp".into(),
             api_base: "https://api.smaregi.jp".into(),
         }
@@ -434,7 +437,47 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, env, &path.display().to_string())
+        let mut cfg = Config::parse(&text, env, &path.display().to_string())?;
+        cfg.read_secret_files()
+            .map_err(|problems| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                problems,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Fills `client_secret` from `client_secret_file` when that is set.
+    pub fn read_secret_files(&mut self) -> Result<(), Vec<Problem>> {
+        let Some(sm) = self.upstream.smaregi.as_mut() else {
+            return Ok(());
+        };
+        let Some(file) = sm.client_secret_file.clone() else {
+            return Ok(());
+        };
+        let key = "upstream.smaregi.client_secret_file".to_string();
+        if !sm.client_secret.is_empty() {
+            return Err(vec![Problem {
+                key,
+                message: "set client_secret or client_secret_file, not both".into(),
+            }]);
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(t) if !t.trim().is_empty() => {
+                sm.client_secret = Secret::new(t.trim().to_string());
+                Ok(())
+            }
+            Ok(_) => Err(vec![Problem {
+                key,
+                message: format!("{} is empty; put the client secret in it", file.display()),
+            }]),
+            Err(e) => Err(vec![Problem {
+                key,
+                message: format!(
+                    "cannot read {}: {e}; check the path and that the pointsd user may read it",
+                    file.display()
+                ),
+            }]),
+        }
     }
 
     /// Checks every rule and returns typed settings, or every problem found.

@@ -10,6 +10,8 @@
 //! - [`upstream`]: the `Upstream` trait, failure classes, the Smaregi adapter, link health.
 //! - [`sim`]: the stateful Smaregi simulator used by `demo` and the tests.
 //! - [`daemon`]: wiring and graceful shutdown.
+//! - [`service`]: install as a system service (systemd, launchd, Windows SCM).
+//! - [`doctor`]: one-shot health check of an installation.
 //! - [`client`]: the CLI's client of a running daemon.
 //! - [`logging`], [`metrics`], [`clock`]: cross-cutting pieces.
 
@@ -18,9 +20,11 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod service;
 pub mod sim;
 pub mod store;
 pub mod sync;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use pointsd::client::{self, Client};
 use pointsd::config::{self, Config, ConfigError, Scope, Secret, Settings};
-use pointsd::{clock, daemon, logging, sim};
+use pointsd::{clock, daemon, doctor, logging, service, sim};
 
 #[derive(Parser)]
 #[command(
@@ -109,6 +109,28 @@ enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// Install, remove and control the system service.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+    /// Check this installation: config, files, database, port, upstream, clock.
+    Doctor {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run under the Windows Service Control Manager (what the installed service runs).
+    #[command(hide = true)]
+    ServiceRun {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// List transactions in the outbox.
     Queue {
         /// pending, sending, ambiguous, applied, rejected, needs_review, discarded
@@ -118,6 +140,47 @@ enum Cmd {
         limit: u32,
         #[command(flatten)]
         c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Install (or update in place) and start the service. Needs admin rights unless --user.
+    Install {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Print exactly what would be written and run, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Show the plan for another platform (with --dry-run).
+        #[arg(long, value_enum)]
+        platform: Option<service::Platform>,
+    },
+    /// Stop and remove the service. Data and config stay unless --purge.
+    Uninstall {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Also delete the config, the database and the logs.
+        #[arg(long)]
+        purge: bool,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    Start {
+        #[arg(long)]
+        user: bool,
+    },
+    Stop {
+        #[arg(long)]
+        user: bool,
+    },
+    Restart {
+        #[arg(long)]
+        user: bool,
+    },
+    Status {
+        #[arg(long)]
+        user: bool,
     },
 }
 
@@ -320,6 +383,13 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Service { cmd } => service_cmd(cmd),
+        Cmd::Doctor {
+            cfg,
+            data_dir,
+            json,
+        } => doctor(cfg, data_dir, json).await,
+        Cmd::ServiceRun { cfg, data_dir } => service_run(cfg, data_dir).await,
         Cmd::Queue { state, limit, c } => {
             let mut path = format!("/v1/transactions?limit={limit}");
             if let Some(s) = state {
@@ -621,4 +691,185 @@ async fn demo(listen: SocketAddr, data_dir: Option<PathBuf>, customers: u32) -> 
     println!("  Ctrl-C stops it; the queue is kept.");
     serve(Arc::new(settings), data_dir).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}
+
+fn service_cmd(cmd: ServiceCmd) -> Result<ExitCode> {
+    let native = service::Platform::native();
+    match cmd {
+        ServiceCmd::Install {
+            cfg,
+            dry_run,
+            platform,
+        } => {
+            let platform = platform.unwrap_or(native);
+            if platform != native && !dry_run {
+                bail!("--platform only works with --dry-run; this machine uses {native:?}");
+            }
+            let config = resolve_config_path(&cfg).expect("always some");
+            // Another platform's paths (e.g. C:\ProgramData) mean nothing here: keep them as given.
+            let config = if platform == native {
+                absolute(config)
+            } else {
+                config
+            };
+            let plan = service::InstallPlan {
+                platform,
+                user: cfg.user,
+                binary: absolute(
+                    std::env::current_exe().context("cannot find this program's own path")?,
+                ),
+                config: config.clone(),
+            };
+            print!("{}", plan.describe());
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !config.exists() {
+                println!(
+                    "note: {} does not exist yet; the service will fail until it does (start from config/pointsd.example.toml)",
+                    config.display()
+                );
+            }
+            service::install(&plan)?;
+            println!("installed and started; check it with `pointsd doctor` and `pointsd status`");
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCmd::Uninstall {
+            cfg,
+            purge,
+            data_dir,
+        } => {
+            service::uninstall(native, cfg.user)?;
+            println!("service removed");
+            if purge {
+                let env = config::env_map();
+                let config_path = resolve_config_path(&cfg).expect("always some");
+                let data = data_dir
+                    .or_else(|| {
+                        Config::load(&config_path, &env)
+                            .ok()
+                            .and_then(|c| c.agent.data_dir)
+                    })
+                    .unwrap_or_else(|| config::default_data_dir(scope(&cfg), &env));
+                let logs = config::default_log_dir(scope(&cfg), &data, &env);
+                for p in service::purge_paths(&config_path, &data, &logs) {
+                    let r = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    match r {
+                        Ok(()) => println!("deleted {}", p.display()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => println!("could not delete {}: {e}", p.display()),
+                    }
+                }
+            } else {
+                println!("config and data kept (use --purge to delete them)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCmd::Start { user } => {
+            service::control(native, user, service::Control::Start)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCmd::Stop { user } => {
+            service::control(native, user, service::Control::Stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCmd::Restart { user } => {
+            service::control(native, user, service::Control::Restart)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCmd::Status { user } => {
+            println!("pointsd service: {}", service::status(native, user)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn doctor(c: ConfigArgs, data_dir: Option<PathBuf>, json: bool) -> Result<ExitCode> {
+    let env = config::env_map();
+    let loaded = load_settings(&c);
+    let config_path = resolve_config_path(&c).expect("always some");
+    let data_dir = data_dir
+        .or_else(|| {
+            loaded
+                .as_ref()
+                .ok()
+                .and_then(|(_, s)| s.config.agent.data_dir.clone())
+        })
+        .unwrap_or_else(|| config::default_data_dir(scope(&c), &env));
+    let log_dir = config::default_log_dir(scope(&c), &data_dir, &env);
+    let checks = doctor::run(doctor::DoctorInput {
+        config_path,
+        settings: loaded.map(|(_, s)| s),
+        data_dir,
+        log_dir,
+    })
+    .await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for ch in &checks {
+            println!("{}", ch.line());
+        }
+    }
+    let failed = checks.iter().any(|c| c.level == doctor::Level::Fail);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Under the Windows SCM, speak the service protocol; elsewhere this is `run`.
+async fn service_run(c: ConfigArgs, data_dir: Option<PathBuf>) -> Result<ExitCode> {
+    #[cfg(windows)]
+    {
+        let (path, settings) = load_settings(&c).map_err(anyhow::Error::msg)?;
+        let env = config::env_map();
+        let data_dir = data_dir
+            .or_else(|| settings.config.agent.data_dir.clone())
+            .unwrap_or_else(|| config::default_data_dir(scope(&c), &env));
+        let settings = Arc::new(settings);
+        let handle = tokio::runtime::Handle::current();
+        // The SCM dispatcher blocks its thread; the daemon runs on this runtime.
+        tokio::task::spawn_blocking(move || {
+            service::windows::run_as_service(move |token| {
+                let log_dir = config::default_log_dir(scope(&c), &data_dir, &config::env_map());
+                let _log = logging::init(
+                    &settings.config.log.level,
+                    Some(&log_dir),
+                    settings.config.log.retention_files,
+                );
+                tracing::info!(config = %path.display(), "starting under the Windows service manager");
+                handle.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(settings.listen)
+                        .await
+                        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+                    daemon::run(daemon::RunConfig {
+                        settings,
+                        data_dir,
+                        listener,
+                        shutdown: token,
+                        clock: clock::system(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                })
+            })
+        })
+        .await?
+        .context("could not talk to the Windows service manager (run `pointsd run` from a console instead)")?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(windows))]
+    {
+        run(c, data_dir).await
+    }
 }

@@ -169,7 +169,15 @@ impl Smaregi {
         )
     }
 
-    async fn fetch_token(&self) -> Result<(Secret, Instant), UpstreamError> {
+    /// Asks for a token once (no cache) and returns the server's clock from its `Date`
+    /// header: for `pointsd doctor` (credentials accepted? clock skew?).
+    pub async fn check_credentials(&self) -> Result<Option<std::time::SystemTime>, UpstreamError> {
+        self.fetch_token().await.map(|(_, _, date)| date)
+    }
+
+    async fn fetch_token(
+        &self,
+    ) -> Result<(Secret, Instant, Option<std::time::SystemTime>), UpstreamError> {
         let url = format!(
             "{}/app/{}/token",
             self.s.id_base.trim_end_matches('/'),
@@ -184,6 +192,11 @@ impl Smaregi {
             .await
             .map_err(|e| transport_error(&e, false))?;
         let status = resp.status();
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
         let body = resp.text().await.map_err(|e| transport_error(&e, false))?;
         if status == StatusCode::BAD_REQUEST
             || status == StatusCode::UNAUTHORIZED
@@ -204,7 +217,7 @@ impl Smaregi {
             + life
                 .saturating_sub(TOKEN_MARGIN)
                 .max(Duration::from_secs(1));
-        Ok((t.access_token, valid_until))
+        Ok((t.access_token, valid_until, date))
     }
 
     async fn bearer(&self, force_new: bool) -> Result<Secret, UpstreamError> {
@@ -215,7 +228,7 @@ impl Smaregi {
         {
             return Ok(tok.clone());
         }
-        let (tok, until) = self.fetch_token().await?;
+        let (tok, until, _) = self.fetch_token().await?;
         *slot = Some((tok.clone(), until));
         Ok(tok)
     }

@@ -60,6 +60,7 @@ pub fn test_config(sim: &SimHandle, store_id: &str) -> Config {
         contract_id: o.contract_id,
         client_id: o.client_id,
         client_secret: Secret::new(o.client_secret),
+        client_secret_file: None,
         id_base: sim.url(),
         api_base: sim.url(),
     });
@@ -113,9 +114,11 @@ impl TestDaemon {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         if wait_online {
-            d.wait_for("daemon online with a full cache", Duration::from_secs(10), |s| {
-                s["online"] == json!(true) && s["cache"]["last_full_refresh_at"].is_string()
-            })
+            d.wait_for(
+                "daemon online with a full cache",
+                Duration::from_secs(10),
+                |s| s["online"] == json!(true) && s["cache"]["last_full_refresh_at"].is_string(),
+            )
             .await;
         }
         d
@@ -140,7 +143,10 @@ impl TestDaemon {
         let r = rb.send().await.expect("daemon answers");
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
@@ -154,7 +160,10 @@ impl TestDaemon {
             .expect("daemon answers");
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn earn(&self, txn_id: &str, customer: &str, points: i64) -> (u16, Value) {
@@ -184,7 +193,12 @@ impl TestDaemon {
     }
 
     /// Polls `/v1/status` until `pred` holds, or fails the test with the last status seen.
-    pub async fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let s = self.status().await;

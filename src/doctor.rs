@@ -1,0 +1,462 @@
+//! `pointsd doctor`: one run that checks an installation and says, line by line, what is OK,
+//! what to watch (WARN) and what is broken (FAIL), each with the fix. Read-only: it opens the
+//! database read-only and never starts the daemon.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::OpenFlags;
+use serde::Serialize;
+
+use crate::config::{Settings, UpstreamKind};
+use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+use crate::upstream::{FailureClass, UpstreamError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub level: Level,
+    pub name: &'static str,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, message: impl Into<String>) -> Check {
+        Check {
+            level: Level::Ok,
+            name,
+            message: message.into(),
+            fix: None,
+        }
+    }
+    fn warn(name: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            level: Level::Warn,
+            name,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn fail(name: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            level: Level::Fail,
+            name,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        let tag = match self.level {
+            Level::Ok => "OK  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        match &self.fix {
+            Some(fix) => format!("{tag} {:<12} {} — fix: {fix}", self.name, self.message),
+            None => format!("{tag} {:<12} {}", self.name, self.message),
+        }
+    }
+}
+
+pub struct DoctorInput {
+    pub config_path: PathBuf,
+    /// The validated settings, or every problem found.
+    pub settings: Result<Settings, String>,
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// Runs every check. The caller exits non-zero if any is `Fail`.
+pub async fn run(input: DoctorInput) -> Vec<Check> {
+    let mut out = Vec::new();
+    let settings = match input.settings {
+        Ok(s) => {
+            out.push(Check::ok(
+                "config",
+                format!(
+                    "{} is valid (store {})",
+                    input.config_path.display(),
+                    s.config.agent.store_id
+                ),
+            ));
+            s
+        }
+        Err(e) => {
+            out.push(Check::fail(
+                "config",
+                e.replace('\n', " "),
+                format!(
+                    "correct the keys named above, then run `pointsd config check --config {}`",
+                    input.config_path.display()
+                ),
+            ));
+            // Without a valid config the remaining checks would guess; the directories can
+            // still be checked.
+            out.push(dir_check("data dir", &input.data_dir));
+            out.push(dir_check("log dir", &input.log_dir));
+            return out;
+        }
+    };
+    if settings.warnings.is_empty() {
+        out.push(Check::ok(
+            "permissions",
+            "config file is not readable by others",
+        ));
+    } else {
+        for w in &settings.warnings {
+            out.push(Check::warn(
+                "permissions",
+                "config file holding secrets is readable by others",
+                w.message.clone(),
+            ));
+        }
+    }
+    let data_ok = dir_check("data dir", &input.data_dir);
+    let data_writable = data_ok.level == Level::Ok;
+    out.push(data_ok);
+    if data_writable {
+        out.extend(database_checks(&input.data_dir.join("pointsd.db")));
+    }
+    out.push(listen_check(settings.listen).await);
+    out.extend(upstream_checks(&settings).await);
+    out.push(dir_check("log dir", &input.log_dir));
+    out
+}
+
+fn dir_check(name: &'static str, dir: &Path) -> Check {
+    let probe = dir.join(".pointsd-doctor-probe");
+    let r = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b"probe"))
+        .and_then(|_| std::fs::remove_file(&probe));
+    match r {
+        Ok(()) => Check::ok(name, format!("{} is writable", dir.display())),
+        Err(e) => Check::fail(
+            name,
+            format!("{} is not writable: {e}", dir.display()),
+            "create it and give the user pointsd runs as write access (the service units do this), or point --data-dir elsewhere",
+        ),
+    }
+}
+
+fn database_checks(db: &Path) -> Vec<Check> {
+    if !db.exists() {
+        return vec![Check::ok(
+            "database",
+            format!(
+                "{} does not exist yet; it is created at first start",
+                db.display()
+            ),
+        )];
+    }
+    let conn = match rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Check::fail(
+                "database",
+                format!("cannot open {}: {e}", db.display()),
+                "check the file's owner and mode (the service user must own it)",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let version: rusqlite::Result<i64> = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+    let check: rusqlite::Result<String> = conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
+    let check = match (version, check) {
+        (Err(e), _) => Err(e),
+        (Ok(v), c) => c.map(|c| (v, c)),
+    };
+    match check {
+        Ok((v, _)) if v > crate::store::schema::known_version() => out.push(Check::fail(
+            "database",
+            format!(
+                "{} has schema version {v}, newer than this pointsd knows",
+                db.display()
+            ),
+            "install the pointsd version that wrote it (nothing was changed)",
+        )),
+        Ok((_, c)) if c == "ok" => out.push(Check::ok(
+            "database",
+            format!("{} passes PRAGMA quick_check", db.display()),
+        )),
+        Ok((_, c)) => out.push(Check::fail(
+            "database",
+            format!("{} failed its integrity check: {c}", db.display()),
+            "stop pointsd, keep the file for support, restore a backup",
+        )),
+        Err(e) => out.push(Check::fail(
+            "database",
+            format!("{} is not a readable pointsd database: {e}", db.display()),
+            "stop pointsd, keep the file for support, restore a backup",
+        )),
+    }
+    if out[0].level != Level::Ok {
+        return out;
+    }
+    let now = crate::clock::SystemClock;
+    let now = crate::clock::Clock::now_ms(&now);
+    let q: rusqlite::Result<(Option<i64>, i64)> = conn.query_row(
+        "SELECT (SELECT MIN(created_at) FROM txns WHERE state IN ('pending','sending','ambiguous')), \
+                (SELECT COUNT(*) FROM txns WHERE state = 'needs_review')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    match q {
+        Ok((oldest, review)) => {
+            let age = oldest.map(|t| (now - t) / 1000);
+            match age {
+                Some(a) if a > 3600 => out.push(Check::warn(
+                    "queue",
+                    format!("the oldest unsynced transaction is {} min old", a / 60),
+                    "check the upstream checks below and `pointsd status`; the queue drains by itself once the upstream accepts it",
+                )),
+                Some(a) => out.push(Check::ok("queue", format!("oldest unsynced transaction {a} s old"))),
+                None => out.push(Check::ok("queue", "nothing waiting to sync")),
+            }
+            if review > 0 {
+                out.push(Check::warn(
+                    "review",
+                    format!("{review} transaction(s) need a person's decision"),
+                    "`pointsd review list`, then `pointsd review resolve`",
+                ));
+            }
+        }
+        Err(e) => out.push(Check::warn(
+            "queue",
+            format!("cannot read the queue: {e}"),
+            "see the database check",
+        )),
+    }
+    out
+}
+
+async fn listen_check(addr: SocketAddr) -> Check {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            drop(l);
+            Check::ok("listen", format!("{addr} is free"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let host = if addr.ip().is_unspecified() {
+                SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+            } else {
+                addr
+            };
+            let ours = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .no_proxy()
+                .build()
+                .ok()
+                .map(|c| c.get(format!("http://{host}/v1/health")).send());
+            let is_pointsd = match ours {
+                Some(fut) => match fut.await {
+                    Ok(r) => r
+                        .text()
+                        .await
+                        .is_ok_and(|t| t.contains("\"status\":\"ok\"")),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if is_pointsd {
+                Check::ok("listen", format!("{addr} is in use by a running pointsd"))
+            } else {
+                Check::fail(
+                    "listen",
+                    format!("{addr} is taken by another program"),
+                    "stop that program or change api.listen",
+                )
+            }
+        }
+        Err(e) => Check::fail(
+            "listen",
+            format!("cannot listen on {addr}: {e}"),
+            "use an address of this machine in api.listen (127.0.0.1 or 0.0.0.0)",
+        ),
+    }
+}
+
+fn proxy_in_use(settings: &Settings) -> Option<String> {
+    let from_env = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    settings
+        .config
+        .upstream
+        .proxy
+        .clone()
+        .or(from_env)
+        .map(|p| match reqwest::Url::parse(&p) {
+            // Proxy URLs may carry a password: show host and port only.
+            Ok(u) => format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port_or_known_default().unwrap_or(0)
+            ),
+            Err(_) => "(unparsable proxy setting)".into(),
+        })
+}
+
+async fn upstream_checks(settings: &Settings) -> Vec<Check> {
+    let u = &settings.config.upstream;
+    let Some(sm) = u
+        .smaregi
+        .clone()
+        .filter(|_| u.kind == UpstreamKind::Smaregi)
+    else {
+        return vec![Check::ok(
+            "upstream",
+            "built-in simulator (upstream.kind = \"sim\"); nothing to reach",
+        )];
+    };
+    let mut out = Vec::new();
+    let proxy = proxy_in_use(settings);
+    out.push(Check::ok(
+        "proxy",
+        match &proxy {
+            Some(p) => format!("using proxy {p}"),
+            None => "no proxy configured (direct connection)".into(),
+        },
+    ));
+    let connect = Duration::from_millis(u.connect_timeout_ms);
+    for (key, base) in [("id_base", &sm.id_base), ("api_base", &sm.api_base)] {
+        let Ok(url) = reqwest::Url::parse(base) else {
+            continue;
+        };
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        if proxy.is_none() {
+            match tokio::time::timeout(connect, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+            {
+                Ok(Ok(mut addrs)) => match addrs.next() {
+                    Some(a) => {
+                        out.push(Check::ok(
+                            "dns",
+                            format!("{host} ({key}) resolves to {}", a.ip()),
+                        ));
+                        match tokio::time::timeout(connect, tokio::net::TcpStream::connect(a)).await {
+                            Ok(Ok(_)) => out.push(Check::ok("tcp", format!("{a} accepts connections"))),
+                            Ok(Err(e)) => out.push(Check::fail(
+                                "tcp",
+                                format!("cannot connect to {host}:{port}: {e}"),
+                                "check the store's internet connection and firewall (outbound TCP to this port)",
+                            )),
+                            Err(_) => out.push(Check::fail(
+                                "tcp",
+                                format!("no answer from {host}:{port} within {} ms", connect.as_millis()),
+                                "check the internet connection, firewall, or whether a proxy is required (upstream.proxy)",
+                            )),
+                        }
+                    }
+                    None => out.push(Check::fail(
+                        "dns",
+                        format!("{host} has no address"),
+                        "check the host name in the config",
+                    )),
+                },
+                Ok(Err(e)) => out.push(Check::fail(
+                    "dns",
+                    format!("cannot resolve {host} ({key}): {e}"),
+                    "check the host name, the machine's DNS settings and internet connection",
+                )),
+                Err(_) => out.push(Check::fail(
+                    "dns",
+                    format!(
+                        "resolving {host} took longer than {} ms",
+                        connect.as_millis()
+                    ),
+                    "check the machine's DNS settings",
+                )),
+            }
+        }
+    }
+    let adapter = Smaregi::new(SmaregiSettings {
+        contract_id: sm.contract_id.clone(),
+        client_id: sm.client_id.clone(),
+        client_secret: sm.client_secret.clone(),
+        id_base: sm.id_base.clone(),
+        api_base: sm.api_base.clone(),
+        connect_timeout: connect,
+        request_timeout: Duration::from_millis(u.request_timeout_ms),
+        proxy: u.proxy.clone(),
+        page_limit: PAGE_LIMIT,
+    });
+    let adapter = match adapter {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(Check::fail(
+                "credentials",
+                e.to_string(),
+                "fix upstream.proxy",
+            ));
+            return out;
+        }
+    };
+    match adapter.check_credentials().await {
+        Ok(date) => {
+            out.push(Check::ok(
+                "credentials",
+                format!(
+                    "the token request for contract {} was accepted (TLS and HTTP work)",
+                    sm.contract_id
+                ),
+            ));
+            out.push(clock_check(date));
+        }
+        Err(e) => out.push(credential_failure(&e)),
+    }
+    out
+}
+
+fn credential_failure(e: &UpstreamError) -> Check {
+    match e.class() {
+        FailureClass::Auth | FailureClass::Permanent => Check::fail(
+            "credentials",
+            format!("the upstream refused the credentials: {e}"),
+            "check contract_id, client_id and client_secret (or POINTSD_UPSTREAM__SMAREGI__CLIENT_SECRET) and that the app is installed with the pos.customers scopes",
+        ),
+        _ => Check::fail(
+            "credentials",
+            format!("could not ask for a token: {e}"),
+            "fix the connection problems reported above (internet, proxy, TLS interception), then run doctor again",
+        ),
+    }
+}
+
+fn clock_check(server: Option<SystemTime>) -> Check {
+    let Some(server) = server else {
+        return Check::warn(
+            "clock",
+            "the upstream sent no Date header; clock skew unknown",
+            "make sure the machine syncs its clock (NTP)",
+        );
+    };
+    let now = SystemTime::now();
+    let skew = match now.duration_since(server) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    if skew.abs() <= 60 {
+        Check::ok(
+            "clock",
+            format!("within {}s of the upstream's clock", skew.abs()),
+        )
+    } else {
+        Check::warn(
+            "clock",
+            format!("this machine's clock is {skew}s off the upstream's"),
+            "enable time sync (NTP); timestamps in logs and `as_of` depend on it",
+        )
+    }
+}

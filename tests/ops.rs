@@ -1,0 +1,285 @@
+//! Operations commands on the real binary: `pointsd doctor` against the simulator (all OK,
+//! then each kind of breakage reported as FAIL with a fix) and `service install --dry-run`
+//! for each platform.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pointsd::sim::SimHandle;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, sim_url: &str, secret: &str, port: u16) -> PathBuf {
+    let p = dir.join("pointsd.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"[agent]
+store_id = "store-doctor"
+[api]
+listen = "127.0.0.1:{port}"
+[[api.tokens]]
+name = "register-1"
+token = "doctor-test-token-0123456789"
+[upstream]
+kind = "smaregi"
+connect_timeout_ms = 500
+request_timeout_ms = 2000
+[upstream.smaregi]
+contract_id = "sim-contract"
+client_id = "sim-client"
+client_secret = "{secret}"
+id_base = "{sim_url}"
+api_base = "{sim_url}"
+"#
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    p
+}
+
+async fn doctor(config: &Path, data: &Path) -> Output {
+    let (config, data) = (config.to_path_buf(), data.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pointsd"))
+            .args(["doctor", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn lines(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn fail_line<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    out.lines()
+        .find(|l| l.starts_with("FAIL") && l.split_whitespace().nth(1) == Some(name))
+}
+
+async fn sim() -> SimHandle {
+    common::start_sim(10).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_is_all_ok_against_a_working_upstream() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sim.url(), "sim-secret", free_port());
+    let o = doctor(&cfg, &dir.path().join("data")).await;
+    let out = lines(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("FAIL") && !out.contains("WARN"), "{out}");
+    for name in [
+        "config",
+        "data dir",
+        "database",
+        "listen",
+        "dns",
+        "tcp",
+        "credentials",
+        "clock",
+        "log dir",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("OK") && l[4..].trim_start().starts_with(name)),
+            "no OK line for {name}:\n{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_wrong_credentials() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sim.url(), "wrong-secret", free_port());
+    let o = doctor(&cfg, &dir.path().join("data")).await;
+    let out = lines(&o);
+    assert!(!o.status.success());
+    let l = fail_line(&out, "credentials").unwrap_or_else(|| panic!("{out}"));
+    assert!(l.contains("client_secret"), "{l}");
+    assert!(
+        !out.contains("wrong-secret"),
+        "the secret must not be printed:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_an_unreachable_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let cfg = write_config(dir.path(), &dead, "sim-secret", free_port());
+    let o = doctor(&cfg, &dir.path().join("data")).await;
+    let out = lines(&o);
+    assert!(!o.status.success());
+    assert!(fail_line(&out, "tcp").is_some(), "{out}");
+    assert!(fail_line(&out, "credentials").is_some(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_an_unwritable_data_dir() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sim.url(), "sim-secret", free_port());
+    // A data dir below a regular file cannot be created, even by root.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let o = doctor(&cfg, &blocker.join("data")).await;
+    let out = lines(&o);
+    assert!(!o.status.success());
+    let l = fail_line(&out, "data").unwrap_or_else(|| panic!("{out}"));
+    assert!(l.contains("not writable") && l.contains("fix:"), "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_tells_a_taken_port_from_a_running_pointsd() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let cfg = write_config(dir.path(), &sim.url(), "sim-secret", port);
+    // Something else answers on the port (accepts, then closes without HTTP).
+    std::thread::spawn(move || {
+        for s in squatter.incoming().take(4) {
+            drop(s);
+        }
+    });
+    let o = doctor(&cfg, &dir.path().join("data")).await;
+    let out = lines(&o);
+    assert!(!o.status.success());
+    let l = fail_line(&out, "listen").unwrap_or_else(|| panic!("{out}"));
+    assert!(l.contains("taken by another program"), "{l}");
+
+    // The same port held by a running pointsd is fine.
+    let mut c = common::test_config(&sim, "store-doctor");
+    let d = common::TestDaemon::start(c.clone(), dir.path().join("d2"), true).await;
+    let port2: u16 = d.url.rsplit(':').next().unwrap().parse().unwrap();
+    c.api.listen = format!("127.0.0.1:{port2}");
+    let cfg2 = write_config(dir.path(), &sim.url(), "sim-secret", port2);
+    let o = doctor(&cfg2, &dir.path().join("data3")).await;
+    let out = lines(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("OK") && l.contains("in use by a running pointsd")),
+        "{out}"
+    );
+}
+
+fn dry_run(platform: &str, config: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args([
+            "service",
+            "install",
+            "--dry-run",
+            "--platform",
+            platform,
+            "--config",
+            config,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn service_install_dry_run_shows_the_systemd_unit() {
+    let out = dry_run("systemd", "/etc/pointsd/pointsd.toml");
+    let bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_pointsd")).unwrap();
+    assert!(
+        out.contains("would write /etc/systemd/system/pointsd.service"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "| ExecStart={} run --config /etc/pointsd/pointsd.toml",
+            bin.display()
+        )) || out.contains(&format!(
+            "| ExecStart={} run --config /etc/pointsd/pointsd.toml",
+            env!("CARGO_BIN_EXE_pointsd")
+        )),
+        "{out}"
+    );
+    for l in [
+        "| After=network-online.target",
+        "| User=pointsd",
+        "| StateDirectory=pointsd",
+        "| ProtectSystem=strict",
+        "systemctl enable pointsd.service",
+    ] {
+        assert!(out.contains(l), "{l} missing:\n{out}");
+    }
+}
+
+#[test]
+fn service_install_dry_run_shows_the_launchd_plist() {
+    let out = dry_run(
+        "launchd",
+        "/Library/Application Support/pointsd/pointsd.toml",
+    );
+    assert!(
+        out.contains("/Library/LaunchDaemons/jp.pointsd.plist"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<string>/Library/Application Support/pointsd/pointsd.toml</string>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<key>KeepAlive</key>") && out.contains("<key>RunAtLoad</key>"),
+        "{out}"
+    );
+    assert!(out.contains("launchctl bootstrap system"), "{out}");
+}
+
+#[test]
+fn service_install_dry_run_shows_the_sc_exe_commands() {
+    let out = dry_run("windows", r"C:\ProgramData\pointsd\pointsd.toml");
+    assert!(
+        out.contains(r"service-run --config C:\ProgramData\pointsd\pointsd.toml"),
+        "{out}"
+    );
+    assert!(out.contains("sc.exe create pointsd"), "{out}");
+    assert!(
+        out.contains(
+            "sc.exe failure pointsd reset= 86400 actions= restart/5000/restart/5000/restart/5000"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("sc.exe start pointsd"), "{out}");
+}
+
+#[test]
+fn service_install_for_another_platform_needs_dry_run() {
+    let other = if cfg!(windows) { "systemd" } else { "windows" };
+    let o = Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["service", "install", "--platform", other])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--dry-run"));
+}
