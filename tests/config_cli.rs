@@ -212,7 +212,10 @@ fn every_key_config() -> Config {
     let mut c = Config::default();
     c.agent.data_dir = Some("/var/lib/pointsd".into());
     c.upstream.proxy = Some("http://proxy.local:3128".into());
-    c.upstream.smaregi = Some(SmaregiConfig::default());
+    c.upstream.smaregi = Some(SmaregiConfig {
+        client_secret_file: Some("/etc/pointsd/client_secret".into()),
+        ..SmaregiConfig::default()
+    });
     c.api.tokens = vec![TokenConfig {
         name: "r".into(),
         token: Some(Secret::new("t")),
