@@ -569,11 +569,15 @@ impl Store {
                     None => {}
                 }
             }
-            q.oldest_pending_created_at = c.query_row(
-                "SELECT MIN(created_at) FROM txns WHERE state IN ('pending','sending','ambiguous')",
-                [],
-                |r| r.get(0),
-            )?;
+            // The oldest open row by sequence is the oldest by acceptance (one index step).
+            q.oldest_pending_created_at = c
+                .query_row(
+                    "SELECT created_at FROM txns WHERE state IN ('pending','sending','ambiguous') \
+                     ORDER BY seq LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
             Ok(q)
         })
         .await

@@ -81,6 +81,13 @@ CREATE TABLE resolutions (
     at          INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 3: keep the push worker's queries independent of the history size. Without these, every
+    // claim scans past all applied rows (11 ms per claim at 90k applied rows, 0.02 ms with).
+    r#"
+CREATE INDEX txns_due ON txns(seq) WHERE state IN ('pending','ambiguous');
+CREATE INDEX txns_due_at ON txns(next_attempt_at) WHERE state IN ('pending','ambiguous');
+CREATE INDEX txns_open_seq ON txns(seq) WHERE state IN ('pending','sending','ambiguous');
+"#,
 ];
 
 pub fn known_version() -> i64 {
