@@ -675,6 +675,7 @@ async fn demo(listen: SocketAddr, data_dir: Option<PathBuf>, customers: u32) -> 
     let samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
     let url = format!("http://{listen}");
     println!("pointsd demo: {customers} sample customers on a built-in simulated Smaregi");
+    println!("  cashier page:    {url}/   (sign in with the register token)");
     println!("  local API:       {url}/v1/");
     println!("  register token:  {register}");
     println!("  manager token:   {manager}");
