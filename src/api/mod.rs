@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::HeaderValue;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -323,21 +323,40 @@ async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError>
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FindQuery {
-    code: Option<String>,
-    barcode: Option<String>,
-    /// Anything a cashier typed or scanned: customer id, member code or barcode.
-    q: Option<String>,
+/// Query parameters, with unknown ones refused by name (typo protection, as for bodies).
+fn query_params(
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let Query(pairs) = pairs.map_err(|e| ApiError::field("(query)", e.body_text()))?;
+    let mut errs = Vec::new();
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            errs.push(ledger::FieldError {
+                message: format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+                field: k,
+            });
+        } else if out.insert(k.clone(), v).is_some() {
+            errs.push(ledger::FieldError {
+                field: k,
+                message: "given more than once".into(),
+            });
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::Validation(errs))
+    }
 }
 
 async fn find_customer(
     State(st): State<AppRef>,
-    query: Result<Query<FindQuery>, axum::extract::rejection::QueryRejection>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<CustomerView>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::field("(query)", e.body_text()))?;
-    let found = match (q.code, q.barcode, q.q) {
+    let mut q = query_params(pairs, &["code", "barcode", "q"])?;
+    let found = match (q.remove("code"), q.remove("barcode"), q.remove("q")) {
         (Some(code), None, None) => {
             check_id("code", &code)?;
             st.store.customer_by(LookupColumn::Code, &code).await?
@@ -797,15 +816,6 @@ async fn run_reconcile(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    customer_id: Option<String>,
-    register_id: Option<String>,
-    limit: Option<u32>,
-}
-
 #[derive(Serialize)]
 struct TxnList {
     transactions: Vec<TxnView>,
@@ -813,10 +823,10 @@ struct TxnList {
 
 async fn list_transactions(
     State(st): State<AppRef>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TxnList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::field("(query)", e.body_text()))?;
-    let state = match q.state.as_deref() {
+    let mut q = query_params(pairs, &["state", "customer_id", "register_id", "limit"])?;
+    let state = match q.get("state").map(String::as_str) {
         None => None,
         Some(s) => Some(TxnState::parse(s).ok_or_else(|| {
             ApiError::field(
@@ -825,22 +835,27 @@ async fn list_transactions(
             )
         })?),
     };
-    if let Some(c) = &q.customer_id {
+    let customer_id = q.remove("customer_id");
+    if let Some(c) = &customer_id {
         check_id("customer_id", c)?;
     }
-    if let Some(r) = &q.register_id {
+    let register_id = q.remove("register_id");
+    if let Some(r) = &register_id {
         check_id("register_id", r)?;
     }
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::field("limit", "must be 1..=1000"));
-    }
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Err(ApiError::field("limit", "must be a whole number 1..=1000")),
+        },
+    };
     let rows = st
         .store
         .list_txns(TxnFilter {
             state,
-            customer_id: q.customer_id,
-            register_id: q.register_id,
+            customer_id,
+            register_id,
             limit,
         })
         .await?;
