@@ -93,17 +93,38 @@ max_requests_per_second = 1000
     p
 }
 
-fn start_daemon(config: &Path, data: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pointsd"))
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pointsd run")
+/// Kills the daemon when dropped, so a failing test leaves no process behind.
+struct Daemon(Child);
+
+impl Daemon {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(config: &Path, data: &Path) -> Daemon {
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_pointsd"))
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pointsd run"),
+    )
 }
 
 async fn wait_healthy(http: &reqwest::Client, url: &str) {
