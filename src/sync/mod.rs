@@ -448,6 +448,10 @@ impl SyncEngine {
     /// report is kept as `last_reconcile`; nothing is ever corrected upstream (DESIGN.md §2.5).
     pub async fn refresh_and_reconcile(&self) -> Result<ReconcileReport, String> {
         let _one_at_a_time = self.refresh_lock.lock().await;
+        // Honour a Retry-After pause the upstream asked for, rather than earn another 429.
+        if let Some(ms) = self.health.pause_remaining_ms() {
+            tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+        }
         let started_rev = self
             .store
             .apply_counter()
