@@ -1,0 +1,1297 @@
+/* pointsd cashier page.
+ *
+ * Plain JavaScript, no build step, no external hosts. Written for current Chromium and Firefox
+ * and for Safari on iPads a few years old: no optional chaining, no `??`, no
+ * crypto.randomUUID (missing on older Safari and on plain-http pages), no innerHTML (every
+ * text goes in with textContent). It uses only the public local API under /v1, plus the
+ * non-secret /page/config.json. The register token is kept in localStorage and sent only as
+ * `Authorization: Bearer`, never in a URL.
+ */
+(function () {
+  'use strict';
+
+  var LS_TOKEN = 'pointsd.token';
+  var LS_LANG = 'pointsd.lang';
+  var LS_REGISTER = 'pointsd.register';
+  var SS_PENDING = 'pointsd.pending.';
+  var POLL_MS = 2000;
+
+  /* ------------------------------------------------------------------ texts */
+
+  var TEXTS = {
+    ja: {
+      app_title: 'ポイント',
+      sign_in: 'サインイン',
+      sign_out: 'サインアウト',
+      signin_title: 'このレジをサインイン',
+      signin_help: '店舗の管理者から受け取ったレジ用トークンを入力してください。この端末に保存されるので、入力は一度だけです。',
+      token_label: 'レジのトークン',
+      register_label: 'レジ ID (取引に記録されます)',
+      register_help: 'この端末の取引を見分けるための名前です。わからなければそのままで構いません。',
+      err_token_empty: 'トークンを入力してください。',
+      err_token_bad: 'このトークンは受け付けられませんでした。入力し直すか、店舗の管理者に確認してください。',
+      err_token_revoked: 'このトークンは使えなくなりました。もう一度サインインしてください。',
+      err_register_id: 'レジ ID は空白なしの半角英数字・記号 64 文字以内で入力してください。',
+      signed_out: 'サインアウトしました。',
+      conn_online: 'オンライン',
+      conn_offline: 'オフライン',
+      conn_unreachable: '接続なし',
+      lookup_label: '会員番号・会員コード・バーコード',
+      lookup_button: '検索',
+      lookup_empty: '会員番号か会員コードを入力するか、カードをスキャンしてください。',
+      available: '利用可能ポイント',
+      pt: 'pt',
+      confirmed: '確定分',
+      pending: '同期待ち分',
+      expires: '有効期限',
+      as_of: '残高の時点',
+      no_expiry: 'なし',
+      never: '未確認',
+      ids: '顧客 ID {id}',
+      ids_code: '顧客 ID {id} · 会員コード {code}',
+      no_name: '(名前なし)',
+      stale_hint: 'この残高は {time} 時点のもので、最新でない可能性があります。',
+      stale_never: 'この残高はまだ本部で確認されていません。',
+      expired_hint: '有効期限切れ: オフライン中は確定分のポイントを利用できません。',
+      local_only: 'オフライン中に登録された顧客です。本部ではまだ確認されていません。',
+      earn_title: 'ポイント付与',
+      earn_mode: '付与方法',
+      earn_by_amount: 'お買い上げ金額',
+      earn_by_points: 'ポイント数',
+      earn_amount_label: 'お買い上げ金額 (円)',
+      earn_points_label: '付与するポイント',
+      earn_preview: '{amount} 円 → {points} pt 付与',
+      earn_rule: '{yen} 円ごとに 1 pt',
+      earn_submit: '付与する',
+      earn_submit_n: '{points} pt 付与する',
+      redeem_title: 'ポイント利用',
+      redeem_label: '利用するポイント',
+      redeem_hint: '{n} pt まで利用できます。',
+      redeem_hint_offline: 'オフライン中: 1 回 {limit} pt まで、{n} pt まで利用できます。',
+      redeem_disabled_offline: 'オフライン中はポイントを利用できません (店舗の設定)。',
+      redeem_submit: '利用する',
+      redeem_submit_n: '{points} pt 利用する',
+      working: '処理中…',
+      result_confirmed: '確定しました',
+      result_queued: '保存しました — 同期待ち',
+      result_rejected: '本部が拒否しました — 反映されていません',
+      result_synced: 'この取引は本部に送られ、確定しました。',
+      result_earn: '{name} 様に {points} pt を付与しました。残高 {balance} pt。',
+      result_redeem: '{name} 様が {points} pt を利用しました。残高 {balance} pt。',
+      result_queued_help: 'この店舗の PC に保存済みです。回線が戻ると自動で本部に送られます。',
+      recent_title: 'このレジの最近の取引',
+      recent_empty: 'まだ取引はありません。',
+      col_time: '時刻',
+      col_customer: '顧客',
+      col_kind: '種類',
+      col_points: 'ポイント',
+      col_state: '状態',
+      kind_earn: '付与',
+      kind_redeem: '利用',
+      kind_adjust: '調整',
+      state_pending: '同期待ち',
+      state_sending: '送信中',
+      state_ambiguous: '確認中',
+      state_applied: '確定',
+      state_rejected: '拒否',
+      state_needs_review: '要確認',
+      state_discarded: '取消',
+      review_title: '確認待ちの取引 (マネージャー)',
+      review_help: '本部に届いたか確かめられなかった取引です。スマレジで顧客のポイントを確認してから判断してください。',
+      review_empty: '確認待ちの取引はありません。',
+      review_what: '{time} · 顧客 {customer} · {kind} {points} pt · {register}',
+      review_evidence: '送信前 {before} pt → 反映なら {expected} pt / 読み戻し {after} pt',
+      review_note: '判断の理由 (必須)',
+      review_applied: '反映済みとする',
+      review_resend: '再送する',
+      review_discard: '取り消す',
+      review_need_note: '判断の理由を入力してください。',
+      review_done: '{txn} を「{action}」として処理しました。',
+      banner_offline: 'オフライン — 残高は {time} 時点のものです。同期待ちの取引 {n} 件',
+      banner_syncing: 'オンラインに戻りました — 同期中の取引 {n} 件',
+      banner_unreachable: 'この端末から pointsd に接続できません — 端末のネットワークを確認してください。',
+      footer: '店舗 {store} · レジ {register} · pointsd {version}',
+      field_points: 'ポイント',
+      field_purchase_amount: '金額',
+      field_customer_id: '顧客',
+      field_q: '検索語',
+      field_note: '理由',
+      field_txn_id: '取引番号',
+      field_register_id: 'レジ ID',
+      err_positive: '1 以上の整数を入力してください。',
+      err_zero_points: 'この金額では付与されるポイントが 0 です。',
+      err_too_big: '数が大きすぎます。',
+      err_network: 'pointsd に接続できませんでした。もう一度押してください (二重には記録されません)。',
+      err_network_read: 'pointsd に接続できませんでした。もう一度お試しください。',
+      err_generic: '処理できませんでした (HTTP {status})。',
+      code_insufficient_points: 'ポイントが足りません。利用できるのは {n} pt までです。',
+      code_insufficient_points_plain: 'ポイントが足りません。残高を確認してください。',
+      code_offline_redeem_limit: 'オフライン中は 1 回に {limit} pt までしか利用できません。',
+      code_offline_redeem_disabled: 'オフライン中はポイントを利用できません。回線が戻ってからもう一度お試しください。',
+      code_upstream_rejected: '本部 (スマレジ) がこの取引を拒否したため、反映されていません。ポイントの有効期限切れなどが考えられます。',
+      code_not_found: '該当する顧客が見つかりません。番号を確認するか、もう一度スキャンしてください。',
+      code_not_found_txn: '該当する取引が見つかりません。',
+      code_validation: '入力内容を確認してください: {fields}',
+      code_unauthorized: 'このトークンは使えなくなりました。もう一度サインインしてください。',
+      code_forbidden: 'この操作にはマネージャーのトークンが必要です。',
+      code_storage_full: '店舗の PC のディスクがいっぱいで、保存できませんでした (何も記録されていません)。空き容量を作ってから、もう一度押してください。',
+      code_storage_error: '保存できませんでした (何も記録されていません)。もう一度押してください。',
+      code_idempotency_conflict: 'この取引番号はすでに別の内容で使われています。もう一度押すと新しい取引として送られます。',
+      code_upstream_unavailable: '本部 (スマレジ) に接続できません。しばらくしてからお試しください。',
+      code_not_resolvable: 'この取引はすでに処理されています。',
+      code_too_large: '送信内容が大きすぎます。'
+    },
+    en: {
+      app_title: 'Points',
+      sign_in: 'Sign in',
+      sign_out: 'Sign out',
+      signin_title: 'Sign in this register',
+      signin_help: "Enter the register token from the store's manager. It is kept on this device, so you only do this once.",
+      token_label: 'Register token',
+      register_label: 'Register ID (recorded with each transaction)',
+      register_help: "A name to tell this device's transactions apart. If unsure, leave it as it is.",
+      err_token_empty: 'Enter the token.',
+      err_token_bad: "This token was not accepted. Check it, or ask the store's manager.",
+      err_token_revoked: 'This token is no longer accepted. Please sign in again.',
+      err_register_id: 'The register ID must be 1–64 letters, digits or symbols, without spaces.',
+      signed_out: 'Signed out.',
+      conn_online: 'Online',
+      conn_offline: 'Offline',
+      conn_unreachable: 'No connection',
+      lookup_label: 'Customer ID, member code or barcode',
+      lookup_button: 'Look up',
+      lookup_empty: 'Type a customer ID or member code, or scan the card.',
+      available: 'Available points',
+      pt: 'pt',
+      confirmed: 'Confirmed',
+      pending: 'Waiting to sync',
+      expires: 'Expires',
+      as_of: 'Balance as of',
+      no_expiry: 'None',
+      never: 'Not yet confirmed',
+      ids: 'Customer ID {id}',
+      ids_code: 'Customer ID {id} · Member code {code}',
+      no_name: '(no name)',
+      stale_hint: 'This balance is from {time} and may be out of date.',
+      stale_never: 'This balance has not been confirmed by headquarters yet.',
+      expired_hint: 'Expired: confirmed points cannot be spent while offline.',
+      local_only: 'Customer registered while offline; headquarters has not confirmed it yet.',
+      earn_title: 'Earn points',
+      earn_mode: 'Earn by',
+      earn_by_amount: 'Purchase amount',
+      earn_by_points: 'Points',
+      earn_amount_label: 'Purchase amount (yen)',
+      earn_points_label: 'Points to add',
+      earn_preview: '¥{amount} → {points} points',
+      earn_rule: '1 point per ¥{yen}',
+      earn_submit: 'Add points',
+      earn_submit_n: 'Add {points} points',
+      redeem_title: 'Redeem points',
+      redeem_label: 'Points to redeem',
+      redeem_hint: 'Up to {n} points available.',
+      redeem_hint_offline: 'Offline: at most {limit} points at a time; up to {n} points available.',
+      redeem_disabled_offline: 'This store does not allow redeeming points while offline.',
+      redeem_submit: 'Redeem',
+      redeem_submit_n: 'Redeem {points} points',
+      working: 'Working…',
+      result_confirmed: 'Confirmed',
+      result_queued: 'Saved — will sync',
+      result_rejected: 'Refused by headquarters — not counted',
+      result_synced: 'This transaction has since reached headquarters and is confirmed.',
+      result_earn: 'Added {points} points for {name}. Balance: {balance} points.',
+      result_redeem: '{name} redeemed {points} points. Balance: {balance} points.',
+      result_queued_help: "Saved on the store's PC; it is sent to headquarters automatically when the connection is back.",
+      recent_title: 'Recent transactions at this register',
+      recent_empty: 'No transactions yet.',
+      col_time: 'Time',
+      col_customer: 'Customer',
+      col_kind: 'Kind',
+      col_points: 'Points',
+      col_state: 'State',
+      kind_earn: 'Earn',
+      kind_redeem: 'Redeem',
+      kind_adjust: 'Adjust',
+      state_pending: 'Waiting to sync',
+      state_sending: 'Sending',
+      state_ambiguous: 'Checking',
+      state_applied: 'Confirmed',
+      state_rejected: 'Refused',
+      state_needs_review: 'Needs review',
+      state_discarded: 'Discarded',
+      review_title: 'Review queue (manager)',
+      review_help: 'Transactions whose delivery could not be proven. Check the customer in Smaregi, then decide.',
+      review_empty: 'Nothing to review.',
+      review_what: '{time} · customer {customer} · {kind} {points} pt · {register}',
+      review_evidence: 'Before {before} pt → {expected} pt if applied / read back {after} pt',
+      review_note: 'Reason for the decision (required)',
+      review_applied: 'It was applied',
+      review_resend: 'Send again',
+      review_discard: 'Discard',
+      review_need_note: 'Enter a reason for the decision.',
+      review_done: 'Resolved {txn} as “{action}”.',
+      banner_offline: 'Offline — balances as of {time}; {n} transactions waiting to sync',
+      banner_offline_one: 'Offline — balances as of {time}; 1 transaction waiting to sync',
+      banner_syncing: 'Back online — syncing {n} transactions',
+      banner_syncing_one: 'Back online — syncing 1 transaction',
+      banner_unreachable: "Cannot reach pointsd from this device — check this device's network.",
+      footer: 'Store {store} · Register {register} · pointsd {version}',
+      field_points: 'points',
+      field_purchase_amount: 'amount',
+      field_customer_id: 'customer',
+      field_q: 'search',
+      field_note: 'reason',
+      field_txn_id: 'transaction number',
+      field_register_id: 'register ID',
+      err_positive: 'Enter a whole number of 1 or more.',
+      err_zero_points: 'This amount earns no points.',
+      err_too_big: 'That number is too large.',
+      err_network: 'Could not reach pointsd. Press again — it will not be counted twice.',
+      err_network_read: 'Could not reach pointsd. Please try again.',
+      err_generic: 'That did not work (HTTP {status}).',
+      code_insufficient_points: 'Not enough points: at most {n} points can be redeemed.',
+      code_insufficient_points_plain: 'Not enough points. Check the balance.',
+      code_offline_redeem_limit: 'While offline, at most {limit} points can be redeemed at a time.',
+      code_offline_redeem_disabled: 'Points cannot be redeemed while offline. Please try again when the store is back online.',
+      code_upstream_rejected: 'Smaregi refused this transaction, so it does not count (for example, the points may have expired).',
+      code_not_found: 'No customer matches that. Check the number, or scan again.',
+      code_not_found_txn: 'No such transaction.',
+      code_validation: 'Please check: {fields}',
+      code_unauthorized: 'This token is no longer accepted. Please sign in again.',
+      code_forbidden: 'This needs a manager token.',
+      code_storage_full: "The store PC's disk is full, so nothing was saved. Free some space, then press again.",
+      code_storage_error: 'Nothing was saved because of a storage problem. Please press again.',
+      code_idempotency_conflict: 'This transaction number was already used for something else. Press again to send it as a new transaction.',
+      code_upstream_unavailable: 'Headquarters (Smaregi) cannot be reached. Please try again later.',
+      code_not_resolvable: 'This transaction has already been resolved.',
+      code_too_large: 'The request is too large.'
+    }
+  };
+
+  /* ------------------------------------------------------------------ state */
+
+  var state = {
+    lang: 'ja',
+    token: null,
+    register: null,
+    config: null,
+    status: null,        // last GET /v1/status answer
+    reachable: true,     // did the last status poll reach the daemon?
+    customer: null,      // last customer view
+    result: null,        // {kind, status, points, balance, name}
+    errors: {},          // element id -> message (see msg())
+    banner: null,        // {kind, ...} or null
+    recent: null,        // list of transactions
+    review: null,        // list of transactions in needs_review
+    role: null,          // 'manager' | 'register' | null (unknown)
+    reviewMessage: null,
+    lastSig: '',
+    pollTimer: null,
+    busy: {}
+  };
+
+  function $(id) { return document.getElementById(id); }
+
+  function store(kind) {
+    try { return kind === 'local' ? window.localStorage : window.sessionStorage; } catch (e) { return null; }
+  }
+  function load(kind, key) {
+    var s = store(kind);
+    try { return s ? s.getItem(key) : null; } catch (e) { return null; }
+  }
+  function save(kind, key, value) {
+    var s = store(kind);
+    try {
+      if (!s) return;
+      if (value === null) s.removeItem(key); else s.setItem(key, value);
+    } catch (e) { /* private mode on old Safari: the page still works for this visit */ }
+  }
+
+  /* ------------------------------------------------------------------ formatting */
+
+  function t(key, params) {
+    var table = TEXTS[state.lang] || TEXTS.ja;
+    var s = table[key];
+    if (s === undefined) s = TEXTS.ja[key];
+    if (s === undefined) return key;
+    if (params) {
+      s = s.replace(/\{(\w+)\}/g, function (m, name) {
+        return Object.prototype.hasOwnProperty.call(params, name) ? String(params[name]) : m;
+      });
+    }
+    return s;
+  }
+
+  var numberFormats = {};
+  function fmt(n) {
+    if (n === null || n === undefined || isNaN(n)) return '—';
+    var locale = state.lang === 'en' ? 'en-US' : 'ja-JP';
+    try {
+      if (!numberFormats[locale]) numberFormats[locale] = new Intl.NumberFormat(locale);
+      return numberFormats[locale].format(n);
+    } catch (e) {
+      return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+    }
+  }
+  function signed(n) { return (n > 0 ? '+' : n < 0 ? '−' : '') + fmt(Math.abs(n)); }
+
+  function pad(n) { return (n < 10 ? '0' : '') + n; }
+  function parseTime(s) {
+    if (!s) return null;
+    var d = new Date(s);
+    return isNaN(d.getTime()) ? null : d;
+  }
+  function hhmm(s) {
+    var d = parseTime(s);
+    return d ? pad(d.getHours()) + ':' + pad(d.getMinutes()) : '—';
+  }
+  function dateTime(s) {
+    var d = parseTime(s);
+    if (!d) return '—';
+    var today = new Date();
+    var sameDay = d.getFullYear() === today.getFullYear() && d.getMonth() === today.getMonth() &&
+      d.getDate() === today.getDate();
+    var time = pad(d.getHours()) + ':' + pad(d.getMinutes());
+    if (sameDay) return time;
+    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' + time;
+  }
+
+  /* A message is kept as {key, params} (or {text}) and turned into words when shown, so a
+     language switch re-renders everything already on screen. */
+  function msg(key, params) { return { key: key, params: params || {} }; }
+  function msgText(m) {
+    if (!m) return '';
+    if (m.text !== undefined) return m.text;
+    var p = {};
+    for (var k in m.params) {
+      if (Object.prototype.hasOwnProperty.call(m.params, k)) {
+        var v = m.params[k];
+        p[k] = typeof v === 'number' ? fmt(v) : typeof v === 'function' ? v() : v;
+      }
+    }
+    return t(m.key, p);
+  }
+
+  /* ------------------------------------------------------------------ API */
+
+  function ApiFailure(status, problem, network) {
+    this.status = status;
+    this.problem = problem;
+    this.network = !!network;
+  }
+
+  function api(method, path, body, opts) {
+    opts = opts || {};
+    var headers = { 'Accept': 'application/json, application/problem+json' };
+    var token = opts.token !== undefined ? opts.token : state.token;
+    if (token) headers['Authorization'] = 'Bearer ' + token;
+    var init = {
+      method: method,
+      headers: headers,
+      cache: 'no-store',
+      credentials: 'omit',
+      referrerPolicy: 'no-referrer'
+    };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    var timer = null;
+    if (typeof AbortController === 'function') {
+      var ctrl = new AbortController();
+      init.signal = ctrl.signal;
+      timer = setTimeout(function () { ctrl.abort(); }, opts.timeout || 10000);
+    }
+    return fetch(path, init).then(function (resp) {
+      return resp.text().then(function (text) {
+        if (timer) clearTimeout(timer);
+        var data = null;
+        try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+        if (resp.ok) return data;
+        var problem = data && typeof data === 'object' && typeof data.code === 'string' ? data : null;
+        var failure = new ApiFailure(resp.status, problem, false);
+        if (resp.status === 401 && !opts.signin && state.token) {
+          signOut(msg('err_token_revoked'));
+        }
+        throw failure;
+      });
+    }, function () {
+      if (timer) clearTimeout(timer);
+      throw new ApiFailure(0, null, true);
+    });
+  }
+
+  /* An API failure as a sentence a cashier understands; never raw JSON. */
+  function failureMsg(f, ctx) {
+    ctx = ctx || {};
+    if (!(f instanceof ApiFailure)) return msg('err_generic', { status: '?' });
+    if (f.network) return msg(ctx.write ? 'err_network' : 'err_network_read');
+    var p = f.problem;
+    var code = p ? p.code : null;
+    switch (code) {
+      case 'insufficient_points':
+        return ctx.spendable !== undefined
+          ? msg('code_insufficient_points', { n: ctx.spendable })
+          : msg('code_insufficient_points_plain');
+      case 'offline_redeem_limit':
+        return msg('code_offline_redeem_limit', { limit: configLimit() });
+      case 'not_found':
+        return msg(ctx.txn ? 'code_not_found_txn' : 'code_not_found');
+      case 'validation':
+      case 'bad_json':
+        return msg('code_validation', { fields: function () { return fieldNames(p); } });
+      case 'unauthorized':
+      case 'offline_redeem_disabled':
+      case 'upstream_rejected':
+      case 'forbidden':
+      case 'storage_full':
+      case 'storage_error':
+      case 'idempotency_conflict':
+      case 'upstream_unavailable':
+      case 'not_resolvable':
+      case 'too_large':
+        return msg('code_' + code);
+      default:
+        if (p && p.detail) return { text: p.detail };
+        return msg('err_generic', { status: f.status });
+    }
+  }
+
+  function fieldNames(p) {
+    var names = [];
+    var errs = p && p.errors && p.errors.length ? p.errors : [];
+    for (var i = 0; i < errs.length; i++) {
+      var key = 'field_' + errs[i].field;
+      var name = TEXTS.ja[key] !== undefined ? t(key) : errs[i].field;
+      if (names.indexOf(name) < 0) names.push(name);
+    }
+    return names.length ? names.join(state.lang === 'en' ? ', ' : '、') : (p && p.detail) || '';
+  }
+
+  function configLimit() {
+    return state.config ? state.config.offline_max_redeem_points : 0;
+  }
+
+  /* ------------------------------------------------------------------ ids */
+
+  /* A random UUID (v4) from getRandomValues: crypto.randomUUID is missing on older iPad
+     Safari and on pages served over plain http on the store LAN. */
+  function newTxnId() {
+    var b = new Uint8Array(16);
+    window.crypto.getRandomValues(b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    var h = '';
+    for (var i = 0; i < 16; i++) {
+      h += (b[i] < 16 ? '0' : '') + b[i].toString(16);
+      if (i === 3 || i === 5 || i === 7 || i === 9) h += '-';
+    }
+    return h;
+  }
+
+  /* One txn_id per form submission. If the answer never came (network, timeout, 5xx), the
+     same submission sent again reuses its txn_id, so the daemon counts it once. */
+  function txnIdFor(form, body) {
+    var key = JSON.stringify(body);
+    var saved = null;
+    try { saved = JSON.parse(load('session', SS_PENDING + form) || 'null'); } catch (e) { saved = null; }
+    if (saved && saved.key === key && saved.id) return saved.id;
+    var id = newTxnId();
+    save('session', SS_PENDING + form, JSON.stringify({ key: key, id: id }));
+    return id;
+  }
+  function settled(form) { save('session', SS_PENDING + form, null); }
+  function isDefinitive(f) {
+    return !f.network && f.status >= 400 && f.status < 500 && f.status !== 408 && f.status !== 429;
+  }
+
+  function newRegisterId() {
+    var b = new Uint8Array(4);
+    window.crypto.getRandomValues(b);
+    var h = '';
+    for (var i = 0; i < b.length; i++) h += (b[i] < 16 ? '0' : '') + b[i].toString(16);
+    return 'web-' + h;
+  }
+  function validId(s) { return /^[\x21-\x7e]{1,64}$/.test(s); }
+
+  /* ------------------------------------------------------------------ rendering */
+
+  function show(el, visible) { el.hidden = !visible; }
+  function setText(id, text) { $(id).textContent = text; }
+
+  function setError(id, m) {
+    state.errors[id] = m || null;
+    renderError(id);
+  }
+  function renderError(id) {
+    var m = state.errors[id];
+    var el = $(id);
+    el.textContent = m ? msgText(m) : '';
+    show(el, !!m);
+  }
+
+  function renderStatic() {
+    document.documentElement.lang = state.lang;
+    document.title = t('app_title') + ' — pointsd';
+    var nodes = document.querySelectorAll('[data-i18n]');
+    for (var i = 0; i < nodes.length; i++) nodes[i].textContent = t(nodes[i].getAttribute('data-i18n'));
+    var toggle = $('lang-toggle');
+    var other = state.lang === 'ja' ? 'en' : 'ja';
+    toggle.textContent = other === 'en' ? 'English' : '日本語';
+    toggle.setAttribute('lang', other);
+    toggle.setAttribute('data-lang-target', other);
+  }
+
+  function renderAll() {
+    renderStatic();
+    for (var id in state.errors) {
+      if (Object.prototype.hasOwnProperty.call(state.errors, id)) renderError(id);
+    }
+    renderConn();
+    renderBanner();
+    renderCustomer();
+    renderEarn();
+    renderRedeem();
+    renderResult();
+    renderRecent();
+    renderReview();
+    renderFooter();
+  }
+
+  function isOnline() {
+    if (state.status) return !!state.status.online && state.reachable;
+    return state.customer ? !!state.customer.online : true;
+  }
+
+  function renderConn() {
+    var el = $('conn');
+    if (!state.token || (!state.status && state.reachable)) {
+      el.textContent = '';
+      el.setAttribute('data-state', 'unknown');
+      return;
+    }
+    var s = !state.reachable ? 'unreachable' : state.status.online ? 'online' : 'offline';
+    el.setAttribute('data-state', s);
+    el.textContent = t('conn_' + s);
+  }
+
+  function waiting(s) {
+    var q = s && s.queue ? s.queue : {};
+    return (q.pending || 0) + (q.sending || 0) + (q.ambiguous || 0);
+  }
+
+  function computeBanner() {
+    if (!state.token) return null;
+    if (!state.reachable) return { kind: 'unreachable' };
+    var s = state.status;
+    if (!s) return null;
+    var n = waiting(s);
+    if (!s.online) return { kind: 'offline', n: n, time: s.upstream ? s.upstream.last_ok_at : null };
+    // Back online: keep the banner until the queue has drained. A send that is merely slow
+    // online only shows after a while, so a normal write does not make it flash.
+    var oldest = s.queue && s.queue.oldest_pending_age_s;
+    if (n > 0 && (state.banner || (oldest !== null && oldest >= 10))) return { kind: 'syncing', n: n };
+    return null;
+  }
+
+  function renderBanner() {
+    var el = $('offline-banner');
+    var b = state.banner;
+    if (!b) {
+      el.setAttribute('data-state', 'none');
+      el.textContent = '';
+      show(el, false);
+      return;
+    }
+    var text;
+    if (b.kind === 'offline') {
+      text = t(b.n === 1 && state.lang === 'en' ? 'banner_offline_one' : 'banner_offline',
+        { time: hhmm(b.time), n: fmt(b.n) });
+    } else if (b.kind === 'syncing') {
+      text = t(b.n === 1 && state.lang === 'en' ? 'banner_syncing_one' : 'banner_syncing', { n: fmt(b.n) });
+    } else {
+      text = t('banner_unreachable');
+    }
+    el.setAttribute('data-state', b.kind);
+    el.setAttribute('data-waiting', b.n === undefined ? '' : String(b.n));
+    el.textContent = text;
+    show(el, true);
+  }
+
+  function renderCustomer() {
+    var c = state.customer;
+    var card = $('customer');
+    if (!c) { show(card, false); return; }
+    show(card, true);
+    var b = c.balance || {};
+    card.setAttribute('data-customer-id', c.customer_id);
+    card.setAttribute('data-available', String(b.available));
+    card.setAttribute('data-pending', String(b.pending));
+    card.setAttribute('data-stale', c.stale ? 'true' : 'false');
+    setText('cust-name', c.name || t('no_name'));
+    setText('cust-ids', c.code ? t('ids_code', { id: c.customer_id, code: c.code }) : t('ids', { id: c.customer_id }));
+    var tier = $('cust-tier');
+    tier.textContent = c.tier || '';
+    show(tier, !!c.tier);
+    setText('cust-available', fmt(b.available));
+    setText('cust-confirmed', fmt(b.confirmed));
+    setText('cust-pending', b.pending ? signed(b.pending) : fmt(0));
+    setText('cust-expires', c.expires_at ? String(c.expires_at).slice(0, 10) : t('no_expiry'));
+    setText('cust-asof', c.as_of ? dateTime(c.as_of) : t('never'));
+    var stale = $('cust-stale');
+    stale.textContent = c.stale ? (c.as_of ? t('stale_hint', { time: dateTime(c.as_of) }) : t('stale_never')) : '';
+    show(stale, !!c.stale);
+    var expired = $('cust-expired');
+    expired.textContent = c.expired ? t('expired_hint') : '';
+    show(expired, !!c.expired);
+    var local = $('cust-local');
+    local.textContent = c.local_only ? t('local_only') : '';
+    show(local, !!c.local_only);
+  }
+
+  /* ------------------------------------------------------------------ earn */
+
+  function earnMode() { return $('earn-mode-points').checked ? 'points' : 'amount'; }
+
+  function parseWhole(s) {
+    // Accept what a cashier might type: full-width digits, thousands separators, spaces.
+    s = String(s || '').replace(/[０-９]/g, function (d) { return String.fromCharCode(d.charCodeAt(0) - 0xfee0); });
+    s = s.replace(/[,，\s円¥￥]/g, '');
+    if (!/^\d+$/.test(s)) return null;
+    var n = parseInt(s, 10);
+    return isFinite(n) ? n : null;
+  }
+
+  function pointsForPurchase(amount) {
+    var c = state.config;
+    var per = c && c.yen_per_point > 0 ? c.yen_per_point : 100;
+    var rounding = c ? c.rounding : 'floor';
+    if (rounding === 'ceil') return Math.floor((amount + per - 1) / per);
+    if (rounding === 'round') return Math.floor((amount + Math.floor(per / 2)) / per);
+    return Math.floor(amount / per);
+  }
+
+  /* What the earn form would send, or null when the input is not a usable number yet. */
+  function earnPoints() {
+    var v = parseWhole($('earn-value').value);
+    if (v === null) return null;
+    if (earnMode() === 'amount') return { amount: v, points: pointsForPurchase(v) };
+    return { points: v };
+  }
+
+  function renderEarn() {
+    var mode = earnMode();
+    setText('earn-value-label', t(mode === 'amount' ? 'earn_amount_label' : 'earn_points_label'));
+    var e = earnPoints();
+    var preview = '';
+    if (mode === 'amount') {
+      preview = e ? t('earn_preview', { amount: fmt(e.amount), points: fmt(e.points) })
+        : t('earn_rule', { yen: fmt(state.config ? state.config.yen_per_point : 100) });
+    }
+    setText('earn-preview', preview);
+    var btn = $('earn-submit');
+    btn.textContent = state.busy.earn ? t('working')
+      : e && e.points > 0 ? t('earn_submit_n', { points: fmt(e.points) }) : t('earn_submit');
+  }
+
+  function submitEarn(ev) {
+    ev.preventDefault();
+    var c = state.customer;
+    if (!c || state.busy.earn) return;
+    setError('earn-error', null);
+    var e = earnPoints();
+    if (!e || (e.amount === undefined && e.points < 1)) {
+      setError('earn-error', msg('err_positive'));
+      $('earn-value').focus();
+      return;
+    }
+    if (e.points < 1) {
+      setError('earn-error', msg('err_zero_points'));
+      $('earn-value').focus();
+      return;
+    }
+    if (e.points > 10000000 || (e.amount !== undefined && e.amount > 10000000000)) {
+      setError('earn-error', msg('err_too_big'));
+      return;
+    }
+    var body = { customer_id: c.customer_id, kind: 'earn' };
+    if (e.amount !== undefined) body.purchase_amount = e.amount; else body.points = e.points;
+    if (state.register) body.register_id = state.register;
+    write('earn', body, 'earn-error');
+  }
+
+  /* ------------------------------------------------------------------ redeem */
+
+  function spendable(c) {
+    var b = c.balance || {};
+    if (c.expired && !isOnline()) return Math.max(0, (b.available || 0) - (b.confirmed || 0));
+    return Math.max(0, b.available || 0);
+  }
+
+  function renderRedeem() {
+    var c = state.customer;
+    var hint = '';
+    if (c) {
+      var offline = !isOnline();
+      if (offline && state.config && !state.config.offline_allow_redeem) hint = t('redeem_disabled_offline');
+      else if (offline) hint = t('redeem_hint_offline', { limit: fmt(configLimit()), n: fmt(spendable(c)) });
+      else hint = t('redeem_hint', { n: fmt(spendable(c)) });
+    }
+    setText('redeem-hint', hint);
+    var n = parseWhole($('redeem-points').value);
+    $('redeem-submit').textContent = state.busy.redeem ? t('working')
+      : n ? t('redeem_submit_n', { points: fmt(n) }) : t('redeem_submit');
+  }
+
+  function submitRedeem(ev) {
+    ev.preventDefault();
+    var c = state.customer;
+    if (!c || state.busy.redeem) return;
+    setError('redeem-error', null);
+    var n = parseWhole($('redeem-points').value);
+    if (!n || n < 1) {
+      setError('redeem-error', msg('err_positive'));
+      $('redeem-points').focus();
+      return;
+    }
+    // Refuse here what the daemon would refuse, with the same sentences.
+    var offline = !isOnline();
+    if (offline && state.config && !state.config.offline_allow_redeem) {
+      setError('redeem-error', msg('code_offline_redeem_disabled'));
+      return;
+    }
+    if (offline && state.config && n > state.config.offline_max_redeem_points) {
+      setError('redeem-error', msg('code_offline_redeem_limit', { limit: configLimit() }));
+      $('redeem-points').focus();
+      return;
+    }
+    if (n > spendable(c)) {
+      setError('redeem-error', msg('code_insufficient_points', { n: spendable(c) }));
+      $('redeem-points').focus();
+      return;
+    }
+    var body = { customer_id: c.customer_id, kind: 'redeem', points: n };
+    if (state.register) body.register_id = state.register;
+    write('redeem', body, 'redeem-error');
+  }
+
+  /* ------------------------------------------------------------------ writes */
+
+  function write(form, body, errorId) {
+    var txnId = txnIdFor(form, body);
+    var send = {};
+    for (var k in body) if (Object.prototype.hasOwnProperty.call(body, k)) send[k] = body[k];
+    send.txn_id = txnId;
+    state.busy[form] = true;
+    $(form + '-submit').disabled = true;
+    state.result = null;
+    renderResult();
+    renderEarn();
+    renderRedeem();
+    api('POST', '/v1/transactions', send, { timeout: 20000 }).then(function (ans) {
+      settled(form);
+      state.customer = ans.customer || state.customer;
+      state.result = {
+        kind: form,
+        status: ans.status === 'confirmed' ? 'confirmed' : 'queued',
+        points: Math.abs(ans.delta),
+        balance: ans.balance ? ans.balance.available : null,
+        name: state.customer && state.customer.name ? state.customer.name : (state.customer ? state.customer.customer_id : ''),
+        txn: ans.txn_id
+      };
+      $(form === 'earn' ? 'earn-value' : 'redeem-points').value = '';
+      renderCustomer();
+      renderResult();
+      refreshRecent();
+      pollSoon();
+      var look = $('lookup-input');
+      look.focus();
+      look.select();
+    }, function (f) {
+      if (isDefinitive(f)) settled(form);
+      var ctx = { write: true };
+      if (f.problem && f.problem.code === 'insufficient_points') {
+        refreshCustomer().then(function () {
+          if (state.customer) setError(errorId, msg('code_insufficient_points', { n: spendable(state.customer) }));
+        });
+        ctx.spendable = state.customer ? spendable(state.customer) : undefined;
+      }
+      if (f.status !== 401) setError(errorId, failureMsg(f, ctx));
+    }).then(function () {
+      state.busy[form] = false;
+      $(form + '-submit').disabled = false;
+      renderEarn();
+      renderRedeem();
+    });
+  }
+
+  function renderResult() {
+    var r = state.result;
+    var el = $('result');
+    if (!r) {
+      el.setAttribute('data-status', 'none');
+      show(el, false);
+      return;
+    }
+    el.setAttribute('data-status', r.status);
+    el.setAttribute('data-txn-id', r.txn);
+    setText('result-title', t('result_' + r.status));
+    var detail = t(r.kind === 'earn' ? 'result_earn' : 'result_redeem',
+      { name: r.name, points: fmt(r.points), balance: fmt(r.balance) });
+    if (r.status === 'queued') detail += ' ' + t('result_queued_help');
+    if (r.status === 'confirmed' && r.synced) detail += ' ' + t('result_synced');
+    if (r.status === 'rejected') detail = t('code_upstream_rejected');
+    setText('result-detail', detail);
+    show(el, true);
+  }
+
+  /* A result that said "saved — will sync" follows its transaction until it settles. */
+  function refreshResult() {
+    var r = state.result;
+    if (!r || r.status !== 'queued') return;
+    api('GET', '/v1/transactions/' + encodeURIComponent(r.txn), undefined, { timeout: 8000 }).then(function (x) {
+      if (state.result !== r || !x) return;
+      if (x.state === 'applied') { r.status = 'confirmed'; r.synced = true; }
+      else if (x.state === 'rejected' || x.state === 'discarded') r.status = 'rejected';
+      else return;
+      renderResult();
+    }, function () { /* the next poll tries again */ });
+  }
+
+  /* ------------------------------------------------------------------ look-up */
+
+  function submitLookup(ev) {
+    ev.preventDefault();
+    var input = $('lookup-input');
+    var q = input.value.replace(/^\s+|\s+$/g, '');
+    setError('lookup-error', null);
+    if (!q) {
+      setError('lookup-error', msg('lookup_empty'));
+      input.focus();
+      return;
+    }
+    if (state.busy.lookup) return;
+    state.busy.lookup = true;
+    $('lookup-submit').disabled = true;
+    api('GET', '/v1/customers?q=' + encodeURIComponent(q), undefined, { timeout: 10000 }).then(function (c) {
+      var changed = !state.customer || state.customer.customer_id !== c.customer_id;
+      state.customer = c;
+      // A new look-up starts over; the last result stays only for the same customer.
+      setError('earn-error', null);
+      setError('redeem-error', null);
+      if (changed) {
+        state.result = null;
+        $('earn-value').value = '';
+        $('redeem-points').value = '';
+      }
+      renderCustomer();
+      renderResult();
+      renderEarn();
+      renderRedeem();
+      input.select();
+    }, function (f) {
+      if (f.status !== 401) setError('lookup-error', failureMsg(f, {}));
+      input.focus();
+      input.select();
+    }).then(function () {
+      state.busy.lookup = false;
+      $('lookup-submit').disabled = false;
+    });
+  }
+
+  /* Re-reads the customer on screen (after the queue moved, or a refused redeem). */
+  function refreshCustomer() {
+    var c = state.customer;
+    if (!c) return Promise.resolve();
+    var id = c.customer_id;
+    return api('GET', '/v1/customers/' + encodeURIComponent(id), undefined, { timeout: 8000 }).then(function (fresh) {
+      if (state.customer && state.customer.customer_id === id) {
+        state.customer = fresh;
+        renderCustomer();
+        renderRedeem();
+      }
+    }, function () { /* the next poll tries again */ });
+  }
+
+  /* ------------------------------------------------------------------ lists */
+
+  function refreshRecent() {
+    if (!state.token) return Promise.resolve();
+    var path = '/v1/transactions?limit=20';
+    if (state.register) path += '&register_id=' + encodeURIComponent(state.register);
+    return api('GET', path, undefined, { timeout: 8000 }).then(function (ans) {
+      state.recent = ans && ans.transactions ? ans.transactions : [];
+      setError('recent-error', null);
+      renderRecent();
+    }, function (f) {
+      if (f.status !== 401) setError('recent-error', failureMsg(f, {}));
+    });
+  }
+
+  function stateBadge(s) {
+    var span = document.createElement('span');
+    span.className = 'state';
+    span.setAttribute('data-state', s);
+    span.textContent = t('state_' + s);
+    return span;
+  }
+
+  function cell(tr, text, cls) {
+    var td = document.createElement('td');
+    if (cls) td.className = cls;
+    if (typeof text === 'string') td.textContent = text; else td.appendChild(text);
+    tr.appendChild(td);
+    return td;
+  }
+
+  function renderRecent() {
+    var list = state.recent;
+    var body = $('recent-body');
+    while (body.firstChild) body.removeChild(body.firstChild);
+    var has = !!(list && list.length);
+    show($('recent-table'), has);
+    show($('recent-empty'), !!list && !has);
+    if (!has) return;
+    for (var i = 0; i < list.length; i++) {
+      var x = list[i];
+      var tr = document.createElement('tr');
+      tr.setAttribute('data-txn-id', x.txn_id);
+      tr.setAttribute('data-state', x.state);
+      cell(tr, dateTime(x.created_at));
+      cell(tr, x.customer_id);
+      cell(tr, t('kind_' + x.kind));
+      cell(tr, signed(x.delta), 'num');
+      cell(tr, stateBadge(x.state));
+      body.appendChild(tr);
+    }
+  }
+
+  /* The review queue is for manager tokens. /v1/status does not say which role a token has,
+     so ask the one manager-only route in a way that cannot change anything: an empty resolve
+     of a transaction id that does not exist answers 403 to a register token and 422 (the
+     body names no action) to a manager token. */
+  function probeRole() {
+    return api('POST', '/v1/transactions/role-check/resolve', {}, { timeout: 8000 }).then(function () {
+      state.role = 'manager';
+    }, function (f) {
+      if (f.status === 403) state.role = 'register';
+      else if (f.status === 422 || f.status === 404) state.role = 'manager';
+      else state.role = null;
+    }).then(function () {
+      renderReview();
+      if (state.role === 'manager') return refreshReview();
+    });
+  }
+
+  function refreshReview() {
+    if (state.role !== 'manager') return Promise.resolve();
+    return api('GET', '/v1/transactions?state=needs_review&limit=50', undefined, { timeout: 8000 }).then(function (ans) {
+      state.review = ans && ans.transactions ? ans.transactions : [];
+      renderReview();
+    }, function () { /* the next poll tries again */ });
+  }
+
+  function evidenceOf(x) {
+    var e = x.upstream_result;
+    if (e && typeof e === 'object' && e.before_balance !== undefined) return e;
+    return null;
+  }
+
+  function renderReview() {
+    var section = $('review');
+    show(section, state.role === 'manager');
+    if (state.role !== 'manager') return;
+    var m = $('review-message');
+    if (state.reviewMessage) {
+      m.textContent = msgText(state.reviewMessage.m);
+      m.className = 'result-inline' + (state.reviewMessage.error ? ' is-error' : '');
+      show(m, true);
+    } else {
+      show(m, false);
+    }
+    var listEl = $('review-list');
+    var list = state.review || [];
+    // Keep notes a manager is typing across re-renders.
+    var notes = {};
+    var inputs = listEl.querySelectorAll('input[data-note-for]');
+    for (var j = 0; j < inputs.length; j++) notes[inputs[j].getAttribute('data-note-for')] = inputs[j].value;
+    var focused = document.activeElement && listEl.contains(document.activeElement) ? document.activeElement.id : null;
+    while (listEl.firstChild) listEl.removeChild(listEl.firstChild);
+    show($('review-empty'), !!state.review && list.length === 0);
+    for (var i = 0; i < list.length; i++) listEl.appendChild(reviewItem(list[i], i, notes));
+    if (focused && $(focused)) $(focused).focus();
+  }
+
+  function reviewItem(x, i, notes) {
+    var li = document.createElement('li');
+    li.className = 'review-item';
+    li.setAttribute('data-txn-id', x.txn_id);
+    var title = document.createElement('p');
+    var strong = document.createElement('strong');
+    strong.textContent = x.txn_id;
+    title.appendChild(strong);
+    li.appendChild(title);
+    var what = document.createElement('p');
+    what.textContent = t('review_what', {
+      time: dateTime(x.created_at), customer: x.customer_id, kind: t('kind_' + x.kind),
+      points: signed(x.delta), register: x.register_id || x.token_name
+    });
+    li.appendChild(what);
+    var e = evidenceOf(x);
+    if (e) {
+      var ev = document.createElement('p');
+      ev.className = 'muted';
+      ev.textContent = t('review_evidence', {
+        before: fmt(e.before_balance), expected: fmt(e.expected_if_applied), after: fmt(e.read_back_balance)
+      });
+      li.appendChild(ev);
+    }
+    var form = document.createElement('form');
+    form.setAttribute('novalidate', '');
+    var noteId = 'review-note-' + i;
+    var label = document.createElement('label');
+    label.setAttribute('for', noteId);
+    label.textContent = t('review_note');
+    var input = document.createElement('input');
+    input.type = 'text';
+    input.id = noteId;
+    input.maxLength = 500;
+    input.autocomplete = 'off';
+    input.setAttribute('data-note-for', x.txn_id);
+    input.value = notes[x.txn_id] || '';
+    form.appendChild(label);
+    form.appendChild(input);
+    var actions = document.createElement('div');
+    actions.className = 'actions';
+    var kinds = ['applied', 'resend', 'discard'];
+    for (var k = 0; k < kinds.length; k++) {
+      var b = document.createElement('button');
+      b.type = 'button';
+      b.id = 'review-' + kinds[k] + '-' + i;
+      b.className = kinds[k] === 'discard' ? 'danger' : '';
+      b.setAttribute('data-action', kinds[k]);
+      b.setAttribute('data-txn-id', x.txn_id);
+      b.textContent = t('review_' + kinds[k]);
+      b.addEventListener('click', onResolve);
+      actions.appendChild(b);
+    }
+    form.appendChild(actions);
+    form.addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      state.reviewMessage = { m: msg('review_need_note'), error: true };
+      renderReview();
+    });
+    li.appendChild(form);
+    return li;
+  }
+
+  function onResolve(ev) {
+    var b = ev.currentTarget;
+    var txn = b.getAttribute('data-txn-id');
+    var action = b.getAttribute('data-action');
+    var input = b.form ? b.form.querySelector('input[data-note-for]') : null;
+    var note = input ? input.value.replace(/^\s+|\s+$/g, '') : '';
+    if (!note) {
+      state.reviewMessage = { m: msg('review_need_note'), error: true };
+      renderReview();
+      var notes = document.querySelectorAll('#review-list input[data-note-for]');
+      for (var i = 0; i < notes.length; i++) {
+        if (notes[i].getAttribute('data-note-for') === txn) notes[i].focus();
+      }
+      return;
+    }
+    b.disabled = true;
+    api('POST', '/v1/transactions/' + encodeURIComponent(txn) + '/resolve', { as: action, note: note }, { timeout: 10000 })
+      .then(function () {
+        state.reviewMessage = { m: msg('review_done', { txn: txn, action: function () { return t('review_' + action); } }) };
+        if (input) input.value = '';
+        return refreshReview().then(refreshRecent);
+      }, function (f) {
+        if (f.status === 403) { state.role = 'register'; state.review = null; }
+        else if (f.status !== 401) state.reviewMessage = { m: failureMsg(f, { txn: true }), error: true };
+        b.disabled = false;
+        renderReview();
+      });
+  }
+
+  function renderFooter() {
+    var c = state.config;
+    setText('footer-info', state.token && c
+      ? t('footer', { store: c.store_id, register: state.register || '—', version: c.version }) : '');
+  }
+
+  /* ------------------------------------------------------------------ polling */
+
+  function queueSig(s) {
+    if (!s || !s.queue) return '';
+    var q = s.queue;
+    return [s.online, q.pending, q.sending, q.ambiguous, q.needs_review, q.rejected, q.applied].join('/');
+  }
+
+  function poll() {
+    state.pollTimer = null;
+    if (!state.token) return;
+    api('GET', '/v1/status', undefined, { timeout: 4000 }).then(function (s) {
+      state.status = s;
+      state.reachable = true;
+    }, function (f) {
+      if (f.status === 401) return;
+      state.reachable = f.network ? false : state.reachable;
+    }).then(function () {
+      if (!state.token) return;
+      var wasOnline = state.lastOnline;
+      state.lastOnline = isOnline();
+      state.banner = computeBanner();
+      renderConn();
+      renderBanner();
+      if (wasOnline !== state.lastOnline) {
+        // A refusal because the store was offline no longer applies once it is back.
+        var e = state.errors['redeem-error'];
+        if (state.lastOnline && e && e.key && e.key.indexOf('code_offline') === 0) setError('redeem-error', null);
+        renderRedeem();
+      }
+      var sig = queueSig(state.status) + '/' + state.reachable;
+      if (sig !== state.lastSig) {
+        state.lastSig = sig;
+        refreshRecent();
+        refreshReview();
+        refreshCustomer();
+        refreshResult();
+      }
+      schedulePoll(POLL_MS);
+    });
+  }
+  function schedulePoll(ms) {
+    if (state.pollTimer) clearTimeout(state.pollTimer);
+    state.pollTimer = setTimeout(poll, ms);
+  }
+  function pollSoon() { schedulePoll(300); }
+
+  /* ------------------------------------------------------------------ sign-in */
+
+  function loadConfig() {
+    return api('GET', '/page/config.json', undefined, { token: null, timeout: 8000 }).then(function (c) {
+      state.config = c;
+      renderEarn();
+      renderRedeem();
+      renderFooter();
+    }, function () { /* defaults (1 pt per 100 yen) until the next sign-in */ });
+  }
+
+  function showSignedIn() {
+    show($('signin'), false);
+    show($('app'), true);
+    show($('signout'), true);
+    $('lookup-input').focus();
+    renderAll();
+    refreshRecent();
+    probeRole();
+    schedulePoll(0);
+  }
+
+  function showSignIn() {
+    show($('app'), false);
+    show($('signout'), false);
+    show($('signin'), true);
+    $('register-input').value = state.register || newRegisterId();
+    $('token-input').value = '';
+    $('token-input').focus();
+    renderAll();
+  }
+
+  function submitSignIn(ev) {
+    ev.preventDefault();
+    if (state.busy.signin) return;
+    var token = $('token-input').value.replace(/^\s+|\s+$/g, '');
+    var register = $('register-input').value.replace(/^\s+|\s+$/g, '');
+    setError('signin-error', null);
+    if (!token) {
+      setError('signin-error', msg('err_token_empty'));
+      $('token-input').focus();
+      return;
+    }
+    if (!register) register = newRegisterId();
+    if (!validId(register)) {
+      setError('signin-error', msg('err_register_id'));
+      $('register-input').focus();
+      return;
+    }
+    state.busy.signin = true;
+    $('signin-submit').disabled = true;
+    api('GET', '/v1/status', undefined, { token: token, signin: true, timeout: 8000 }).then(function (s) {
+      state.token = token;
+      state.register = register;
+      state.status = s;
+      state.reachable = true;
+      save('local', LS_TOKEN, token);
+      save('local', LS_REGISTER, register);
+      $('token-input').value = '';
+      loadConfig();
+      showSignedIn();
+    }, function (f) {
+      setError('signin-error', f.status === 401 ? msg('err_token_bad') : failureMsg(f, {}));
+      $('token-input').focus();
+      $('token-input').select();
+    }).then(function () {
+      state.busy.signin = false;
+      $('signin-submit').disabled = false;
+    });
+  }
+
+  function signOut(why) {
+    state.token = null;
+    save('local', LS_TOKEN, null);
+    if (state.pollTimer) clearTimeout(state.pollTimer);
+    state.pollTimer = null;
+    state.status = null;
+    state.reachable = true;
+    state.customer = null;
+    state.result = null;
+    state.recent = null;
+    state.review = null;
+    state.role = null;
+    state.banner = null;
+    state.lastSig = '';
+    state.reviewMessage = null;
+    state.errors = {};
+    state.errors['signin-error'] = why || null;
+    $('lookup-input').value = '';
+    showSignIn();
+  }
+
+  /* ------------------------------------------------------------------ start */
+
+  function start() {
+    var lang = load('local', LS_LANG);
+    state.lang = lang === 'en' ? 'en' : 'ja';
+    state.token = load('local', LS_TOKEN);
+    state.register = load('local', LS_REGISTER);
+
+    $('lang-toggle').addEventListener('click', function () {
+      state.lang = state.lang === 'ja' ? 'en' : 'ja';
+      save('local', LS_LANG, state.lang);
+      renderAll();
+    });
+    $('signout').addEventListener('click', function () { signOut(msg('signed_out')); });
+    $('signin-form').addEventListener('submit', submitSignIn);
+    $('lookup-form').addEventListener('submit', submitLookup);
+    $('earn-form').addEventListener('submit', submitEarn);
+    $('redeem-form').addEventListener('submit', submitRedeem);
+    $('earn-value').addEventListener('input', function () { setError('earn-error', null); renderEarn(); });
+    $('redeem-points').addEventListener('input', function () { setError('redeem-error', null); renderRedeem(); });
+    $('earn-mode-amount').addEventListener('change', function () { renderEarn(); $('earn-value').focus(); });
+    $('earn-mode-points').addEventListener('change', function () { renderEarn(); $('earn-value').focus(); });
+    $('lookup-input').addEventListener('keydown', function (ev) {
+      if (ev.key === 'Escape') { ev.target.value = ''; setError('lookup-error', null); }
+    });
+
+    loadConfig();
+    if (state.token) {
+      showSignedIn();
+    } else {
+      showSignIn();
+    }
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();
