@@ -965,17 +965,12 @@
     }
   }
 
-  /* The review queue is for manager tokens. /v1/status does not say which role a token has,
-     so ask the one manager-only route in a way that cannot change anything: an empty resolve
-     of a transaction id that does not exist answers 403 to a register token and 422 (the
-     body names no action) to a manager token. */
+  /* The review queue is for manager tokens: ask the daemon which role this token has. */
   function probeRole() {
-    return api('POST', '/v1/transactions/role-check/resolve', {}, { timeout: 8000 }).then(function () {
-      state.role = 'manager';
-    }, function (f) {
-      if (f.status === 403) state.role = 'register';
-      else if (f.status === 422 || f.status === 404) state.role = 'manager';
-      else state.role = null;
+    return api('GET', '/v1/whoami', undefined, { timeout: 8000 }).then(function (ans) {
+      state.role = ans && ans.role === 'manager' ? 'manager' : 'register';
+    }, function () {
+      state.role = null;
     }).then(function () {
       renderReview();
       if (state.role === 'manager') return refreshReview();

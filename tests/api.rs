@@ -1279,3 +1279,26 @@ async fn upstream_5xx_queues_then_applies_once_when_it_recovers() {
     assert_eq!(v["balance"]["pending"], json!(0), "{v:#}");
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_token_and_its_role_never_the_token() {
+    let sim = common::start_sim(5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::TestDaemon::start(
+        common::test_config(&sim, "store-who"),
+        dir.path().into(),
+        true,
+    )
+    .await;
+    let (s, v) = d.get_as("/v1/whoami", Some(common::REGISTER_TOKEN)).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "register-1", "role": "register"})
+    );
+    let (_, v) = d.get_as("/v1/whoami", Some(common::MANAGER_TOKEN)).await;
+    assert_eq!(v["role"], "manager");
+    assert!(!v.to_string().contains(common::MANAGER_TOKEN));
+    let (s, _) = d.get_as("/v1/whoami", None).await;
+    assert_eq!(s, 401);
+}

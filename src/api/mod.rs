@@ -57,6 +57,7 @@ pub struct Caller {
 pub fn router(state: AppRef) -> Router {
     let authed = Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/customers", get(find_customer))
         .route("/v1/customers/{id}", get(get_customer))
         .route(
@@ -140,6 +141,11 @@ async fn auth(State(st): State<AppRef>, mut req: Request, next: Next) -> Respons
             ApiError::Unauthorized.into_response()
         }
     }
+}
+
+/// Which token is calling: its configured name and role (never the token itself).
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<Value> {
+    Json(json!({"name": caller.name, "role": caller.role}))
 }
 
 #[derive(Serialize)]
