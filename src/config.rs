@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 /// used by the CLI (`POINTSD_CONFIG`, `POINTSD_DATA_DIR`) are never mistaken for keys.
 pub const ENV_PREFIX: &str = "POINTSD_";
 
+/// Tokens starting with this (as in config/pointsd.example.toml) are never accepted.
+pub const PLACEHOLDER: &str = "change-me";
+
 /// A string that must never reach a log line or an API answer (DESIGN.md §2.9).
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -517,6 +520,7 @@ impl Config {
         };
 
         let mut tokens = Vec::new();
+        let mut placeholders = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.api.tokens.iter().enumerate() {
             let key = format!("api.tokens[{i}]");
@@ -542,6 +546,16 @@ impl Config {
                 (Some(tok), None) => {
                     if tok.expose().len() < 16 {
                         bad(&format!("{key}.token"), "too short; use at least 16 random characters (e.g. `openssl rand -hex 16`)".into());
+                    } else if tok.expose().starts_with(PLACEHOLDER) {
+                        // The example's placeholder would otherwise be a working, published
+                        // token on every fresh install: keep it switched off.
+                        placeholders.push(Problem {
+                            key: format!("{key}.token"),
+                            message: format!(
+                                "is the example placeholder and is switched off; set a random token (e.g. `openssl rand -hex 16`) for {:?}",
+                                t.name
+                            ),
+                        });
                     } else {
                         tokens.push(ApiToken {
                             name: t.name.clone(),
@@ -696,7 +710,7 @@ impl Config {
                 listen: listen.expect("checked above"),
                 tokens,
                 config: self,
-                warnings: Vec::new(),
+                warnings: placeholders,
             })
         } else {
             Err(p)
@@ -807,7 +821,7 @@ pub fn file_mode_warnings(path: &Path, cfg: &Config) -> Vec<Problem> {
 
 /// A group's id from `/etc/group`, without calling into libc.
 #[cfg(unix)]
-fn group_id(name: &str) -> Option<u32> {
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');

@@ -107,19 +107,24 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
             return out;
         }
     };
-    if settings.warnings.is_empty() {
+    if !settings.warnings.iter().any(|w| w.key == "(file)") {
         out.push(Check::ok(
             "permissions",
             "config file is not readable by others",
         ));
-    } else {
-        for w in &settings.warnings {
-            out.push(Check::warn(
-                "permissions",
-                "config file holding secrets is readable by others",
-                w.message.clone(),
-            ));
-        }
+    }
+    for w in &settings.warnings {
+        let name = if w.key == "(file)" {
+            "permissions"
+        } else {
+            "config"
+        };
+        out.push(Check {
+            level: Level::Warn,
+            name,
+            message: w.to_string(),
+            fix: None,
+        });
     }
     let data_ok = dir_check("data dir", &input.data_dir);
     let data_writable = data_ok.level == Level::Ok;

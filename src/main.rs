@@ -503,7 +503,7 @@ fn load_settings(c: &ConfigArgs) -> std::result::Result<(PathBuf, Settings), Str
     let warnings = config::file_mode_warnings(&path, &cfg);
     match cfg.validate() {
         Ok(mut s) => {
-            s.warnings = warnings;
+            s.warnings.extend(warnings);
             Ok((path, s))
         }
         Err(problems) => Err(ConfigError::Invalid {

@@ -18,6 +18,8 @@ use service_manager::{
 
 /// The systemd unit shipped with the packages; `ExecStart=` is rewritten per install.
 pub const SYSTEMD_UNIT: &str = include_str!("../installers/linux/pointsd.service");
+/// The LaunchDaemon shipped with the macOS package; `ProgramArguments` is rewritten per install.
+pub const LAUNCHD_PLIST: &str = include_str!("../installers/macos/jp.pointsd.plist");
 pub const SERVICE_NAME: &str = "pointsd";
 pub const LAUNCHD_LABEL: &str = "jp.pointsd";
 
@@ -149,38 +151,24 @@ impl InstallPlan {
         args.extend(self.args());
         let args_xml: String = args
             .iter()
-            .map(|a| format!("    <string>{}</string>\n", xml_escape(a)))
+            .map(|a| format!("        <string>{}</string>\n", xml_escape(a)))
             .collect();
-        let logs = if self.user {
-            "Library/Logs/pointsd"
-        } else {
-            "/Library/Logs/pointsd"
-        };
-        format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<plist version="1.0">
-<dict>
-  <key>Label</key>
-  <string>{LAUNCHD_LABEL}</string>
-  <key>ProgramArguments</key>
-  <array>
-{args_xml}  </array>
-  <key>RunAtLoad</key>
-  <true/>
-  <key>KeepAlive</key>
-  <dict>
-    <key>SuccessfulExit</key>
-    <false/>
-  </dict>
-  <key>StandardOutPath</key>
-  <string>{logs}/pointsd.out.log</string>
-  <key>StandardErrorPath</key>
-  <string>{logs}/pointsd.err.log</string>
-</dict>
-</plist>
-"#
-        )
+        let mut p = LAUNCHD_PLIST.to_string();
+        // Swap the shipped ProgramArguments array for this install's.
+        if let Some(key) = p.find("<key>ProgramArguments</key>")
+            && let Some(open) = p[key..].find("<array>").map(|i| key + i)
+            && let Some(close) = p[open..].find("</array>").map(|i| open + i)
+        {
+            p.replace_range(open..close, &format!("<array>\n{args_xml}    "));
+        }
+        if self.user {
+            // A LaunchAgent runs as the user who loads it, and logs in that user's Library.
+            for key in ["UserName", "GroupName"] {
+                p = remove_plist_key(&p, key);
+            }
+            p = p.replace("/Library/Logs/pointsd/", "Library/Logs/pointsd/");
+        }
+        p
     }
 
     /// `sc.exe` commands as they would run on Windows (install and failure actions).
@@ -211,6 +199,14 @@ impl InstallPlan {
                 s("displayname="),
                 s("pointsd loyalty point agent"),
             ],
+            // Delayed start: the network is up by then, and boot is not slowed.
+            vec![
+                s("sc.exe"),
+                s("config"),
+                s(SERVICE_NAME),
+                s("start="),
+                s("delayed-auto"),
+            ],
             vec![
                 s("sc.exe"),
                 s("failure"),
@@ -220,6 +216,8 @@ impl InstallPlan {
                 s("actions="),
                 s("restart/5000/restart/5000/restart/5000"),
             ],
+            // Failure actions also on an error exit, not only on a crash.
+            vec![s("sc.exe"), s("failureflag"), s(SERVICE_NAME), s("1")],
             vec![s("sc.exe"), s("start"), s(SERVICE_NAME)],
         ]
     }
@@ -267,6 +265,17 @@ impl InstallPlan {
             }
             _ => {
                 let file = self.service_file().unwrap_or_default();
+                if self.platform == Platform::Systemd && !self.user {
+                    let dir = self
+                        .config
+                        .parent()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "would create the system user pointsd if missing:\n  useradd --system --user-group --home-dir /var/lib/pointsd --no-create-home --shell /usr/sbin/nologin pointsd\nwould make {dir} root:pointsd 0750 and {} root:pointsd 0640\n",
+                        self.config.display()
+                    ));
+                }
                 out.push_str(&format!("would write {file}:\n"));
                 for l in self.contents().unwrap_or_default().lines() {
                     out.push_str(&format!("  | {l}\n"));
@@ -311,6 +320,25 @@ fn quote_systemd(s: &str) -> String {
     }
 }
 
+/// Removes `<key>K</key>` and the value element after it (one line each in our plist).
+fn remove_plist_key(p: &str, key: &str) -> String {
+    let marker = format!("<key>{key}</key>");
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for line in p.lines() {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if line.trim() == marker {
+            skip_next = true;
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -326,8 +354,57 @@ fn manager(platform: Platform, user: bool) -> Result<Box<dyn ServiceManager>, Se
     Ok(m)
 }
 
+/// The unit runs as the system user `pointsd` and reads its config from a directory that
+/// user can read: create both, as the .deb's postinst does.
+#[cfg(unix)]
+fn prepare_system_user(config: &Path) -> Result<(), ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let exists = std::process::Command::new("getent")
+        .args(["passwd", SERVICE_NAME])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !exists {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--home-dir",
+                "/var/lib/pointsd",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_NAME,
+            ])
+            .status()
+            .map_err(manager_err)?;
+        if !status.success() {
+            return Err(ServiceError::Manager(std::io::Error::other(
+                "useradd pointsd failed; create the system user pointsd and run install again",
+            )));
+        }
+    }
+    let gid = crate::config::group_id(SERVICE_NAME);
+    if let Some(dir) = config.parent() {
+        std::fs::create_dir_all(dir).map_err(manager_err)?;
+        std::os::unix::fs::chown(dir, Some(0), gid).map_err(manager_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .map_err(manager_err)?;
+    }
+    if config.exists() {
+        std::os::unix::fs::chown(config, Some(0), gid).map_err(manager_err)?;
+        std::fs::set_permissions(config, std::fs::Permissions::from_mode(0o640))
+            .map_err(manager_err)?;
+    }
+    Ok(())
+}
+
 /// Installs (or updates in place) and starts the service.
 pub fn install(plan: &InstallPlan) -> Result<(), ServiceError> {
+    #[cfg(unix)]
+    if plan.platform == Platform::Systemd && !plan.user {
+        prepare_system_user(&plan.config)?;
+    }
     let m = manager(plan.platform, plan.user)?;
     let label = plan.platform.label();
     let installed = !matches!(
@@ -366,15 +443,18 @@ pub fn install(plan: &InstallPlan) -> Result<(), ServiceError> {
     .map_err(manager_err)?;
     if plan.platform == Platform::Windows {
         // sc.exe sets no restart policy; without failure actions a crash stays down.
-        let failure = &plan.sc_commands()[1];
-        let status = std::process::Command::new(&failure[0])
-            .args(&failure[1..])
-            .status()
-            .map_err(manager_err)?;
-        if !status.success() {
-            return Err(ServiceError::Manager(std::io::Error::other(
-                "sc.exe failure (restart actions) did not succeed",
-            )));
+        let cmds = plan.sc_commands();
+        for c in &cmds[1..cmds.len() - 1] {
+            let status = std::process::Command::new(&c[0])
+                .args(&c[1..])
+                .status()
+                .map_err(manager_err)?;
+            if !status.success() {
+                return Err(ServiceError::Manager(std::io::Error::other(format!(
+                    "`{}` did not succeed",
+                    c.join(" ")
+                ))));
+            }
         }
     }
     m.start(ServiceStartCtx { label }).map_err(manager_err)
@@ -560,14 +640,24 @@ mod tests {
         let p = plan(Platform::Windows, false);
         let cmds = p.sc_commands();
         assert!(cmds[0].iter().any(|a| a.contains("service-run --config")));
-        assert_eq!(cmds[1][1], "failure");
-        assert!(cmds[1].contains(&"restart/5000/restart/5000/restart/5000".to_string()));
+        assert_eq!(
+            cmds[1][1..],
+            ["config", "pointsd", "start=", "delayed-auto"]
+        );
+        assert_eq!(cmds[2][1], "failure");
+        assert!(cmds[2].contains(&"restart/5000/restart/5000/restart/5000".to_string()));
+        assert_eq!(cmds[3][1..], ["failureflag", "pointsd", "1"]);
         assert!(p.describe().contains("sc.exe failure pointsd"));
     }
 
     #[test]
     fn plist_is_escaped_and_keeps_alive_on_failure() {
         let p = plan(Platform::Launchd, false).contents().unwrap();
+        assert!(p.contains("<string>/opt/point sd/pointsd</string>"));
+        assert_eq!(p.matches("<string>run</string>").count(), 1);
+        assert!(p.contains("<key>UserName</key>"));
+        let u = plan(Platform::Launchd, true).contents().unwrap();
+        assert!(!u.contains("<key>UserName</key>") && u.contains("--user"));
         assert!(p.contains("<string>jp.pointsd</string>"));
         assert!(p.contains("<key>SuccessfulExit</key>"));
         assert!(p.contains("/Library/Logs/pointsd/pointsd.err.log"));

@@ -283,3 +283,38 @@ fn service_install_for_another_platform_needs_dry_run() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--dry-run"));
 }
+
+#[test]
+fn the_launchd_plist_written_by_install_parses() {
+    let out = dry_run(
+        "launchd",
+        "/Library/Application Support/pointsd/pointsd.toml",
+    );
+    let plist: String = out
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("  | ")
+                .or_else(|| (l == "  |").then_some(""))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.plist");
+    std::fs::write(&p, plist).unwrap();
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); \
+             assert d['Label']=='jp.pointsd'; a=d['ProgramArguments']; \
+             assert a[1:]==['run','--config','/Library/Application Support/pointsd/pointsd.toml'], a; \
+             assert d['KeepAlive']=={'SuccessfulExit': False}",
+        )
+        .arg(&p)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
