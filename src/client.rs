@@ -205,12 +205,15 @@ pub fn render_write(v: &Value) -> String {
     )
 }
 
-pub fn render_queue(v: &Value) -> String {
-    let rows = v
-        .get("transactions")
+fn transactions(v: &Value) -> Vec<Value> {
+    v.get("transactions")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+pub fn render_queue(v: &Value) -> String {
+    let rows = transactions(v);
     if rows.is_empty() {
         return "no transactions\n".into();
     }
@@ -234,11 +237,7 @@ pub fn render_queue(v: &Value) -> String {
 }
 
 pub fn render_review(v: &Value) -> String {
-    let rows = v
-        .get("transactions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let rows = transactions(v);
     if rows.is_empty() {
         return "the review queue is empty\n".into();
     }

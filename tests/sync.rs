@@ -126,23 +126,6 @@ async fn after_fresh_probe(d: &TestDaemon) {
     .await;
 }
 
-async fn post_as(d: &TestDaemon, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = d
-        .http
-        .post(format!("{}{path}", d.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("daemon answers");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn assert_queued(what: &str, r: &(u16, Value)) {
     assert_eq!(r.0, 201, "{what}: {}", r.1);
     assert_eq!(r.1["status"], json!("queued"), "{what}: {}", r.1);
@@ -695,7 +678,7 @@ async fn unprovable_read_back_goes_to_review_and_a_manager_resolves_it() {
     assert_eq!(code, 403, "a register may not resolve: {v}");
     assert_eq!(txn(d, "review-1").await["state"], json!("needs_review"));
 
-    let (code, v) = post_as(d, path, MANAGER_TOKEN, &body).await;
+    let (code, v) = d.post_as(path, MANAGER_TOKEN, &body).await;
     assert_eq!(code, 200, "{v}");
     let t = txn(d, "review-1").await;
     assert_eq!(t["state"], json!("applied"), "{t:#}");
@@ -715,7 +698,7 @@ async fn unprovable_read_back_goes_to_review_and_a_manager_resolves_it() {
         json!("needs_review"),
         "{t:#}"
     );
-    let (code, v) = post_as(d, path, MANAGER_TOKEN, &body).await;
+    let (code, v) = d.post_as(path, MANAGER_TOKEN, &body).await;
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["code"], json!("not_resolvable"), "{v}");
     assert_eq!(
@@ -725,13 +708,13 @@ async fn unprovable_read_back_goes_to_review_and_a_manager_resolves_it() {
     );
 
     // "resend": sent again, once.
-    let (code, v) = post_as(
-        d,
-        "/v1/transactions/review-2/resolve",
-        MANAGER_TOKEN,
-        &json!({"as": "resend", "note": "not in the Smaregi console"}),
-    )
-    .await;
+    let (code, v) = d
+        .post_as(
+            "/v1/transactions/review-2/resolve",
+            MANAGER_TOKEN,
+            &json!({"as": "resend", "note": "not in the Smaregi console"}),
+        )
+        .await;
     assert_eq!(code, 200, "{v}");
     let t = wait_state(d, "review-2", "applied", Duration::from_secs(15)).await;
     assert_eq!(t["resolutions"][0]["action"], json!("resend"), "{t:#}");
@@ -739,13 +722,13 @@ async fn unprovable_read_back_goes_to_review_and_a_manager_resolves_it() {
     assert_eq!(sim.balance("2"), Some(initial["2"] + 21 + 7 + 21));
 
     // "discard": it no longer counts, and nothing is sent.
-    let (code, v) = post_as(
-        d,
-        "/v1/transactions/review-3/resolve",
-        MANAGER_TOKEN,
-        &json!({"as": "discard", "note": "duplicate of a till receipt"}),
-    )
-    .await;
+    let (code, v) = d
+        .post_as(
+            "/v1/transactions/review-3/resolve",
+            MANAGER_TOKEN,
+            &json!({"as": "discard", "note": "duplicate of a till receipt"}),
+        )
+        .await;
     assert_eq!(code, 200, "{v}");
     let t = txn(d, "review-3").await;
     assert_eq!(t["state"], json!("discarded"), "{t:#}");
@@ -978,9 +961,9 @@ async fn reconcile_reports_changes_made_elsewhere_and_writes_nothing() {
     let before = sim.balance("3").unwrap();
     sim.add_elsewhere("3", 50);
 
-    let (code, v) = post_as(d, "/v1/reconcile", REGISTER_TOKEN, &json!({})).await;
+    let (code, v) = d.post_as("/v1/reconcile", REGISTER_TOKEN, &json!({})).await;
     assert_eq!(code, 403, "a register may not run a reconciliation: {v}");
-    let (code, report) = post_as(d, "/v1/reconcile", MANAGER_TOKEN, &json!({})).await;
+    let (code, report) = d.post_as("/v1/reconcile", MANAGER_TOKEN, &json!({})).await;
     assert_eq!(code, 200, "{report}");
     let item = report["items"]
         .as_array()

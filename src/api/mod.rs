@@ -463,6 +463,18 @@ struct WriteAnswer {
     customer: CustomerView,
 }
 
+/// A request body as JSON: 413 past the size limit, 400 if it is not JSON.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadJson(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
 async fn post_transaction(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -486,15 +498,7 @@ async fn write_transaction(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WriteAnswer>), ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::BadJson(e.body_text())
-        }
-    })?;
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let value = json_body(body)?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -709,14 +713,7 @@ async fn resolve_transaction(
 ) -> Result<Json<TxnDetail>, ApiError> {
     require_manager(&caller, "resolve review items")?;
     check_id("txn_id", &txn_id)?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::BadJson(e.body_text())
-        }
-    })?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let v = json_body(body)?;
     let mut errs = Vec::new();
     let Value::Object(map) = &v else {
         return Err(ApiError::field("(body)", "must be a JSON object"));

@@ -150,10 +150,14 @@ impl TestDaemon {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_as(path, REGISTER_TOKEN, body).await
+    }
+
+    pub async fn post_as(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
-            .bearer_auth(REGISTER_TOKEN)
+            .bearer_auth(token)
             .json(body)
             .send()
             .await
