@@ -9,46 +9,11 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin pointsd --example baseline_http --example baseline_sqlite
-BIN=target/release/pointsd
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Upstream simulator (separate process) and the daemon.
-$BIN sim --customers 1000 > "$WORK/sim.out" 2>/dev/null & PIDS+=($!)
-for _ in $(seq 100); do grep -q "sim listening" "$WORK/sim.out" 2>/dev/null && break; sleep 0.05; done
-SIM=$(awk '/sim listening/ {print $4}' "$WORK/sim.out")
-P=$(port); TOKEN=bench-token-0123456789abcdef
-cat > "$WORK/pointsd.toml" <<TOML
-[agent]
-store_id = "bench"
-[api]
-listen = "127.0.0.1:$P"
-[[api.tokens]]
-name = "bench"
-token = "$TOKEN"
-[upstream]
-kind = "smaregi"
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "sim-secret"
-id_base = "$SIM"
-api_base = "$SIM"
-[sync]
-online_budget_ms = 0
-max_requests_per_second = 10000
-[log]
-level = "warn"
-TOML
-chmod 600 "$WORK/pointsd.toml"
-$BIN run --config "$WORK/pointsd.toml" --data-dir "$WORK/data" 2>"$WORK/daemon.err" & PIDS+=($!)
-URL=http://127.0.0.1:$P
-for _ in $(seq 200); do
-  curl -sf -H "Authorization: Bearer $TOKEN" "$URL/v1/status" | grep -q '"customers":1000' && break; sleep 0.1
-done
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+# shellcheck disable=SC2119 # no extra simulator flags
+start_sim
+start_daemon "max_requests_per_second = 10000"
 
 BP=$(port)
 target/release/examples/baseline_http "127.0.0.1:$BP" >/dev/null & PIDS+=($!)

@@ -7,45 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}; R=${2:-500}
 cargo build --release --quiet --bin pointsd --example load_earns
-BIN=target/release/pointsd
-WORK=$(mktemp -d); PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-$BIN sim --customers 1000 --rate-limit "$R" > "$WORK/sim.out" 2>/dev/null & PIDS+=($!)
-for _ in $(seq 100); do grep -q "sim admin" "$WORK/sim.out" 2>/dev/null && break; sleep 0.05; done
-SIM=$(awk '/sim listening/ {print $4}' "$WORK/sim.out"); ADMIN=$(awk '/sim admin/ {print $4}' "$WORK/sim.out")
-P=$(port); TOKEN=drain-token-0123456789abcdef
-cat > "$WORK/pointsd.toml" <<TOML
-[agent]
-store_id = "drain"
-[api]
-listen = "127.0.0.1:$P"
-[[api.tokens]]
-name = "bench"
-token = "$TOKEN"
-[upstream]
-kind = "smaregi"
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "sim-secret"
-id_base = "$SIM"
-api_base = "$SIM"
-[sync]
-online_budget_ms = 0
-probe_interval_s = 1
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+start_sim --rate-limit "$R"
+start_daemon "probe_interval_s = 1
 max_requests_per_second = $R
-concurrency = 8
-[log]
-level = "warn"
-TOML
-chmod 600 "$WORK/pointsd.toml"
-$BIN run --config "$WORK/pointsd.toml" --data-dir "$WORK/data" 2>"$WORK/daemon.err" & DPID=$!; PIDS+=($DPID)
-URL=http://127.0.0.1:$P
+concurrency = 8"
 status() { curl -sf -H "Authorization: Bearer $TOKEN" "$URL/v1/status"; }
-for _ in $(seq 200); do status 2>/dev/null | grep -q '"customers":1000' && break; sleep 0.1; done
 
 curl -sf -X PUT -H 'Content-Type: application/json' -d '{"refuse":true}' "$ADMIN/_sim/faults" >/dev/null
 for _ in $(seq 100); do status | grep -q '"online":false' && break; sleep 0.1; done
