@@ -183,7 +183,23 @@ impl InstallPlan {
             }
         }
         let s = |x: &str| x.to_string();
+        let dir = self
+            .config
+            .to_string_lossy()
+            .rsplit_once('\\')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_else(|| ".".into());
         vec![
+            // The config holds secrets: SYSTEM and Administrators only, nothing inherited.
+            vec![
+                s("icacls"),
+                dir,
+                s("/inheritance:r"),
+                s("/grant:r"),
+                s("*S-1-5-18:(OI)(CI)F"),
+                s("/grant:r"),
+                s("*S-1-5-32-544:(OI)(CI)F"),
+            ],
             vec![
                 s("sc.exe"),
                 s("create"),
@@ -444,7 +460,12 @@ pub fn install(plan: &InstallPlan) -> Result<(), ServiceError> {
     if plan.platform == Platform::Windows {
         // sc.exe sets no restart policy; without failure actions a crash stays down.
         let cmds = plan.sc_commands();
-        for c in &cmds[1..cmds.len() - 1] {
+        // icacls first would need the folder to exist; create it, then run all but `create`
+        // (done by service-manager above) and `start` (below).
+        if let Some(dir) = plan.config.parent() {
+            std::fs::create_dir_all(dir).map_err(manager_err)?;
+        }
+        for c in cmds.iter().filter(|c| c[1] != "create" && c[1] != "start") {
             let status = std::process::Command::new(&c[0])
                 .args(&c[1..])
                 .status()
@@ -553,11 +574,42 @@ pub mod windows {
         service_dispatcher::start(super::SERVICE_NAME, ffi_service_main)
     }
 
+    /// How long the SCM should wait for a graceful stop (the daemon's own deadline is 15 s).
+    const STOP_WAIT_HINT: Duration = Duration::from_secs(30);
+
+    fn status(state: ServiceState, code: u32, checkpoint: u32, hint: Duration) -> ServiceStatus {
+        ServiceStatus {
+            service_type: ServiceType::OWN_PROCESS,
+            current_state: state,
+            controls_accepted: if state == ServiceState::Running {
+                ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            } else {
+                ServiceControlAccept::empty()
+            },
+            exit_code: ServiceExitCode::Win32(code),
+            checkpoint,
+            wait_hint: hint,
+            process_id: None,
+        }
+    }
+
     fn service_main(_args: Vec<OsString>) {
         let token = CancellationToken::new();
-        let t2 = token.clone();
+        let handle_slot: std::sync::Arc<OnceLock<service_control_handler::ServiceStatusHandle>> =
+            std::sync::Arc::new(OnceLock::new());
+        let (t2, slot2) = (token.clone(), handle_slot.clone());
         let handler = move |event| match event {
             ServiceControl::Stop | ServiceControl::Shutdown => {
+                // Tell the SCM a graceful stop is under way and how long it may take, so it
+                // does not give up on us while in-flight requests finish.
+                if let Some(h) = slot2.get() {
+                    let _ = h.set_service_status(status(
+                        ServiceState::StopPending,
+                        0,
+                        1,
+                        STOP_WAIT_HINT,
+                    ));
+                }
                 t2.cancel();
                 ServiceControlHandlerResult::NoError
             }
@@ -567,32 +619,15 @@ pub mod windows {
         let Ok(handle) = service_control_handler::register(super::SERVICE_NAME, handler) else {
             return;
         };
-        let status = |state, accept, code, hint: Duration| ServiceStatus {
-            service_type: ServiceType::OWN_PROCESS,
-            current_state: state,
-            controls_accepted: accept,
-            exit_code: ServiceExitCode::Win32(code),
-            checkpoint: 0,
-            wait_hint: hint,
-            process_id: None,
-        };
-        let _ = handle.set_service_status(status(
-            ServiceState::Running,
-            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
-            0,
-            Duration::default(),
-        ));
+        let _ = handle_slot.set(handle);
+        let _ = handle.set_service_status(status(ServiceState::Running, 0, 0, Duration::default()));
         let runner = RUNNER.get().and_then(|m| m.lock().expect("runner").take());
         let code = match runner.map(|r| r(token)) {
             Some(Ok(())) => 0,
             _ => 1,
         };
-        let _ = handle.set_service_status(status(
-            ServiceState::Stopped,
-            ServiceControlAccept::empty(),
-            code,
-            Duration::default(),
-        ));
+        let _ =
+            handle.set_service_status(status(ServiceState::Stopped, code, 0, Duration::default()));
     }
 }
 
@@ -639,14 +674,16 @@ mod tests {
     fn windows_uses_service_run_and_failure_actions() {
         let p = plan(Platform::Windows, false);
         let cmds = p.sc_commands();
-        assert!(cmds[0].iter().any(|a| a.contains("service-run --config")));
+        assert_eq!(cmds[0][0], "icacls");
+        assert!(cmds[0].contains(&"*S-1-5-18:(OI)(CI)F".to_string()));
+        assert!(cmds[1].iter().any(|a| a.contains("service-run --config")));
         assert_eq!(
-            cmds[1][1..],
+            cmds[2][1..],
             ["config", "pointsd", "start=", "delayed-auto"]
         );
-        assert_eq!(cmds[2][1], "failure");
-        assert!(cmds[2].contains(&"restart/5000/restart/5000/restart/5000".to_string()));
-        assert_eq!(cmds[3][1..], ["failureflag", "pointsd", "1"]);
+        assert_eq!(cmds[3][1], "failure");
+        assert!(cmds[3].contains(&"restart/5000/restart/5000/restart/5000".to_string()));
+        assert_eq!(cmds[4][1..], ["failureflag", "pointsd", "1"]);
         assert!(p.describe().contains("sc.exe failure pointsd"));
     }
 
