@@ -151,6 +151,12 @@ pub fn render_status(v: &Value) -> String {
         num(v, &["upstream", "kind"]),
         num(v, &["upstream", "last_ok_at"]),
     );
+    if v.pointer("/storage/ok") == Some(&Value::Bool(false)) {
+        s.push_str(&format!(
+            "STORAGE FAILING — writes are refused: {}\n",
+            num(v, &["storage", "last_error"])
+        ));
+    }
     if let Some(e) = v.pointer("/upstream/last_error").and_then(Value::as_str) {
         s.push_str(&format!("last upstream error: {e}\n"));
     }

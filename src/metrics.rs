@@ -33,6 +33,8 @@ pub struct Metrics {
     pub cache_customers: Gauge,
     pub online: Gauge,
     pub writes: Family<ResultLabels, Counter>,
+    pub storage_ok: Gauge,
+    pub storage_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -59,6 +61,18 @@ impl Metrics {
         let cache_customers = Gauge::default();
         let online = Gauge::default();
         let writes = Family::<ResultLabels, Counter>::default();
+        let storage_ok = Gauge::default();
+        let storage_errors = Counter::default();
+        registry.register(
+            "storage_ok",
+            "1 when the last database commit worked, 0 when storage is failing (e.g. disk full)",
+            storage_ok.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Database commits or writes that failed for storage reasons",
+            storage_errors.clone(),
+        );
         registry.register(
             "upstream_requests",
             "Requests to the upstream by operation and outcome",
@@ -103,6 +117,8 @@ impl Metrics {
             cache_customers,
             online,
             writes,
+            storage_ok,
+            storage_errors,
         }
     }
 

@@ -157,6 +157,16 @@ struct StatusView {
     queue: QueueView,
     cache: CacheView,
     reconcile: Option<ReconcileSummary>,
+    storage: StorageView,
+}
+
+#[derive(Serialize)]
+struct StorageView {
+    /// False while the database cannot commit (e.g. the disk is full): writes answer 503.
+    ok: bool,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    errors: u64,
 }
 
 #[derive(Serialize)]
@@ -211,7 +221,14 @@ async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> 
         });
     let h = st.health.snapshot();
     let now = st.clock.now_ms();
+    let storage = st.store.storage_health();
     Ok(Json(StatusView {
+        storage: StorageView {
+            ok: storage.ok,
+            last_error: storage.last_error,
+            last_error_at: storage.last_error_at.map(clock::rfc3339),
+            errors: storage.errors,
+        },
         reconcile,
         online: h.online && !h.auth_failed,
         store_id: st.settings.config.agent.store_id.clone(),
@@ -890,6 +907,12 @@ async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
     );
     m.cache_customers.set(st.store.customer_count().await?);
     m.online.set(st.health.is_online() as i64);
+    let storage = st.store.storage_health();
+    m.storage_ok.set(storage.ok as i64);
+    let seen = m.storage_errors.get();
+    if storage.errors > seen {
+        m.storage_errors.inc_by(storage.errors - seen);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -86,9 +86,18 @@ impl StoreError {
     }
 }
 
+/// How one job in a group went.
+#[derive(PartialEq, Eq)]
+enum JobRun {
+    Ok,
+    Failed,
+    /// Failed because the disk is full (or the file cannot grow).
+    StorageFull,
+}
+
 trait WriteJob: Send {
-    /// Runs inside a savepoint; an `Err` rolls that savepoint back.
-    fn run(&mut self, conn: &Connection) -> bool;
+    /// Runs inside a savepoint; a failure rolls that savepoint back.
+    fn run(&mut self, conn: &Connection) -> JobRun;
     /// Called after the group's commit (or its failure); only now does the caller hear back.
     fn finish(self: Box<Self>, commit: Result<(), &StoreError>);
 }
@@ -104,12 +113,16 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Connection) -> JobRun {
         let f = self.f.take().expect("job runs once");
         let r = f(conn);
-        let ok = r.is_ok();
+        let outcome = match &r {
+            Ok(_) => JobRun::Ok,
+            Err(e) if e.is_full() => JobRun::StorageFull,
+            Err(_) => JobRun::Failed,
+        };
         self.result = Some(r);
-        ok
+        outcome
     }
     fn finish(self: Box<Self>, commit: Result<(), &StoreError>) {
         let out = match (commit, self.result) {
@@ -126,6 +139,7 @@ where
 #[derive(Clone)]
 pub struct Store {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
+    storage: Arc<Mutex<StorageHealth>>,
     readers: Arc<Readers>,
     path: Arc<PathBuf>,
 }
@@ -204,7 +218,36 @@ fn corrupt_or(e: rusqlite::Error, path: &str) -> StoreError {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+/// Whether the last group commit worked, for `status` and `/metrics`: a full disk must be
+/// visible to an operator, not only to the register that got a 503.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StorageHealth {
+    pub ok: bool,
+    pub last_error: Option<String>,
+    /// Unix ms of the last storage failure.
+    pub last_error_at: Option<i64>,
+    /// Failed commits and jobs that failed for lack of space, since start.
+    pub errors: u64,
+}
+
+fn note_storage(health: &Mutex<StorageHealth>, failure: Option<&StoreError>) {
+    let mut h = health.lock().expect("storage health");
+    match failure {
+        None => h.ok = true,
+        Some(e) => {
+            h.ok = false;
+            h.errors += 1;
+            h.last_error = Some(e.to_string());
+            h.last_error_at = Some(crate::clock::Clock::now_ms(&crate::clock::SystemClock));
+        }
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    health: Arc<Mutex<StorageHealth>>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -213,9 +256,14 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) 
                 Err(_) => break,
             }
         }
-        let commit = run_batch(&mut conn, &mut batch);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = batch.len(), "database commit failed; nothing in this group was acknowledged");
+        let (commit, full) = run_batch(&mut conn, &mut batch);
+        match &commit {
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "database commit failed; nothing in this group was acknowledged");
+                note_storage(&health, Some(e));
+            }
+            Ok(()) if full => note_storage(&health, Some(&StoreError::Full)),
+            Ok(()) => note_storage(&health, None),
         }
         for job in batch {
             job.finish(commit.as_ref().map(|_| ()));
@@ -223,16 +271,27 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) 
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for job in batch.iter_mut() {
-        let sp = tx.savepoint()?;
-        if job.run(&sp) {
-            sp.commit()?;
-        } // else: dropping the savepoint rolls back just this job.
-    }
-    tx.commit()?;
-    Ok(())
+/// Runs a group in one transaction; also says whether any job failed for lack of space.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn WriteJob>],
+) -> (Result<(), StoreError>, bool) {
+    let mut full = false;
+    let r = (|| {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch.iter_mut() {
+            let sp = tx.savepoint()?;
+            match job.run(&sp) {
+                JobRun::Ok => sp.commit()?,
+                // Dropping the savepoint rolls back just this job.
+                JobRun::StorageFull => full = true,
+                JobRun::Failed => {}
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    (r, full)
 }
 
 /// A cached customer with its balance parts.
@@ -439,12 +498,18 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = open_writer(path)?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(4 * GROUP_COMMIT_MAX);
+        let storage = Arc::new(Mutex::new(StorageHealth {
+            ok: true,
+            ..Default::default()
+        }));
+        let h = storage.clone();
         std::thread::Builder::new()
             .name("pointsd-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, h))
             .map_err(|e| StoreError::Batch(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             writer: tx,
+            storage,
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -455,6 +520,10 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn storage_health(&self) -> StorageHealth {
+        self.storage.lock().expect("storage health").clone()
     }
 
     /// Runs `f` in the writer's next group commit and returns once that commit is durable.
