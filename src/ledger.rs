@@ -40,7 +40,7 @@ impl Kind {
 }
 
 /// Where a transaction is on its way upstream (DESIGN.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Committed locally, waiting (possibly in backoff) to be sent.
@@ -95,7 +95,7 @@ pub fn is_valid_id(s: &str) -> bool {
 }
 
 /// One field-level validation failure, as it appears in problem+json `errors`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -266,7 +266,7 @@ pub fn validate_txn(
         .iter()
         .any(|e| e.field == "points" || e.field == "purchase_amount");
     if let Some(p) = points
-        && p.abs() > MAX_POINTS
+        && p.unsigned_abs() > MAX_POINTS as u64
     {
         errs.push(fe(
             "points",
@@ -359,7 +359,7 @@ pub fn points_for_purchase(amount_yen: i64, earn: &EarnConfig) -> i64 {
 }
 
 /// `available = confirmed + pending` (DESIGN.md §2.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Balance {
     pub confirmed: i64,
     pub pending: i64,

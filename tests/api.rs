@@ -1302,3 +1302,35 @@ async fn whoami_names_the_token_and_its_role_never_the_token() {
     let (s, _) = d.get_as("/v1/whoami", None).await;
     assert_eq!(s, 401);
 }
+
+/// The OpenAPI document is generated from the code; the checked-in copy must match it.
+/// Regenerate with `UPDATE_OPENAPI=1 cargo test --test api openapi`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_served_and_checked_in() {
+    let generated = pointsd::api::openapi::document();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, format!("{generated}\n")).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        checked_in.trim_end(),
+        generated.trim_end(),
+        "openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test --test api openapi"
+    );
+    let v: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(v["openapi"], "3.1.0");
+
+    let sim = common::start_sim(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::TestDaemon::start(
+        common::test_config(&sim, "store-oas"),
+        dir.path().into(),
+        true,
+    )
+    .await;
+    // Served without a token, so tools can fetch it.
+    let (s, served) = d.get_as("/v1/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(served, v);
+}

@@ -1,6 +1,7 @@
 //! The local HTTP API for registers (and the CLI): routes, bearer auth, and the JSON shapes
 //! that are a contract (see README "Local API").
 
+pub mod openapi;
 pub mod page;
 pub mod problem;
 
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -32,6 +33,7 @@ use crate::store::{
 use crate::sync::SyncEngine;
 use crate::upstream::health::Health;
 pub use problem::ApiError;
+use problem::Problem;
 
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -73,15 +75,20 @@ pub fn router(state: AppRef) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(json!({"status": "ok"})) }),
-        )
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(authed)
         .merge(page::router())
         .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A bug must cost one request a 500 answer, not the connection or the process.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked; answered 500");
+                ApiError::Internal.into_response()
+            },
+        ))
         // The page and the API come from this daemon only; nothing may frame or sniff them.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -144,11 +151,35 @@ async fn auth(State(st): State<AppRef>, mut req: Request, next: Next) -> Respons
 }
 
 /// Which token is calling: its configured name and role (never the token itself).
-async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<Value> {
-    Json(json!({"name": caller.name, "role": caller.role}))
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    name: String,
+    #[schema(value_type = String, example = "register")]
+    role: Role,
 }
 
-#[derive(Serialize)]
+#[utoipa::path(get, path = "/v1/whoami", tag = "pointsd",
+    responses((status = 200, body = WhoAmI), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json")))]
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: caller.name,
+        role: caller.role,
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "pointsd", security(()),
+    responses((status = 200, body = HealthView)))]
+async fn health() -> Json<HealthView> {
+    Json(HealthView { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 struct StatusView {
     online: bool,
     store_id: String,
@@ -160,7 +191,7 @@ struct StatusView {
     storage: StorageView,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct StorageView {
     /// False while the database cannot commit (e.g. the disk is full): writes answer 503.
     ok: bool,
@@ -169,13 +200,13 @@ struct StorageView {
     errors: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ReconcileSummary {
     last_run_at: String,
     discrepancies: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct UpstreamView {
     kind: &'static str,
     last_ok_at: Option<String>,
@@ -185,7 +216,7 @@ struct UpstreamView {
     auth_failed: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct QueueView {
     pending: i64,
     sending: i64,
@@ -196,12 +227,14 @@ struct QueueView {
     oldest_pending_age_s: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CacheView {
     customers: i64,
     last_full_refresh_at: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "pointsd",
+    responses((status = 200, body = StatusView), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> {
     let q = st.store.queue_stats().await?;
     let customers = st.store.customer_count().await?;
@@ -259,7 +292,7 @@ async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> 
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
     pub customer_id: String,
     pub code: Option<String>,
@@ -311,6 +344,9 @@ fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "pointsd",
+    params(("id" = String, Path, description = "customer id (1-64 printable ASCII)", pattern = "^[!-~]{1,64}$")),
+    responses((status = 200, body = CustomerView), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn get_customer(
     State(st): State<AppRef>,
     Path(id): Path<String>,
@@ -374,6 +410,13 @@ fn query_params(
     }
 }
 
+#[utoipa::path(get, path = "/v1/customers", tag = "pointsd",
+    params(
+        ("code" = Option<String>, Query, description = "member code"),
+        ("barcode" = Option<String>, Query, description = "member card barcode"),
+        ("q" = Option<String>, Query, description = "anything typed or scanned: id, code or barcode"),
+    ),
+    responses((status = 200, body = CustomerView), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn find_customer(
     State(st): State<AppRef>,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -414,7 +457,7 @@ async fn find_customer(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TxnView {
     pub txn_id: String,
     pub customer_id: String,
@@ -435,6 +478,7 @@ pub struct TxnView {
     pub token_name: String,
     /// The upstream's balance after applying this, or its reason for refusing.
     pub upstream_balance: Option<i64>,
+    #[schema(value_type = Option<Object>)]
     pub upstream_result: Option<Value>,
     pub resolved_by: Option<String>,
     pub resolution_note: Option<String>,
@@ -470,7 +514,7 @@ fn txn_view(t: TxnRow) -> TxnView {
 
 /// The answer to a write: the transaction, whether the upstream already confirmed it, and
 /// the customer's balance now.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct WriteAnswer {
     #[serde(flatten)]
     txn: TxnView,
@@ -492,6 +536,14 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
+#[utoipa::path(post, path = "/v1/transactions", tag = "pointsd",
+    request_body = openapi::TxnRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "instead of txn_id")),
+    responses(
+        (status = 201, body = WriteAnswer, description = "accepted and on disk; status says confirmed or queued"),
+        (status = 200, body = WriteAnswer, description = "a replay of an earlier request with the same key"),
+        (status = 400, description = "the body is not JSON", body = Problem, content_type = "application/problem+json"), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"), (status = 409, description = "insufficient points, offline policy, key reused, refused upstream, or nothing to resolve", body = Problem, content_type = "application/problem+json"), (status = 413, description = "body over 64 KiB", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn post_transaction(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -660,7 +712,7 @@ async fn current_answer(st: &AppState, txn_id: &str) -> Result<Json<WriteAnswer>
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TxnDetail {
     #[serde(flatten)]
     txn: TxnView,
@@ -668,7 +720,7 @@ struct TxnDetail {
     resolutions: Vec<ResolutionView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ResolutionView {
     from_state: String,
     action: String,
@@ -702,6 +754,9 @@ async fn txn_detail(st: &AppState, txn_id: &str) -> Result<Json<TxnDetail>, ApiE
     }))
 }
 
+#[utoipa::path(get, path = "/v1/transactions/{txn_id}", tag = "pointsd",
+    params(("txn_id" = String, Path, pattern = "^[!-~]{1,64}$")),
+    responses((status = 200, body = TxnDetail), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn get_transaction(
     State(st): State<AppRef>,
     Path(txn_id): Path<String>,
@@ -722,6 +777,11 @@ fn require_manager(caller: &Caller, what: &str) -> Result<(), ApiError> {
 }
 
 /// A person's decision on a review-queue item, audited with who and why.
+#[utoipa::path(post, path = "/v1/transactions/{txn_id}/resolve", tag = "pointsd",
+    params(("txn_id" = String, Path, pattern = "^[!-~]{1,64}$")),
+    request_body = openapi::ResolveRequest,
+    responses((status = 200, body = TxnDetail), (status = 400, description = "the body is not JSON", body = Problem, content_type = "application/problem+json"), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "needs a manager token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "insufficient points, offline policy, key reused, refused upstream, or nothing to resolve", body = Problem, content_type = "application/problem+json"), (status = 413, description = "body over 64 KiB", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn resolve_transaction(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -813,6 +873,8 @@ async fn resolve_transaction(
     txn_detail(&st, &txn_id).await
 }
 
+#[utoipa::path(get, path = "/v1/reconcile", tag = "pointsd",
+    responses((status = 200, body = crate::sync::ReconcileReport), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown customer or transaction", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn last_reconcile(State(st): State<AppRef>) -> Result<Json<Value>, ApiError> {
     match st.store.meta("last_reconcile").await? {
         Some(j) => Ok(Json(serde_json::from_str(&j).unwrap_or(Value::Null))),
@@ -822,6 +884,8 @@ async fn last_reconcile(State(st): State<AppRef>) -> Result<Json<Value>, ApiErro
     }
 }
 
+#[utoipa::path(post, path = "/v1/reconcile", tag = "pointsd",
+    responses((status = 200, body = crate::sync::ReconcileReport), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "needs a manager token", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn run_reconcile(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -836,11 +900,19 @@ async fn run_reconcile(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TxnList {
     transactions: Vec<TxnView>,
 }
 
+#[utoipa::path(get, path = "/v1/transactions", tag = "pointsd",
+    params(
+        ("state" = Option<String>, Query, description = "pending, sending, ambiguous, applied, rejected, needs_review, discarded"),
+        ("customer_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
+        ("register_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
+        ("limit" = Option<u32>, Query, description = "1..=1000, default 100", minimum = 1, maximum = 1000),
+    ),
+    responses((status = 200, body = TxnList), (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid field; `errors` names it", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn list_transactions(
     State(st): State<AppRef>,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -884,6 +956,9 @@ async fn list_transactions(
     }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "pointsd",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "missing or unknown bearer token", body = Problem, content_type = "application/problem+json"), (status = 503, description = "storage failing (e.g. disk full) or upstream unavailable; nothing was saved", body = Problem, content_type = "application/problem+json")))]
 async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
     let q = st.store.queue_stats().await?;
     let m = &st.metrics;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::ledger::FieldError;
 use crate::store::StoreError;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_: String,
@@ -17,6 +17,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// Stable machine-readable reason, e.g. `insufficient_points`.
+    #[schema(value_type = String)]
     pub code: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
@@ -49,6 +50,8 @@ pub enum ApiError {
     Upstream(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("internal error")]
+    Internal,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,6 +107,12 @@ impl ApiError {
                 "upstream_unavailable",
                 "Upstream unavailable",
                 format!("{d}. The local cache and queue keep working; try again when online."),
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "pointsd hit a bug answering this request. Retry with the same txn_id (a retry is never counted twice), and report it with the log.".into(),
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -970,7 +970,7 @@ impl Store {
 
 /// A customer whose upstream balance is not what the cache last confirmed: changed elsewhere
 /// (another store, the online shop, an operator) or lost. Reported, never "fixed" upstream.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Discrepancy {
     pub customer_id: String,
     pub cached_confirmed: i64,

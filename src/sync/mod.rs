@@ -52,7 +52,7 @@ pub struct SyncEngine {
 /// Discrepancies kept in a report (the count covers all).
 const REPORT_ITEMS: usize = 1000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReconcileReport {
     pub ran_at: String,
     pub customers: usize,

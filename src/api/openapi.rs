@@ -1,0 +1,83 @@
+//! The OpenAPI 3.1 document of the local API, generated from the handlers' annotations
+//! (`utoipa`), served at `/v1/openapi.json` and checked into the repo as `openapi.json` (a
+//! test fails when the two differ: regenerate with `UPDATE_OPENAPI=1 cargo test --test api`).
+
+use axum::Json;
+use serde::Deserialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::problem::Problem;
+use super::*;
+
+/// The body of `POST /v1/transactions` (validated field by field; unknown fields are refused).
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct TxnRequest {
+    /// Idempotency key (or send the `Idempotency-Key` header): 1-64 printable ASCII.
+    #[schema(pattern = "^[!-~]{1,64}$")]
+    txn_id: Option<String>,
+    #[schema(pattern = "^[!-~]{1,64}$")]
+    customer_id: String,
+    #[schema(value_type = String, example = "earn")]
+    kind: crate::ledger::Kind,
+    /// Positive for earn and redeem; signed, non-zero for adjust; |points| ≤ 10,000,000.
+    points: Option<i64>,
+    /// Yen, for earn only, instead of points: the store's earn rule computes the points.
+    purchase_amount: Option<i64>,
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+    #[schema(pattern = "^[!-~]{1,64}$")]
+    register_id: Option<String>,
+    #[schema(pattern = "^[!-~]{1,64}$")]
+    staff_id: Option<String>,
+}
+
+/// The body of `POST /v1/transactions/{txn_id}/resolve`.
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ResolveRequest {
+    /// `applied`, `resend` or `discard`.
+    #[serde(rename = "as")]
+    #[schema(example = "applied")]
+    as_: String,
+    /// Why, for the audit trail.
+    #[schema(min_length = 1, max_length = 500)]
+    note: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pointsd local API", description = "Loyalty point look-ups and transactions for registers, online or offline."),
+    paths(
+        health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
+        get_transaction, resolve_transaction, last_reconcile, run_reconcile, metrics
+    ),
+    components(schemas(Problem, TxnRequest, ResolveRequest)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// The document as served and as checked in.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+pub async fn serve() -> Json<serde_json::Value> {
+    Json(serde_json::to_value(ApiDoc::openapi()).expect("serializes"))
+}
