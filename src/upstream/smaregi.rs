@@ -285,23 +285,66 @@ impl Smaregi {
         unreachable!("the loop returns on its second pass")
     }
 
-    async fn list<T: for<'de> Deserialize<'de>>(
+    /// One page of a list endpoint, parsed by `parse`; a full page means more may follow.
+    async fn list<T>(
         &self,
         path: &str,
         page: u32,
-    ) -> Result<(Vec<T>, bool), UpstreamError> {
+        parse: fn(&str) -> Result<Vec<T>, serde_json::Error>,
+    ) -> Result<Page<T>, UpstreamError> {
         let url = self.api_url(path);
         let q = [
             ("limit", self.s.page_limit.to_string()),
             ("page", page.to_string()),
         ];
         let text = self.call(Method::GET, &url, &q, None, false).await?;
-        let items: Vec<T> = serde_json::from_str(&text).map_err(|e| {
+        let items = parse(&text).map_err(|e| {
             UpstreamError::Malformed(format!("{path} page {page}: {e}; body: {}", excerpt(&text)))
         })?;
         let more = items.len() as u32 >= self.s.page_limit;
-        Ok((items, more))
+        Ok(Page { items, more })
     }
+}
+
+/// Parses a page of `GET /pos/customers/point` (also a fuzz target: any input must give a
+/// value or an error, never a panic).
+pub fn parse_points(text: &str) -> Result<Vec<UpstreamBalance>, serde_json::Error> {
+    serde_json::from_str::<Vec<PointRow>>(text)
+        .map(|rows| rows.into_iter().map(Into::into).collect())
+}
+
+/// Parses a page of `GET /pos/customers`.
+pub fn parse_customers(text: &str) -> Result<Vec<UpstreamCustomer>, serde_json::Error> {
+    serde_json::from_str::<Vec<CustomerRowJson>>(text).map(|rows| {
+        rows.into_iter()
+            .map(|r| {
+                let name = [r.last_name, r.first_name]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                UpstreamCustomer {
+                    customer_id: r.customer_id,
+                    code: r.customer_code,
+                    barcode: r.barcode,
+                    name: (!name.is_empty()).then_some(name),
+                }
+            })
+            .collect()
+    })
+}
+
+/// Parses the answer of `point/add` (`customer_id` fills in a missing id).
+pub fn parse_add_answer(
+    text: &str,
+    customer_id: &str,
+) -> Result<UpstreamBalance, serde_json::Error> {
+    serde_json::from_str::<AddAnswer>(text).map(|a| UpstreamBalance {
+        customer_id: a.customer_id.unwrap_or_else(|| customer_id.to_string()),
+        point: a.point,
+        expires_at: a.point_expire_date,
+        updated_at: a.upd_date_time,
+    })
 }
 
 fn error_title(body: &str) -> String {
@@ -362,11 +405,7 @@ impl Upstream for Smaregi {
     }
 
     async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError> {
-        let (rows, more) = self.list::<PointRow>("/pos/customers/point", page).await?;
-        Ok(Page {
-            items: rows.into_iter().map(Into::into).collect(),
-            more,
-        })
+        self.list("/pos/customers/point", page, parse_points).await
     }
 
     async fn get_balance(
@@ -376,16 +415,13 @@ impl Upstream for Smaregi {
         let url = self.api_url("/pos/customers/point");
         let q = [("customer_id", customer_id.to_string())];
         let text = self.call(Method::GET, &url, &q, None, false).await?;
-        let rows: Vec<PointRow> = serde_json::from_str(&text).map_err(|e| {
+        let rows = parse_points(&text).map_err(|e| {
             UpstreamError::Malformed(format!(
                 "point of {customer_id}: {e}; body: {}",
                 excerpt(&text)
             ))
         })?;
-        Ok(rows
-            .into_iter()
-            .find(|r| r.customer_id == customer_id)
-            .map(Into::into))
+        Ok(rows.into_iter().find(|r| r.customer_id == customer_id))
     }
 
     async fn add_points(
@@ -400,17 +436,11 @@ impl Upstream for Smaregi {
         let text = self.call(Method::POST, &url, &[], Some(body), true).await?;
         // A 2xx we cannot read still means "applied"; but without the figure we cannot
         // confirm a balance, so it goes through the read-back like any lost answer.
-        let a: AddAnswer = serde_json::from_str(&text).map_err(|e| {
+        parse_add_answer(&text, customer_id).map_err(|e| {
             UpstreamError::NoAnswer(format!(
                 "unreadable answer to point/add ({e}); body: {}",
                 excerpt(&text)
             ))
-        })?;
-        Ok(UpstreamBalance {
-            customer_id: a.customer_id.unwrap_or_else(|| customer_id.to_string()),
-            point: a.point,
-            expires_at: a.point_expire_date,
-            updated_at: a.upd_date_time,
         })
     }
 
@@ -423,26 +453,7 @@ impl Upstream for Smaregi {
     }
 
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
-        let (rows, more) = self.list::<CustomerRowJson>("/pos/customers", page).await?;
-        Ok(Page {
-            items: rows
-                .into_iter()
-                .map(|r| {
-                    let name = [r.last_name, r.first_name]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    UpstreamCustomer {
-                        customer_id: r.customer_id,
-                        code: r.customer_code,
-                        barcode: r.barcode,
-                        name: (!name.is_empty()).then_some(name),
-                    }
-                })
-                .collect(),
-            more,
-        })
+        self.list("/pos/customers", page, parse_customers).await
     }
 }
 
