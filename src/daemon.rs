@@ -140,7 +140,39 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         clock,
     } = rc;
     let _lock = lock_data_dir(&data_dir)?;
-    let store = Store::open(&data_dir.join("pointsd.db"))?;
+    let db_path = data_dir.join("pointsd.db");
+    // The lock file can be deleted by hand; a lock on the database file itself cannot be
+    // side-stepped that way. (Unix only: on Windows such a lock would block SQLite's own I/O.
+    // flock and SQLite's fcntl locks do not interact on Unix.)
+    #[cfg(unix)]
+    let _db_lock = {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&db_path)
+            .map_err(|source| DaemonError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        match f.try_lock() {
+            Ok(()) => f,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DaemonError::Locked {
+                    path: data_dir.clone(),
+                    lock: db_path.clone(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DaemonError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                });
+            }
+        }
+    };
+    let store = Store::open(&db_path)?;
 
     let sim = if settings.config.upstream.kind == UpstreamKind::Sim {
         let sc = &settings.config.upstream.sim;
@@ -195,6 +227,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
 
+    let store_for_close = store.clone();
     let state = Arc::new(AppState {
         settings: settings.clone(),
         store,
@@ -222,6 +255,9 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     }
     if let Some(sim) = sim {
         sim.shutdown().await;
+    }
+    if let Err(e) = store_for_close.checkpoint().await {
+        tracing::warn!(error = %e, "could not fold the WAL into the database at stop; it is applied at the next start");
     }
     tracing::info!("pointsd stopped; queue kept on disk");
     served.map_err(DaemonError::Serve)

@@ -689,17 +689,27 @@ impl Store {
     /// Claims the next due transactions: for each customer only the oldest open one, and
     /// only when it is due. Pending ones become `sending` with the evidence for a read-back
     /// recorded; ambiguous ones are returned as they are, to be verified.
-    pub async fn claim_due(&self, now_ms: i64, limit: usize) -> Result<Vec<TxnRow>, StoreError> {
+    ///
+    /// `max_wait_ms` is the longest wait the schedule ever sets: a row due later than
+    /// `now + max_wait_ms` was scheduled before the wall clock was set back, and is due now
+    /// (otherwise a clock correction would stall the queue for as long as it moved).
+    pub async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        max_wait_ms: i64,
+    ) -> Result<Vec<TxnRow>, StoreError> {
         self.write(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT t.seq FROM txns t \
-                 WHERE t.state IN ('pending','ambiguous') AND t.next_attempt_at <= ?1 \
+                 WHERE t.state IN ('pending','ambiguous') \
+                   AND (t.next_attempt_at <= ?1 OR t.next_attempt_at > ?1 + ?3) \
                    AND NOT EXISTS (SELECT 1 FROM txns o WHERE o.customer_id = t.customer_id \
                         AND o.seq < t.seq AND o.state IN ('pending','sending','ambiguous')) \
                  ORDER BY t.seq LIMIT ?2",
             )?;
             let seqs: Vec<i64> = st
-                .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+                .query_map(params![now_ms, limit as i64, max_wait_ms], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let mut out = Vec::with_capacity(seqs.len());
             for seq in seqs {
@@ -869,6 +879,38 @@ impl Store {
         .await
     }
 
+    /// Rows whose send finished but whose outcome could not be written (e.g. disk full): they
+    /// are not in flight any more, so they become ambiguous and are settled by read-back.
+    pub async fn release_unrecorded(&self, seqs: Vec<i64>, now_ms: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            for seq in &seqs {
+                c.execute(
+                    "UPDATE txns SET state = 'ambiguous', next_attempt_at = ?2, updated_at = ?2, \
+                       last_error = 'the outcome could not be saved (storage); verifying by read-back' \
+                     WHERE seq = ?1 AND state = 'sending'",
+                    params![seq, now_ms],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Folds the WAL into the database file, so that the file alone holds everything (a
+    /// backup of `pointsd.db` is then complete). Called at a clean stop.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let path = self.path.to_path_buf();
+        self.readers.idle.lock().expect("reader pool").clear();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let c = Connection::open(&path)?;
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Batch(format!("checkpoint task failed: {e}")))?
+    }
+
     /// The customer directory from upstream: insert new customers, refresh names and codes.
     pub async fn upsert_customers(&self, items: Vec<UpstreamCustomer>) -> Result<(), StoreError> {
         self.write(move |c| {
@@ -957,6 +999,7 @@ impl Store {
 
     /// The earliest time an open transaction becomes due, to sleep until then.
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        // (A row scheduled before a clock change may lie far ahead; claim_due handles it.)
         self.read(|c| {
             c.query_row(
                 "SELECT MIN(next_attempt_at) FROM txns WHERE state IN ('pending','ambiguous')",
@@ -1251,7 +1294,7 @@ mod tests {
         let s = store_with_customer(dir.path(), 100).await;
         s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap();
         s.accept(txn("b", Kind::Earn, 20), ctx(true)).await.unwrap();
-        let claimed = s.claim_due(2_000, 10).await.unwrap();
+        let claimed = s.claim_due(2_000, 10, 1_000_000).await.unwrap();
         assert_eq!(claimed.len(), 1, "only the head of the customer's queue");
         assert_eq!(claimed[0].txn_id, "a");
         assert_eq!(claimed[0].before_balance, Some(100));
@@ -1271,7 +1314,7 @@ mod tests {
         assert_eq!(s.upsert_balances(stale, rev, 4).await.unwrap().0, 0);
         let c = s.customer("c1").await.unwrap().unwrap();
         assert_eq!(c.balance(), Balance::new(110, 20));
-        let next = s.claim_due(5_000, 10).await.unwrap();
+        let next = s.claim_due(5_000, 10, 1_000_000).await.unwrap();
         assert_eq!(next[0].txn_id, "b");
     }
 
@@ -1281,7 +1324,7 @@ mod tests {
         {
             let s = store_with_customer(dir.path(), 100).await;
             s.accept(txn("a", Kind::Earn, 10), ctx(true)).await.unwrap();
-            s.claim_due(2_000, 10).await.unwrap();
+            s.claim_due(2_000, 10, 1_000_000).await.unwrap();
         }
         let s = Store::open(&dir.path().join("t.db")).unwrap();
         assert_eq!(s.recover_in_flight(3_000, 3_000).await.unwrap(), 1);

@@ -47,6 +47,7 @@ pub struct SyncEngine {
     refresh_now: Notify,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<State>>>>,
     refresh_lock: tokio::sync::Mutex<()>,
+    unrecorded: Mutex<Vec<i64>>,
 }
 
 /// Discrepancies kept in a report (the count covers all).
@@ -79,7 +80,12 @@ impl SyncEngine {
             refresh_now: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            unrecorded: Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn upstream(&self) -> &Arc<dyn Upstream> {
@@ -191,9 +197,31 @@ impl SyncEngine {
                 }
                 continue;
             }
+            // Outcomes that could not be saved (disk full): settle them by read-back now that
+            // a write may work again, rather than leave the customer blocked until a restart.
+            let unrecorded: Vec<i64> =
+                std::mem::take(&mut *self.unrecorded.lock().expect("unrecorded"));
+            if !unrecorded.is_empty()
+                && let Err(e) = self
+                    .store
+                    .release_unrecorded(unrecorded.clone(), self.now())
+                    .await
+            {
+                tracing::error!(error = %e, "cannot save sync outcomes yet; retrying in 1 s");
+                self.unrecorded
+                    .lock()
+                    .expect("unrecorded")
+                    .extend(unrecorded);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            let max_wait = (self.opts.schedule.max + self.opts.settle).as_millis() as i64 + 60_000;
             let claimed = match self
                 .store
-                .claim_due(self.now(), self.opts.concurrency)
+                .claim_due(self.now(), self.opts.concurrency, max_wait)
                 .await
             {
                 Ok(c) => c,
@@ -237,9 +265,11 @@ impl SyncEngine {
             self.send(&txn).await
         };
         if let Err(e) = r {
-            // The outcome could not be recorded; the row stays `sending` and becomes
-            // ambiguous at the next start, which is the safe direction.
-            tracing::error!(error = %e, "could not record a sync outcome");
+            // The outcome could not be saved. The row must not stay `sending` (which would
+            // block the customer): once writes work again it becomes ambiguous and the
+            // read-back settles it, never a blind resend.
+            tracing::error!(error = %e, "could not record a sync outcome; will verify by read-back");
+            self.unrecorded.lock().expect("unrecorded").push(txn.seq);
         }
     }
 
