@@ -235,6 +235,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         health,
         metrics,
         clock,
+        lookup_refresh_paused_until: std::sync::atomic::AtomicI64::new(0),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");

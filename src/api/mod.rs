@@ -45,6 +45,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
+    /// Until when (unix ms) look-ups skip the upstream refresh after one ran out of budget.
+    pub lookup_refresh_paused_until: std::sync::atomic::AtomicI64,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
@@ -370,6 +372,16 @@ async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError>
     if !old || !st.health.is_online() || c.local_only {
         return Ok(c);
     }
+    // After a refresh ran out of budget, look-ups answer from the cache at once for a while:
+    // at the start of an outage (before the probe notices) each look-up would otherwise
+    // wait out the whole budget.
+    let now = st.clock.now_ms();
+    if now
+        < st.lookup_refresh_paused_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(c);
+    }
     let budget = Duration::from_millis(api.lookup_refresh_budget_ms);
     match tokio::time::timeout(budget, st.sync.refresh_customer(&c.customer_id)).await {
         Ok(Ok(true)) => Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c)),
@@ -378,7 +390,12 @@ async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError>
             tracing::debug!(error = %e, customer_id = %c.customer_id, "look-up refresh failed; answering from the cache");
             Ok(c)
         }
-        Err(_) => Ok(c),
+        Err(_) => {
+            let pause = st.settings.config.sync.probe_interval_s as i64 * 2_000;
+            st.lookup_refresh_paused_until
+                .store(now + pause.max(2_000), std::sync::atomic::Ordering::Relaxed);
+            Ok(c)
+        }
     }
 }
 

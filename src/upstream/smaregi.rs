@@ -145,6 +145,15 @@ impl Smaregi {
             .connect_timeout(s.connect_timeout)
             .timeout(s.request_timeout)
             .user_agent(concat!("pointsd/", env!("CARGO_PKG_VERSION")));
+        // A request that timed out may still sit in the kernel's send queue and be
+        // retransmitted when the link returns — after the read-back said "nothing moved" and
+        // the agent resent it: applied twice. TCP_USER_TIMEOUT makes the kernel drop such a
+        // connection once data stays unacknowledged this long, so an orphaned request can
+        // only land within the settle delay the sync engine waits before reading back.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            b = b.tcp_user_timeout(s.request_timeout);
+        }
         if let Some(p) = &s.proxy {
             let proxy = reqwest::Proxy::all(p)
                 .map_err(|e| UpstreamError::Unreachable(format!("invalid upstream.proxy: {e}")))?;
