@@ -581,14 +581,19 @@ fn api_router(st: Shared) -> Router {
 }
 
 /// Admin endpoints for tests and operators of the simulator (never affected by faults).
-fn admin_router(st: Shared) -> Router {
+fn admin_router(st: Shared, refuse: Arc<tokio::sync::watch::Sender<bool>>) -> Router {
     async fn get_faults(State(st): State<Shared>) -> Json<Faults> {
         Json(st.lock().expect("sim").faults.clone())
     }
-    async fn put_faults(State(st): State<Shared>, Json(f): Json<Faults>) -> Json<Faults> {
-        st.lock().expect("sim").faults = f.clone();
-        Json(f)
-    }
+    let put_faults = move |State(st): State<Shared>, Json(f): Json<Faults>| {
+        let refuse = refuse.clone();
+        async move {
+            st.lock().expect("sim").faults = f.clone();
+            // The listener follows the switch (close it, or bind again).
+            refuse.send_replace(f.refuse);
+            Json(f)
+        }
+    };
     async fn customer(State(st): State<Shared>, Path(id): Path<String>) -> Response {
         let s = st.lock().expect("sim");
         match s.by_id.get(&id).and_then(|k| s.customers.get(k)) {
@@ -612,7 +617,7 @@ pub struct SimHandle {
     state: Shared,
     addr: SocketAddr,
     admin_addr: SocketAddr,
-    refuse_tx: tokio::sync::watch::Sender<bool>,
+    refuse_tx: Arc<tokio::sync::watch::Sender<bool>>,
     stop: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 }
@@ -630,6 +635,7 @@ impl SimHandle {
         let admin = TcpListener::bind(admin_listen).await?;
         let admin_addr = admin.local_addr()?;
         let (refuse_tx, refuse_rx) = tokio::sync::watch::channel(false);
+        let refuse_tx = Arc::new(refuse_tx);
         let stop = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
         tracker.spawn(serve_api(
@@ -639,7 +645,7 @@ impl SimHandle {
             refuse_rx,
             stop.clone(),
         ));
-        let admin_app = admin_router(state.clone());
+        let admin_app = admin_router(state.clone(), refuse_tx.clone());
         let stop2 = stop.clone();
         tracker.spawn(async move {
             let _ = axum::serve(admin, admin_app)

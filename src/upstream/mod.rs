@@ -97,11 +97,13 @@ impl UpstreamError {
     }
 
     /// Whether this failure says the link itself is down (for the online/offline flag).
+    ///
+    /// A lost answer is not taken as "down": one dropped connection says little about the
+    /// link, and going offline would pause every send (and switch registers to offline
+    /// rules) until the next probe. If the link really is down, the next request says so.
     pub fn is_link_down(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Unreachable(_) | UpstreamError::NoAnswer(_)
-        ) || matches!(self, UpstreamError::Status { status, .. } if *status >= 500)
+        matches!(self, UpstreamError::Unreachable(_))
+            || matches!(self, UpstreamError::Status { status, .. } if *status >= 500)
     }
 
     /// A short, secret-free label for metrics.
