@@ -2,8 +2,9 @@
 //! earns, the daemon is killed with SIGKILL mid-load, restarted, and every acknowledged
 //! transaction is still there, reaches the upstream exactly once, and balances add up.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,42 +14,10 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "durability-test-token-0123456789";
 
-struct Sim {
-    child: Child,
-    url: String,
-    admin: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{SimProcess as Sim, free_port};
 
 fn start_sim(customers: u32) -> Sim {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pointsd"))
-        .args(["sim", "--customers", &customers.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pointsd sim");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = lines.next().unwrap().unwrap();
-    let admin = lines.next().unwrap().unwrap();
-    Sim {
-        child,
-        url: url.rsplit(' ').next().unwrap().to_string(),
-        admin: admin.rsplit(' ').next().unwrap().to_string(),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::start_sim_process(customers, &[])
 }
 
 fn write_config(dir: &Path, sim: &Sim, port: u16) -> std::path::PathBuf {

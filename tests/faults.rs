@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::free_port;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -514,14 +516,6 @@ async fn a_sync_outcome_lost_to_a_full_disk_settles_without_a_restart() {
 
 const TOKEN: &str = "faults-test-token-0123456789";
 const CUSTOMERS: u32 = 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A config for the real binary with the built-in simulator.
 fn write_run_config(dir: &Path, name: &str, port: u16) -> PathBuf {

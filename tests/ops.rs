@@ -4,18 +4,12 @@
 
 mod common;
 
+use common::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pointsd::sim::SimHandle;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_config(dir: &Path, sim_url: &str, secret: &str, port: u16) -> PathBuf {
     let p = dir.join("pointsd.toml");

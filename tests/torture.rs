@@ -24,8 +24,9 @@
 //! `cargo test --test torture -- --ignored --nocapture`.
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,46 +47,10 @@ const TOKEN: &str = "torture-register-token-0123456789abcdef";
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// `pointsd sim` as a child process; killed when dropped.
-struct Sim {
-    child: Child,
-    url: String,
-    admin: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{SimProcess as Sim, free_port};
 
 fn start_sim(customers: u32, seed: u64) -> Sim {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pointsd"))
-        .args(["sim", "--customers", &customers.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pointsd sim");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut next = || {
-        lines
-            .next()
-            .and_then(Result::ok)
-            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
-    };
-    let (url, admin) = (next(), next());
-    let mut sim = Sim {
-        child,
-        url: url.unwrap_or_default(),
-        admin: admin.unwrap_or_default(),
-    };
-    if sim.admin.is_empty() {
-        let _ = sim.child.kill();
-        panic!("pointsd sim did not print its URLs");
-    }
-    sim
+    common::start_sim_process(customers, &["--seed", &seed.to_string()])
 }
 
 /// The daemon process; SIGKILLed when dropped, so a failing run leaves nothing behind.
@@ -147,14 +112,6 @@ impl Drop for RunDir {
             self.keep();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn write_config(dir: &Path, upstream: &str, port: u16) -> PathBuf {

@@ -232,3 +232,50 @@ pub fn set_faults(sim: &SimHandle, f: impl FnOnce(&mut Faults)) {
     f(&mut faults);
     sim.set_faults(faults);
 }
+
+/// A free loopback port (for configs that must name their listen address up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `pointsd sim` as a child process (the real binary); killed when dropped.
+pub struct SimProcess {
+    child: std::process::Child,
+    pub url: String,
+    pub admin: String,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `pointsd sim --customers N` plus `extra` flags and reads the two URLs it prints.
+pub fn start_sim_process(customers: u32, extra: &[&str]) -> SimProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["sim", "--customers", &customers.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pointsd sim");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || {
+        lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let (url, admin) = (next(), next());
+    let sim = SimProcess { child, url, admin };
+    assert!(!sim.admin.is_empty(), "pointsd sim did not print its URLs");
+    sim
+}
