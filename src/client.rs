@@ -34,7 +34,7 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
+            http: crate::http_client_builder()
                 .timeout(Duration::from_secs(30))
                 .no_proxy()
                 .build()

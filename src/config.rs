@@ -695,7 +695,12 @@ impl Config {
         if self.log.retention_files == 0 {
             bad("log.retention_files", "must be at least 1".into());
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
+            .is_err()
+        {
             bad(
                 "log.level",
                 format!(

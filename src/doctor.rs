@@ -256,7 +256,7 @@ async fn listen_check(addr: SocketAddr) -> Check {
             } else {
                 addr
             };
-            let ours = reqwest::Client::builder()
+            let ours = crate::http_client_builder()
                 .timeout(Duration::from_secs(2))
                 .no_proxy()
                 .build()

@@ -29,3 +29,15 @@ pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod upstream;
+
+/// Every HTTP client (upstream, CLI, tests) starts here: reqwest is built without its default
+/// TLS provider (aws-lc, 2 MB of the binary), so ring is installed as the process-wide rustls
+/// provider before the first client is built.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        // Err only if another provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}

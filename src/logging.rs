@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -18,9 +18,13 @@ pub struct LogGuard {
 /// Starts logging. `RUST_LOG` overrides `level`. If the log dir cannot be used, logging
 /// continues on stderr alone and the reason is printed there.
 pub fn init(level: &str, log_dir: Option<&Path>, retention: usize) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // `Targets` ("info", "pointsd=debug,info") rather than EnvFilter: the same directives
+    // without a regex engine in the binary.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| level.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let stderr_layer = fmt::layer().with_writer(std::io::stderr).with_target(false);
     let mut problem = None;
     let (file_layer, guard) = match log_dir {

@@ -122,7 +122,7 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
     const KILL_AFTER: usize = 150;
 
     let sim = start_sim(CUSTOMERS);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = pointsd::http_client_builder().no_proxy().build().unwrap();
     // Slow the upstream down so the outbox holds a backlog (and rows in `sending`) at the kill.
     http.put(format!("{}/_sim/faults", sim.admin))
         .json(&json!({"latency_ms": 20}))
@@ -284,7 +284,7 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let config = write_config(dir.path(), &sim, port);
     let data = dir.path().join("data");
     let mut first = start_daemon(&config, &data);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = pointsd::http_client_builder().no_proxy().build().unwrap();
     wait_healthy(&http, &format!("http://127.0.0.1:{port}")).await;
     // Same data dir, another port: must refuse because of the data dir lock.
     let config2 = dir.path().join("second.toml");

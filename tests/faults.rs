@@ -580,7 +580,7 @@ impl Daemon {
         let d = Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: pointsd::http_client_builder().no_proxy().build().unwrap(),
         };
         let start = Instant::now();
         loop {
@@ -679,6 +679,9 @@ async fn clean_data_dir(dir: &Path) -> PathBuf {
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
     }
+    // File times are coarse (a clock tick): a change made in the same tick as the stop would
+    // look untouched and skip the start-up check. A real edit comes much later.
+    std::thread::sleep(Duration::from_millis(50));
     assert!(
         !wal.exists(),
         "{} survived a checkpoint and close",
@@ -1034,7 +1037,7 @@ async fn start_with_clock(config: Config, dir: PathBuf, clock: SharedClock) -> T
         config,
         shutdown,
         task: Some(task),
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        http: pointsd::http_client_builder().no_proxy().build().unwrap(),
     };
     d.wait_for(
         "daemon online with a full cache",

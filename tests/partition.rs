@@ -153,7 +153,7 @@ impl Lab {
             daemon: None,
             url: String::new(),
             admin: String::new(),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: pointsd::http_client_builder().no_proxy().build().unwrap(),
             dir,
         };
         let host = format!("10.231.{n}.1");

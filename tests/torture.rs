@@ -765,7 +765,7 @@ pub async fn run(seed: u64, o: Opts) -> Summary {
     println!("torture seed: {seed} (replay with TORTURE_SEED={seed})");
     let wall = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let http = reqwest::Client::builder()
+    let http = pointsd::http_client_builder()
         .no_proxy()
         .build()
         .expect("http client");

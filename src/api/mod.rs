@@ -607,7 +607,8 @@ async fn write_transaction(
     let txn_id = new.txn_id.clone();
     let customer_id = new.customer_id.clone();
     // Watch before the row exists, so a fast push cannot settle it unseen.
-    let watch = online.then(|| st.sync.watch(&txn_id));
+    let budget = st.settings.sync_durations().online_budget;
+    let watch = (online && !budget.is_zero()).then(|| st.sync.watch(&txn_id));
     let outcome = st.store.accept(new, ctx).await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -617,22 +618,24 @@ async fn write_transaction(
         }
     };
     match outcome {
-        AcceptOutcome::Created { txn, .. } => {
+        AcceptOutcome::Created { txn, customer } => {
             tracing::info!(txn_id = %txn.txn_id, customer_id = %txn.customer_id, kind = %txn.kind, delta = txn.delta, register = %caller.name, "transaction accepted");
             st.sync.kick();
-            if let Some(rx) = watch {
-                // Write-through: give the upstream a short budget to confirm.
-                let budget = st.settings.sync_durations().online_budget;
-                let _ = tokio::time::timeout(budget, rx).await;
-                st.sync.unwatch(&txn_id);
-            }
-            let answer = current_answer(st, &txn_id).await?;
+            let answer = match watch {
+                Some(rx) => {
+                    // Write-through: give the upstream a short budget to confirm.
+                    let _ = tokio::time::timeout(budget, rx).await;
+                    st.sync.unwatch(&txn_id);
+                    current_answer(st, &txn_id).await?
+                }
+                // No wait: the rows as committed are the answer (no second read).
+                None => answer_of(st, txn, customer)?,
+            };
             Ok((StatusCode::CREATED, answer))
         }
-        AcceptOutcome::Replay { .. } => {
+        AcceptOutcome::Replay { txn, customer } => {
             st.sync.unwatch(&txn_id);
-            let answer = current_answer(st, &txn_id).await?;
-            Ok((StatusCode::OK, answer))
+            Ok((StatusCode::OK, answer_of(st, txn, customer)?))
         }
         AcceptOutcome::Conflict { existing } => {
             st.sync.unwatch(&txn_id);
@@ -695,6 +698,21 @@ async fn current_answer(st: &AppState, txn_id: &str) -> Result<Json<WriteAnswer>
         .txn(txn_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("transaction vanished".into()))?;
+    let customer = st
+        .store
+        .customer(&txn.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("customer vanished".into()))?;
+    answer_of(st, txn, customer)
+}
+
+/// The answer for a transaction and its customer as read together (in the commit that
+/// created it, or just now).
+fn answer_of(
+    st: &AppState,
+    txn: TxnRow,
+    customer: CustomerRow,
+) -> Result<Json<WriteAnswer>, ApiError> {
     if txn.state == TxnState::Rejected {
         let reason = txn
             .upstream_result
@@ -710,11 +728,6 @@ async fn current_answer(st: &AppState, txn_id: &str) -> Result<Json<WriteAnswer>
             txn_id: Some(txn.txn_id),
         });
     }
-    let customer = st
-        .store
-        .customer(&txn.customer_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("customer vanished".into()))?;
     let status = if txn.state == TxnState::Applied {
         "confirmed"
     } else {

@@ -423,7 +423,9 @@ fn throttled(retry_after_s: u64) -> Response {
     r
 }
 
-fn page_of<T: Clone>(items: &[T], q: &ListQuery) -> Result<Vec<T>, Response> {
+/// The window a `page`/`limit` query asks for. Only that window is built, so paging through a
+/// large directory stays linear.
+fn page_window(q: &ListQuery) -> Result<(usize, usize), Response> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(problem(
@@ -434,12 +436,7 @@ fn page_of<T: Clone>(items: &[T], q: &ListQuery) -> Result<Vec<T>, Response> {
     }
     let page = q.page.unwrap_or(1).max(1);
     let start = ((page - 1) as usize).saturating_mul(limit as usize);
-    Ok(items
-        .iter()
-        .skip(start)
-        .take(limit as usize)
-        .cloned()
-        .collect())
+    Ok((start, limit as usize))
 }
 
 async fn list_points(
@@ -451,21 +448,37 @@ async fn list_points(
     if let Err(r) = gate(&st, &headers, &contract).await {
         return r;
     }
-    let mut s = st.lock().expect("sim");
+    let (start, limit) = match page_window(&q) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mut guard = st.lock().expect("sim");
+    let s = &mut *guard;
     let today = jst_today();
-    let rows: Vec<serde_json::Value> = s
-        .customers
-        .values_mut()
-        .filter(|c| q.customer_id.as_ref().is_none_or(|id| &c.customer_id == id))
-        .map(|c| {
-            SimState::expire(c, &today);
-            point_json(c)
-        })
-        .collect();
-    match page_of(&rows, &q) {
-        Ok(p) => Json(p).into_response(),
-        Err(r) => r,
-    }
+    let one = q.customer_id.as_ref().map(|id| s.by_id.get(id).copied());
+    let rows: Vec<serde_json::Value> = match one {
+        Some(key) => key
+            .and_then(|k| s.customers.get_mut(&k))
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .map(|c| {
+                SimState::expire(c, &today);
+                point_json(c)
+            })
+            .collect(),
+        None => s
+            .customers
+            .values_mut()
+            .skip(start)
+            .take(limit)
+            .map(|c| {
+                SimState::expire(c, &today);
+                point_json(c)
+            })
+            .collect(),
+    };
+    Json(rows).into_response()
 }
 
 async fn list_customers(
@@ -477,10 +490,16 @@ async fn list_customers(
     if let Err(r) = gate(&st, &headers, &contract).await {
         return r;
     }
+    let (start, limit) = match page_window(&q) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let s = st.lock().expect("sim");
     let rows: Vec<serde_json::Value> = s
         .customers
         .values()
+        .skip(start)
+        .take(limit)
         .map(|c| {
             json!({
                 "customerId": c.customer_id,
@@ -493,10 +512,7 @@ async fn list_customers(
             })
         })
         .collect();
-    match page_of(&rows, &q) {
-        Ok(p) => Json(p).into_response(),
-        Err(r) => r,
-    }
+    Json(rows).into_response()
 }
 
 async fn add_point(

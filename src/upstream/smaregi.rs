@@ -141,7 +141,7 @@ fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<Duratio
 
 impl Smaregi {
     pub fn new(s: SmaregiSettings) -> Result<Smaregi, UpstreamError> {
-        let mut b = reqwest::Client::builder()
+        let mut b = crate::http_client_builder()
             .connect_timeout(s.connect_timeout)
             .timeout(s.request_timeout)
             .user_agent(concat!("pointsd/", env!("CARGO_PKG_VERSION")));

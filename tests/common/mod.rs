@@ -111,7 +111,7 @@ impl TestDaemon {
             config,
             shutdown,
             task: Some(task),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: pointsd::http_client_builder().no_proxy().build().unwrap(),
         };
         if wait_online {
             d.wait_for(
