@@ -455,7 +455,10 @@ struct Row {
 #[tokio::main]
 async fn main() {
     let o = opts();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pointsd"));
+    // POINTSD_BENCH_BIN runs another build, e.g. target/profiling/pointsd (symbols, for perf).
+    let bin = std::env::var_os("POINTSD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pointsd")));
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -585,6 +588,21 @@ async fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     let applied = sim_adds(&http, &sim).await - adds_before;
+    // How the upstream answered during the drain (429s pause every send for Retry-After).
+    let upstream: Vec<String> = http
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("pointsd_upstream_requests_total"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("upstream requests: {upstream:?}");
     let rate = acked as f64 / secs;
     eprintln!(
         "drained {acked} in {secs:.1} s = {rate:.0}/s; upstream applied {applied}; peak RSS {:.1} MiB",
@@ -611,7 +629,7 @@ async fn main() {
     });
     extra.insert(
         "drain".into(),
-        json!({"queued": acked, "seconds": secs, "per_s": rate, "applied": applied, "idle_rss_kib": idle_kib, "peak_rss_kib": peak}),
+        json!({"queued": acked, "seconds": secs, "per_s": rate, "applied": applied, "upstream_requests": upstream, "idle_rss_kib": idle_kib, "peak_rss_kib": peak}),
     );
 
     // Acknowledged earns (upstream refusing, so the figure is the commit path alone).
@@ -623,7 +641,11 @@ async fn main() {
     )
     .await;
     let sql = sqlite_inserts_per_s(&work, o.seconds.min(5));
+    let before = db_counters(&http, &d).await;
     let e = wrk(&earn_script(&work, o.customers), &d.url, o.seconds, true);
+    let after = db_counters(&http, &d).await;
+    let group = (after.1 - before.1) / (after.0 - before.0).max(1.0);
+    eprintln!("earns: {group:.1} writes per group commit on average");
     eprintln!(
         "earns: {:.0}/s p99 {:.2} ms (errors {}); raw SQLite {sql:.0}/s",
         e.rps, e.p99_ms, e.errors
@@ -638,7 +660,7 @@ async fn main() {
     });
     extra.insert(
         "earns".into(),
-        json!({"rps": e.rps, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "requests": e.requests, "errors": e.errors, "sqlite_rows_per_s": sql}),
+        json!({"rps": e.rps, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "requests": e.requests, "errors": e.errors, "sqlite_rows_per_s": sql, "writes_per_commit": group}),
     );
 
     // Start-to-ready, after a clean stop (SIGTERM) and after a crash (SIGKILL).
@@ -683,6 +705,29 @@ async fn main() {
 
     report(&o, cores, &rows, extra, &out_dir);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// (group commits, write jobs) so far, from `/metrics`.
+async fn db_counters(http: &reqwest::Client, d: &Daemon) -> (f64, f64) {
+    let text = http
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        get("pointsd_db_commits_total"),
+        get("pointsd_db_write_jobs_total"),
+    )
 }
 
 async fn sim_adds(http: &reqwest::Client, sim: &Sim) -> usize {

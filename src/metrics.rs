@@ -35,6 +35,8 @@ pub struct Metrics {
     pub writes: Family<ResultLabels, Counter>,
     pub storage_ok: Gauge,
     pub storage_errors: Counter,
+    pub db_commits: Counter,
+    pub db_write_jobs: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +65,18 @@ impl Metrics {
         let writes = Family::<ResultLabels, Counter>::default();
         let storage_ok = Gauge::default();
         let storage_errors = Counter::default();
+        let db_commits = Counter::default();
+        let db_write_jobs = Counter::default();
+        registry.register(
+            "db_commits",
+            "Group commits (one fsync each)",
+            db_commits.clone(),
+        );
+        registry.register(
+            "db_write_jobs",
+            "Writes carried by those commits; jobs / commits = writes sharing one fsync",
+            db_write_jobs.clone(),
+        );
         registry.register(
             "storage_ok",
             "1 when the last database commit worked, 0 when storage is failing (e.g. disk full)",
@@ -119,6 +133,8 @@ impl Metrics {
             writes,
             storage_ok,
             storage_errors,
+            db_commits,
+            db_write_jobs,
         }
     }
 

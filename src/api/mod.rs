@@ -1018,6 +1018,15 @@ async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
     if storage.errors > seen {
         m.storage_errors.inc_by(storage.errors - seen);
     }
+    for (counter, now) in [
+        (&m.db_commits, storage.commits),
+        (&m.db_write_jobs, storage.jobs),
+    ] {
+        let seen = counter.get();
+        if now > seen {
+            counter.inc_by(now - seen);
+        }
+    }
     Ok((
         [(
             header::CONTENT_TYPE,
