@@ -833,6 +833,18 @@ impl Store {
         limit: usize,
         max_wait_ms: i64,
     ) -> Result<Vec<TxnRow>, StoreError> {
+        self.claim_due_except(now_ms, limit, max_wait_ms, Vec::new())
+            .await
+    }
+
+    /// [`Store::claim_due`], leaving out the rows in `busy` (sends still in flight).
+    pub async fn claim_due_except(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        max_wait_ms: i64,
+        busy: Vec<i64>,
+    ) -> Result<Vec<TxnRow>, StoreError> {
         self.write(move |c| {
             let mut st = c.prepare_cached(
                 // INDEXED BY: without statistics the planner sorts every open row per claim.
@@ -844,10 +856,19 @@ impl Store {
                  ORDER BY t.seq LIMIT ?2",
             )?;
             let seqs: Vec<i64> = st
-                .query_map(params![now_ms, limit as i64, max_wait_ms], |r| r.get(0))?
+                .query_map(
+                    params![now_ms, (limit + busy.len()) as i64, max_wait_ms],
+                    |r| r.get(0),
+                )?
                 .collect::<Result<_, _>>()?;
-            let mut out = Vec::with_capacity(seqs.len());
+            let mut out = Vec::with_capacity(limit);
             for seq in seqs {
+                if busy.contains(&seq) {
+                    continue;
+                }
+                if out.len() == limit {
+                    break;
+                }
                 c.prepare_cached("UPDATE txns SET state = 'sending', attempts = attempts + 1, updated_at = ?2, \
                        before_balance = (SELECT confirmed FROM customers WHERE customer_id = txns.customer_id \
                            AND as_of IS NOT NULL), \
@@ -1403,6 +1424,37 @@ mod tests {
             AcceptOutcome::UnknownCustomer
         ));
         assert_eq!(s.queue_stats().await.unwrap().pending, 1);
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_lets_the_next_start_skip_the_check_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_customer(dir.path(), 100).await;
+        s.accept(txn("a", Kind::Earn, 10), ctx(false))
+            .await
+            .unwrap();
+        let db = s.path().to_path_buf();
+        assert!(!clean_stop_matches(&db), "no clean stop yet");
+        s.checkpoint().await.unwrap();
+        assert!(clean_marker(&db).exists());
+        assert!(clean_stop_matches(&db));
+        // Any change to the file afterwards (here: one more byte) means the check runs.
+        std::thread::sleep(Duration::from_millis(20));
+        let len = std::fs::metadata(&db).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.set_len(len + 1).unwrap();
+        drop(f);
+        assert!(!clean_stop_matches(&db));
+        // Opening consumes the marker, so a crash during this run is never mistaken for clean.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        drop(s);
+        let _again = Store::open(&db).unwrap();
+        assert!(!clean_marker(&db).exists());
     }
 
     #[tokio::test]

@@ -177,6 +177,10 @@ impl SyncEngine {
         // so one claim commit serves several sends) rather than in waves that wait for the
         // slowest send: waves left the drain at 0.65x of the upstream's rate limit.
         let mut in_flight = tokio::task::JoinSet::new();
+        // Which row each send works on. An ambiguous row stays claimable while its read-back
+        // runs (claiming does not change it), so rows in flight are kept out of the next claim:
+        // otherwise two read-backs of one row could both resend it.
+        let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
         let cap = self.opts.concurrency.max(1);
         loop {
             if shutdown.is_cancelled() {
@@ -185,7 +189,7 @@ impl SyncEngine {
             if in_flight.len() > cap / 2 {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = in_flight.join_next() => {}
+                    r = in_flight.join_next_with_id() => reap(r, &mut busy),
                 }
                 continue;
             }
@@ -203,7 +207,9 @@ impl SyncEngine {
                 });
             if let Some(ms) = paused {
                 // Let the sends in flight finish (their outcomes are recorded) before pausing.
-                while in_flight.join_next().await.is_some() {}
+                while let Some(r) = in_flight.join_next_with_id().await {
+                    reap(Some(r), &mut busy);
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(ms.max(10))) => {}
@@ -235,7 +241,12 @@ impl SyncEngine {
             let max_wait = (self.opts.schedule.max + self.opts.settle).as_millis() as i64 + 60_000;
             let claimed = match self
                 .store
-                .claim_due(self.now(), cap - in_flight.len(), max_wait)
+                .claim_due_except(
+                    self.now(),
+                    cap - in_flight.len(),
+                    max_wait,
+                    busy.values().copied().collect(),
+                )
                 .await
             {
                 Ok(c) => c,
@@ -252,7 +263,7 @@ impl SyncEngine {
                 // A finished send may unblock its customer's next row; a new one may come.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = in_flight.join_next() => {}
+                    r = in_flight.join_next_with_id() => reap(r, &mut busy),
                     _ = self.wake.notified() => {}
                 }
                 continue;
@@ -273,12 +284,16 @@ impl SyncEngine {
             for txn in claimed {
                 let me = self.clone();
                 let span = tracing::info_span!("txn", txn_id = %txn.txn_id, customer_id = %txn.customer_id, attempt = txn.attempts);
-                in_flight.spawn(async move { me.process(txn).await }.instrument(span));
+                let seq = txn.seq;
+                let h = in_flight.spawn(async move { me.process(txn).await }.instrument(span));
+                busy.insert(h.id(), seq);
             }
         }
         // Sends already on the wire finish and record their outcome (bounded by the request
         // timeout); nothing new starts.
-        while in_flight.join_next().await.is_some() {}
+        while let Some(r) = in_flight.join_next_with_id().await {
+            reap(Some(r), &mut busy);
+        }
         tracing::debug!("push worker stopped");
     }
 
@@ -595,5 +610,21 @@ impl SyncEngine {
             Ok(None) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Forgets a finished (or panicked) send's row, so it can be claimed again.
+fn reap(
+    r: Option<Result<(tokio::task::Id, ()), tokio::task::JoinError>>,
+    busy: &mut HashMap<tokio::task::Id, i64>,
+) {
+    match r {
+        Some(Ok((id, ()))) => {
+            busy.remove(&id);
+        }
+        Some(Err(e)) => {
+            busy.remove(&e.id());
+        }
+        None => {}
     }
 }
