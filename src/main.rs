@@ -253,23 +253,7 @@ struct WriteArgs {
     c: ClientArgs,
 }
 
-/// glibc's allocator, tuned for a small long-running daemon: two arenas instead of one per
-/// thread and core (each arena keeps its own free memory: RSS grew with every blocking-pool
-/// thread), and freed memory kept up to 2 MiB instead of being handed back and faulted in
-/// again on the next group commit (the writer spent 8% of a drain in madvise/page faults).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tune_allocator();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

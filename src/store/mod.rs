@@ -139,7 +139,6 @@ where
 #[derive(Clone)]
 pub struct Store {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
-    checkpointer_stop: Arc<std::sync::atomic::AtomicBool>,
     storage: Arc<Mutex<StorageHealth>>,
     readers: Arc<Readers>,
     path: Arc<PathBuf>,
@@ -331,36 +330,6 @@ fn writer_loop(
         }
         for job in batch {
             job.finish(commit.as_ref().map(|_| ()));
-        }
-    }
-}
-
-/// Once a second, folds what the WAL gained back into the database file, without blocking the
-/// writer (PASSIVE); SQLite then restarts the WAL from its beginning, so it stays small. With
-/// nothing new in the WAL it does nothing (no write, no fsync).
-fn checkpoint_loop(path: &Path, stop: &std::sync::atomic::AtomicBool) {
-    let open = || -> rusqlite::Result<Connection> {
-        let c = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        c.busy_timeout(Duration::from_secs(1))?;
-        Ok(c)
-    };
-    let mut conn = None;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_secs(1));
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            break;
-        }
-        if conn.is_none() {
-            conn = open().ok();
-        }
-        if let Some(c) = &conn
-            && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            // A full disk or a busy database: the WAL keeps the data; try again later.
-            tracing::debug!(error = %e, "background checkpoint did not complete");
         }
     }
 }
@@ -611,28 +580,13 @@ impl Store {
             ok: true,
             ..Default::default()
         }));
-        // Checkpoints run on their own thread, off the commit path: inside a commit they held
-        // every register in that group for the copy back into the database file and its fsync.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let h = storage.clone();
-        let writer_stop = stop.clone();
         std::thread::Builder::new()
             .name("pointsd-db-writer".into())
-            .spawn(move || {
-                writer_loop(conn, rx, h);
-                writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
+            .spawn(move || writer_loop(conn, rx, h))
             .map_err(|e| StoreError::Batch(format!("cannot start the writer thread: {e}")))?;
-        let cp_path = path.to_path_buf();
-        let cp_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("pointsd-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(&cp_path, &cp_stop))
-            .map_err(|e| StoreError::Batch(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Store {
             writer: tx,
-            checkpointer_stop: stop,
             storage,
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
@@ -1031,8 +985,6 @@ impl Store {
     /// the file stays exactly as left.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let path = self.path.to_path_buf();
-        self.checkpointer_stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.readers.idle.lock().expect("reader pool").clear();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let c = Connection::open(&path)?;
