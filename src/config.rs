@@ -695,11 +695,19 @@ impl Config {
         if self.log.retention_files == 0 {
             bad("log.retention_files", "must be at least 1".into());
         }
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::filter::Targets>()
-            .is_err()
+        // A bare word is a target, not a level, to the filter: "inof" would switch every log
+        // line off. Bare words must be levels here.
+        let levels = ["off", "error", "warn", "info", "debug", "trace"];
+        let bare_non_level =
+            self.log.level.split(',').any(|d| {
+                !d.contains('=') && !levels.contains(&d.trim().to_ascii_lowercase().as_str())
+            });
+        if bare_non_level
+            || self
+                .log
+                .level
+                .parse::<tracing_subscriber::filter::Targets>()
+                .is_err()
         {
             bad(
                 "log.level",
@@ -966,6 +974,8 @@ token = "0123456789abcdef0123"
             ("[upstream]\nkind = \"smaregi\"", "upstream.smaregi"),
             ("[[tiers]]\nname = \"\"\nmin_points = 5", "tiers[0].name"),
             ("[log]\nretention_files = 0", "log.retention_files"),
+            ("[log]\nlevel = \"inof\"", "log.level"),
+            ("[log]\nlevel = \"pointsd=loud\"", "log.level"),
         ];
         for (extra, key) in cases {
             let text = if extra.starts_with("[agent]") || extra.starts_with("[api]") {
