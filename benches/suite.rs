@@ -271,6 +271,17 @@ async fn set_refuse(http: &reqwest::Client, sim: &Sim, refuse: bool) {
         .expect("sim admin");
 }
 
+/// Makes the simulator refuse connections and waits until the daemon works offline.
+async fn outage(http: &reqwest::Client, sim: &Sim, d: &Daemon) {
+    set_refuse(http, sim, true).await;
+    wait_for(
+        "the daemon to notice the outage",
+        Duration::from_secs(30),
+        async || status(http, d).await["online"] == json!(false),
+    )
+    .await;
+}
+
 /// One `wrk` run; its Lua `done` hook prints a JSON line with the figures used here.
 struct Wrk {
     rps: f64,
@@ -544,13 +555,7 @@ async fn main() {
     );
 
     // An outage: Q earns queued while the upstream refuses.
-    set_refuse(&http, &sim, true).await;
-    wait_for(
-        "the daemon to notice the outage",
-        Duration::from_secs(30),
-        async || status(&http, &d).await["online"] == json!(false),
-    )
-    .await;
+    outage(&http, &sim, &d).await;
     let t0 = Instant::now();
     let acked = queue_earns(&http, &d.url, o.queued, o.customers).await;
     eprintln!(
@@ -589,15 +594,8 @@ async fn main() {
     let secs = t0.elapsed().as_secs_f64();
     let applied = sim_adds(&http, &sim).await - adds_before;
     // How the upstream answered during the drain (429s pause every send for Retry-After).
-    let upstream: Vec<String> = http
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(TOKEN)
-        .send()
+    let upstream: Vec<String> = metrics_text(&http, &d)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("pointsd_upstream_requests_total"))
         .map(str::to_string)
@@ -633,13 +631,7 @@ async fn main() {
     );
 
     // Acknowledged earns (upstream refusing, so the figure is the commit path alone).
-    set_refuse(&http, &sim, true).await;
-    wait_for(
-        "the daemon to notice the outage",
-        Duration::from_secs(30),
-        async || status(&http, &d).await["online"] == json!(false),
-    )
-    .await;
+    outage(&http, &sim, &d).await;
     let sql = sqlite_inserts_per_s(&work, o.seconds.min(5));
     let before = db_counters(&http, &d).await;
     let e = wrk(&earn_script(&work, o.customers), &d.url, o.seconds, true);
@@ -707,17 +699,20 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// (group commits, write jobs) so far, from `/metrics`.
-async fn db_counters(http: &reqwest::Client, d: &Daemon) -> (f64, f64) {
-    let text = http
-        .get(format!("{}/metrics", d.url))
+async fn metrics_text(http: &reqwest::Client, d: &Daemon) -> String {
+    http.get(format!("{}/metrics", d.url))
         .bearer_auth(TOKEN)
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// (group commits, write jobs) so far, from `/metrics`.
+async fn db_counters(http: &reqwest::Client, d: &Daemon) -> (f64, f64) {
+    let text = metrics_text(http, d).await;
     let get = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))

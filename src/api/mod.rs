@@ -1014,11 +1014,9 @@ async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
     m.online.set(st.health.is_online() as i64);
     let storage = st.store.storage_health();
     m.storage_ok.set(storage.ok as i64);
-    let seen = m.storage_errors.get();
-    if storage.errors > seen {
-        m.storage_errors.inc_by(storage.errors - seen);
-    }
+    // The store keeps running totals; the counters catch up to them.
     for (counter, now) in [
+        (&m.storage_errors, storage.errors),
         (&m.db_commits, storage.commits),
         (&m.db_write_jobs, storage.jobs),
     ] {

@@ -294,8 +294,11 @@ pub struct StorageHealth {
     pub jobs: u64,
 }
 
-fn note_storage(health: &Mutex<StorageHealth>, failure: Option<&StoreError>) {
+/// Records a group commit of `jobs` writes and how it went.
+fn note_storage(health: &Mutex<StorageHealth>, failure: Option<&StoreError>, jobs: u64) {
     let mut h = health.lock().expect("storage health");
+    h.commits += 1;
+    h.jobs += jobs;
     match failure {
         None => h.ok = true,
         Some(e) => {
@@ -321,18 +324,14 @@ fn writer_loop(
             }
         }
         let (commit, full) = run_batch(&mut conn, &mut batch);
-        {
-            let mut h = health.lock().expect("storage health");
-            h.commits += 1;
-            h.jobs += batch.len() as u64;
-        }
+        let jobs = batch.len() as u64;
         match &commit {
             Err(e) => {
-                tracing::error!(error = %e, jobs = batch.len(), "database commit failed; nothing in this group was acknowledged");
-                note_storage(&health, Some(e));
+                tracing::error!(error = %e, jobs, "database commit failed; nothing in this group was acknowledged");
+                note_storage(&health, Some(e), jobs);
             }
-            Ok(()) if full => note_storage(&health, Some(&StoreError::Full)),
-            Ok(()) => note_storage(&health, None),
+            Ok(()) if full => note_storage(&health, Some(&StoreError::Full), jobs),
+            Ok(()) => note_storage(&health, None, jobs),
         }
         for job in batch {
             job.finish(commit.as_ref().map(|_| ()));
