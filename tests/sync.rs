@@ -1120,3 +1120,84 @@ async fn outage_of_2000_transactions_drains_without_loss_or_duplicates() {
 async fn outage_of_10000_transactions_drains_without_loss_or_duplicates() {
     outage(10_000, 100, Duration::from_secs(600)).await;
 }
+
+/// `pointsd_upstream_requests_total{op="list_balances",…}` summed over outcomes.
+async fn balance_pages_requested(d: &TestDaemon) -> u64 {
+    let (code, v) = d.get("/metrics").await;
+    assert_eq!(code, 200, "{v}");
+    s(&v)
+        .lines()
+        .filter(|l| l.starts_with("pointsd_upstream_requests_total{op=\"list_balances\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// When the link returns, the store's own queued transactions go upstream before the full
+/// refresh that would share their rate limit; the refresh follows once the queue is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_queue_drains_before_the_full_refresh() {
+    let env = Env::start(20, |c| {
+        c.sync.online_budget_ms = 0;
+        c.sync.probe_interval_s = 1;
+        // 60 earns at 20 requests/s: about three seconds of draining to watch.
+        c.sync.max_requests_per_second = 20;
+    })
+    .await;
+    let (sim, d) = (&env.sim, &env.d);
+    let first_refresh = d.status().await["cache"]["last_full_refresh_at"].clone();
+
+    faults(sim, |f| f.refuse = true);
+    d.wait_for("offline", Duration::from_secs(10), |s| {
+        s["online"] == json!(false)
+    })
+    .await;
+    for i in 0..60 {
+        let r = d
+            .earn(&format!("backlog-{i}"), &(i % 20 + 1).to_string(), 1)
+            .await;
+        assert_queued("earn during the outage", &r);
+    }
+    let pages_before = balance_pages_requested(d).await;
+
+    clear_faults(sim);
+    let start = Instant::now();
+    let mut saw_draining = false;
+    loop {
+        let st = d.status().await;
+        let q = &st["queue"];
+        let open = q["pending"].as_i64().unwrap()
+            + q["sending"].as_i64().unwrap()
+            + q["ambiguous"].as_i64().unwrap();
+        if open == 0 {
+            break;
+        }
+        if st["online"] == json!(true) {
+            saw_draining = true;
+            assert_eq!(
+                balance_pages_requested(d).await,
+                pages_before,
+                "a full refresh ran while {open} transactions were still queued: {st:#}"
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the queue did not drain: {st:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_draining,
+        "the drain was over before it could be watched"
+    );
+    assert_eq!(sim.adds().len(), 60);
+
+    // Then the refresh runs by itself.
+    d.wait_for(
+        "the full refresh after the drain",
+        Duration::from_secs(15),
+        |s| s["cache"]["last_full_refresh_at"] != first_refresh,
+    )
+    .await;
+    assert!(balance_pages_requested(d).await > pages_before);
+    env.stop().await;
+}

@@ -747,6 +747,19 @@ impl Store {
         .await
     }
 
+    /// Whether any transaction is waiting to go upstream (one step of the open-rows index).
+    pub async fn has_open(&self) -> Result<bool, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM txns INDEXED BY txns_open_seq \
+                 WHERE (state = 'pending' OR state = 'sending' OR state = 'ambiguous'))",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
     pub async fn customer_count(&self) -> Result<i64, StoreError> {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0)))
             .await

@@ -457,12 +457,33 @@ impl SyncEngine {
         let mut next_full = tokio::time::Instant::now();
         let mut probe = tokio::time::interval(self.opts.probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Set when the link came back while the cache already held a full directory.
+        let mut backlog_first_since: Option<tokio::time::Instant> = None;
+        // The return of the link is seen as a change of this flag, not only through the
+        // `back_online` wake-up: that one is missed when this loop's own probe notices it.
+        let mut was_online = self.health.is_online();
         loop {
             if tokio::time::Instant::now() >= next_full {
+                // After an outage the store's own queued transactions go upstream first: a
+                // full refresh (2,000 requests for a million customers) would share their rate
+                // limit, while a look-up still refreshes the one customer at the till. The
+                // refresh follows once the queue is empty, or after `pull_interval` at most.
+                if let Some(since) = backlog_first_since {
+                    if since.elapsed() < self.opts.pull_interval && self.backlog().await {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = self.refresh_now.notified() => backlog_first_since = None,
+                        }
+                        continue;
+                    }
+                    backlog_first_since = None;
+                }
                 let ok = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = self.full_refresh() => r,
                 };
+                was_online = self.health.is_online();
                 next_full = tokio::time::Instant::now()
                     + if ok {
                         self.opts.pull_interval
@@ -475,7 +496,7 @@ impl SyncEngine {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next_full) => {}
                 _ = self.refresh_now.notified() => next_full = tokio::time::Instant::now(),
-                _ = self.health.back_online.notified() => next_full = tokio::time::Instant::now(),
+                _ = self.health.back_online.notified() => {}
                 _ = probe.tick() => {
                     let quiet_for = self.health.snapshot().last_ok_at.map(|t| self.now() - t);
                     let due = quiet_for.is_none_or(|q| q >= self.opts.probe_interval.as_millis() as i64);
@@ -489,8 +510,22 @@ impl SyncEngine {
                     }
                 }
             }
+            let online = self.health.is_online();
+            if online && !was_online {
+                next_full = tokio::time::Instant::now();
+                if matches!(self.store.meta("last_full_refresh_at").await, Ok(Some(_))) {
+                    backlog_first_since = Some(next_full);
+                }
+            }
+            was_online = online;
         }
         tracing::debug!("pull worker stopped");
+    }
+
+    /// Whether transactions are waiting to go upstream (errors count as "no": the refresh
+    /// then runs as it would have).
+    async fn backlog(&self) -> bool {
+        self.store.has_open().await.unwrap_or(false)
     }
 
     /// Refreshes the customer directory and every balance. Returns false if it did not finish.
