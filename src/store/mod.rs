@@ -688,15 +688,27 @@ impl Store {
 
     pub async fn list_txns(&self, f: TxnFilter) -> Result<Vec<TxnRow>, StoreError> {
         self.read(move |c| {
-            let mut sql = format!("SELECT {TXN_COLS} FROM txns WHERE 1=1");
             let mut args: Vec<String> = Vec::new();
+            // A customer's history lives in two partial indexes (open and closed rows); the
+            // merge of both keeps seq order without sorting.
+            let from = match &f.customer_id {
+                Some(cid) => {
+                    args.push(cid.clone());
+                    format!(
+                        "(SELECT {TXN_COLS} FROM txns INDEXED BY txns_open_by_customer \
+                           WHERE customer_id = ?1 \
+                           AND (state = 'pending' OR state = 'sending' OR state = 'ambiguous') \
+                         UNION ALL SELECT {TXN_COLS} FROM txns INDEXED BY txns_closed_by_customer \
+                           WHERE customer_id = ?1 AND (state = 'applied' OR state = 'rejected' \
+                           OR state = 'needs_review' OR state = 'discarded'))"
+                    )
+                }
+                None => "txns".into(),
+            };
+            let mut sql = format!("SELECT {TXN_COLS} FROM {from} WHERE 1=1");
             if let Some(s) = f.state {
                 args.push(s.as_str().into());
                 sql.push_str(&format!(" AND state = ?{}", args.len()));
-            }
-            if let Some(cid) = &f.customer_id {
-                args.push(cid.clone());
-                sql.push_str(&format!(" AND customer_id = ?{}", args.len()));
             }
             if let Some(r) = &f.register_id {
                 args.push(r.clone());

@@ -95,8 +95,11 @@ CREATE INDEX txns_open_seq ON txns(seq) WHERE state IN ('pending','sending','amb
     // (the queries name the index: `INDEXED BY` and the same OR chain). Customers become
     // WITHOUT ROWID (one B-tree descent per look-up instead of two), and the open-by-customer
     // index carries state and delta, so the pending sum and the FIFO check never touch the
-    // table. Both tables are rebuilt, as SQLite cannot alter a CHECK; seq's high-water mark
-    // is carried over.
+    // table. A customer's history is indexed in two halves, open and closed: an acknowledged
+    // earn then writes one index entry at a customer-keyed (random) place instead of two, and
+    // the closed half is written when the upstream confirms, off the register's path. Both
+    // tables are rebuilt, as SQLite cannot alter a CHECK; seq's high-water mark is carried
+    // over.
     r#"
 CREATE TABLE customers_v4 (
     customer_id         TEXT PRIMARY KEY NOT NULL,
@@ -166,8 +169,9 @@ DROP TABLE txns;
 ALTER TABLE txns_v4 RENAME TO txns;
 CREATE INDEX txns_open_by_customer ON txns(customer_id, seq, state, delta)
     WHERE state = 'pending' OR state = 'sending' OR state = 'ambiguous';
+CREATE INDEX txns_closed_by_customer ON txns(customer_id, seq)
+    WHERE state = 'applied' OR state = 'rejected' OR state = 'needs_review' OR state = 'discarded';
 CREATE INDEX txns_state ON txns(state, seq);
-CREATE INDEX txns_customer ON txns(customer_id, seq);
 CREATE INDEX txns_due ON txns(seq) WHERE state IN ('pending','ambiguous');
 CREATE INDEX txns_due_at ON txns(next_attempt_at) WHERE state IN ('pending','ambiguous');
 CREATE INDEX txns_open_seq ON txns(seq)
