@@ -779,7 +779,7 @@ impl Store {
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         self.read(|c| {
             let mut q = QueueStats::default();
-            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM txns GROUP BY state")?;
+            let mut st = c.prepare_cached("SELECT state, n FROM txn_counts")?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
                 let s: String = r.get(0)?;
@@ -1526,6 +1526,28 @@ mod tests {
         assert_eq!(c.balance(), Balance::new(110, 20));
         let next = s.claim_due(5_000, 10, 1_000_000).await.unwrap();
         assert_eq!(next[0].txn_id, "b");
+        let q = s.queue_stats().await.unwrap();
+        assert_eq!((q.pending, q.sending, q.applied), (0, 1, 1));
+        assert_counts_match_history(&s).await;
+    }
+
+    /// The kept queue counts agree with counting the rows themselves.
+    async fn assert_counts_match_history(s: &Store) {
+        let (kept, counted) = s
+            .read(|c| {
+                let q = |sql: &str| -> rusqlite::Result<Vec<(String, i64)>> {
+                    c.prepare(sql)?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                };
+                Ok((
+                    q("SELECT state, n FROM txn_counts WHERE n <> 0 ORDER BY state")?,
+                    q("SELECT state, COUNT(*) FROM txns GROUP BY state ORDER BY state")?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, counted);
     }
 
     #[tokio::test]
@@ -1603,6 +1625,8 @@ mod tests {
         };
         assert_eq!(txn.seq, 51);
         assert_eq!(customer.pending, -25);
+        assert_eq!(s.queue_stats().await.unwrap().pending, 2);
+        assert_counts_match_history(&s).await;
         // The rebuilt CHECKs still refuse what they refused.
         let bad = s
             .write(|c| {

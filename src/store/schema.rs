@@ -176,6 +176,26 @@ CREATE INDEX txns_due ON txns(seq) WHERE state IN ('pending','ambiguous');
 CREATE INDEX txns_due_at ON txns(next_attempt_at) WHERE state IN ('pending','ambiguous');
 CREATE INDEX txns_open_seq ON txns(seq)
     WHERE state = 'pending' OR state = 'sending' OR state = 'ambiguous';
+
+-- Queue counts kept as rows change: `status` and `/metrics` read seven rows instead of
+-- counting the whole history (70 ms at 720,000 transactions, growing for years).
+CREATE TABLE txn_counts (
+    state TEXT PRIMARY KEY NOT NULL,
+    n     INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO txn_counts(state, n) VALUES ('pending', 0), ('sending', 0), ('ambiguous', 0),
+    ('applied', 0), ('rejected', 0), ('needs_review', 0), ('discarded', 0);
+UPDATE txn_counts SET n = (SELECT COUNT(*) FROM txns WHERE txns.state = txn_counts.state);
+CREATE TRIGGER txn_counts_insert AFTER INSERT ON txns BEGIN
+    UPDATE txn_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER txn_counts_update AFTER UPDATE OF state ON txns WHEN OLD.state <> NEW.state BEGIN
+    UPDATE txn_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE txn_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER txn_counts_delete AFTER DELETE ON txns BEGIN
+    UPDATE txn_counts SET n = n - 1 WHERE state = OLD.state;
+END;
 "#,
 ];
 
