@@ -1160,6 +1160,18 @@ async fn after_an_outage_the_queue_drains_before_the_full_refresh() {
     let pages_before = balance_pages_requested(d).await;
 
     clear_faults(sim);
+    // A second, short outage in the middle of the drain: the link must still be probed while
+    // the refresh waits, or the drain would stall until `pull_interval`.
+    wait_until("the drain to start", Duration::from_secs(15), || {
+        sim.adds().len() >= 10
+    })
+    .await;
+    faults(sim, |f| f.refuse = true);
+    d.wait_for("offline again", Duration::from_secs(10), |s| {
+        s["online"] == json!(false)
+    })
+    .await;
+    clear_faults(sim);
     let start = Instant::now();
     let mut saw_draining = false;
     loop {

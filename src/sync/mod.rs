@@ -463,22 +463,24 @@ impl SyncEngine {
         // `back_online` wake-up: that one is missed when this loop's own probe notices it.
         let mut was_online = self.health.is_online();
         loop {
-            if tokio::time::Instant::now() >= next_full {
-                // After an outage the store's own queued transactions go upstream first: a
-                // full refresh (2,000 requests for a million customers) would share their rate
-                // limit, while a look-up still refreshes the one customer at the till. The
-                // refresh follows once the queue is empty, or after `pull_interval` at most.
-                if let Some(since) = backlog_first_since {
-                    if since.elapsed() < self.opts.pull_interval && self.backlog().await {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = self.refresh_now.notified() => backlog_first_since = None,
-                        }
-                        continue;
-                    }
-                    backlog_first_since = None;
+            // After an outage the store's own queued transactions go upstream first: a full
+            // refresh (2,000 requests for a million customers) would share their rate limit,
+            // while a look-up still refreshes the one customer at the till. The refresh follows
+            // once the queue is empty, or after `pull_interval` at most. Waiting goes through
+            // the select below, so the link keeps being probed meanwhile.
+            let now = tokio::time::Instant::now();
+            let defer = match backlog_first_since {
+                Some(since) if now >= next_full => {
+                    since.elapsed() < self.opts.pull_interval
+                        && self.health.is_online()
+                        && self.backlog().await
                 }
+                _ => false,
+            };
+            if defer {
+                next_full = now + Duration::from_secs(1);
+            } else if now >= next_full {
+                backlog_first_since = None;
                 let ok = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = self.full_refresh() => r,
@@ -495,7 +497,10 @@ impl SyncEngine {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next_full) => {}
-                _ = self.refresh_now.notified() => next_full = tokio::time::Instant::now(),
+                _ = self.refresh_now.notified() => {
+                    next_full = tokio::time::Instant::now();
+                    backlog_first_since = None;
+                }
                 _ = self.health.back_online.notified() => {}
                 _ = probe.tick() => {
                     let quiet_for = self.health.snapshot().last_ok_at.map(|t| self.now() - t);
