@@ -154,36 +154,6 @@ async fn post_txn(d: &TestDaemon, body: &Value) -> (u16, String, Value) {
     )
 }
 
-/// Sum of a Prometheus sample over the series whose labels contain `label` (if given).
-fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if label.is_some_and(|l| !rest.contains(l)) {
-            continue;
-        }
-        if let Some(v) = rest
-            .split_whitespace()
-            .last()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
-async fn metrics_text(d: &TestDaemon) -> String {
-    let (s, v) = d.get("/metrics").await;
-    assert_eq!(s, 200, "{v}");
-    v.as_str().expect("metrics are text").to_string()
-}
-
 fn adds_for(sim: &SimHandle, customer: &str) -> Vec<i64> {
     sim.adds()
         .into_iter()
@@ -231,7 +201,7 @@ async fn assert_storage_unhealthy(d: &TestDaemon, at_least: usize) {
         s["storage"]["errors"].as_u64().unwrap_or(0) >= at_least as u64,
         "status.storage.errors counts at least the {at_least} refused writes: {s:#}"
     );
-    let m = metrics_text(d).await;
+    let m = d.metrics_text().await;
     assert!(
         metric(&m, "pointsd_storage_errors_total", None).unwrap_or(0.0) >= at_least as f64,
         "pointsd_storage_errors_total counts at least the {at_least} refused writes:\n{m}"
@@ -250,7 +220,7 @@ async fn assert_storage_healthy_again(d: &TestDaemon, at_least: usize) {
         json!(true),
         "status after recovery: {s:#}"
     );
-    let m = metrics_text(d).await;
+    let m = d.metrics_text().await;
     assert_eq!(
         metric(&m, "pointsd_storage_ok", None),
         Some(1.0),
@@ -366,7 +336,7 @@ async fn disk_full_refuses_writes_keeps_lookups_and_recovers_by_itself() {
     }
     let st = d.status().await;
     assert!(st["queue"].is_object(), "status while full: {st}");
-    let m = metrics_text(&d).await;
+    let m = d.metrics_text().await;
     assert!(
         metric(
             &m,

@@ -1123,13 +1123,13 @@ async fn outage_of_10000_transactions_drains_without_loss_or_duplicates() {
 
 /// `pointsd_upstream_requests_total{op="list_balances",…}` summed over outcomes.
 async fn balance_pages_requested(d: &TestDaemon) -> u64 {
-    let (code, v) = d.get("/metrics").await;
-    assert_eq!(code, 200, "{v}");
-    s(&v)
-        .lines()
-        .filter(|l| l.starts_with("pointsd_upstream_requests_total{op=\"list_balances\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let m = d.metrics_text().await;
+    metric(
+        &m,
+        "pointsd_upstream_requests_total",
+        Some("op=\"list_balances\""),
+    )
+    .unwrap_or(0.0) as u64
 }
 
 /// When the link returns, the store's own queued transactions go upstream before the full

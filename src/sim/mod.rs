@@ -456,28 +456,18 @@ async fn list_points(
     let s = &mut *guard;
     let today = jst_today();
     let one = q.customer_id.as_ref().map(|id| s.by_id.get(id).copied());
-    let rows: Vec<serde_json::Value> = match one {
-        Some(key) => key
-            .and_then(|k| s.customers.get_mut(&k))
-            .into_iter()
-            .skip(start)
-            .take(limit)
-            .map(|c| {
-                SimState::expire(c, &today);
-                point_json(c)
-            })
-            .collect(),
-        None => s
-            .customers
-            .values_mut()
-            .skip(start)
-            .take(limit)
-            .map(|c| {
-                SimState::expire(c, &today);
-                point_json(c)
-            })
-            .collect(),
+    let matching: Box<dyn Iterator<Item = &mut SimCustomer>> = match one {
+        Some(key) => Box::new(key.and_then(|k| s.customers.get_mut(&k)).into_iter()),
+        None => Box::new(s.customers.values_mut()),
     };
+    let rows: Vec<serde_json::Value> = matching
+        .skip(start)
+        .take(limit)
+        .map(|c| {
+            SimState::expire(c, &today);
+            point_json(c)
+        })
+        .collect();
     Json(rows).into_response()
 }
 

@@ -131,6 +131,13 @@ impl TestDaemon {
         }
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        let (s, v) = self.get("/metrics").await;
+        assert_eq!(s, 200, "{v}");
+        v.as_str().expect("metrics are text").to_string()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.get_as(path, Some(REGISTER_TOKEN)).await
     }
@@ -278,4 +285,28 @@ pub fn start_sim_process(customers: u32, extra: &[&str]) -> SimProcess {
     let sim = SimProcess { child, url, admin };
     assert!(!sim.admin.is_empty(), "pointsd sim did not print its URLs");
     sim
+}
+
+/// Sum of a Prometheus sample over the series whose labels contain `label` (if given).
+pub fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if label.is_some_and(|l| !rest.contains(l)) {
+            continue;
+        }
+        if let Some(v) = rest
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
