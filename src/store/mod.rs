@@ -512,11 +512,34 @@ fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
     })
 }
 
-const CUSTOMER_SELECT: &str = "SELECT c.customer_id, c.code, c.barcode, c.name, c.confirmed, \
+/// The states of a transaction still on its way upstream, written exactly as the partial
+/// indexes `txns_open_by_customer` and `txns_open_seq` are (schema 4): SQLite uses a partial
+/// index only for a query that repeats its condition, and an `IN` list of three would build a
+/// temporary B-tree on every execution. `open_rows!("t")` qualifies the column.
+macro_rules! open_rows {
+    () => {
+        "(state = 'pending' OR state = 'sending' OR state = 'ambiguous')"
+    };
+    ($alias:literal) => {
+        concat!(
+            "(",
+            $alias,
+            ".state = 'pending' OR ",
+            $alias,
+            ".state = 'sending' OR ",
+            $alias,
+            ".state = 'ambiguous')"
+        )
+    };
+}
+
+const CUSTOMER_SELECT: &str = concat!(
+    "SELECT c.customer_id, c.code, c.barcode, c.name, c.confirmed, \
     (SELECT COALESCE(SUM(t.delta), 0) FROM txns t INDEXED BY txns_open_by_customer \
-       WHERE t.customer_id = c.customer_id \
-       AND (t.state = 'pending' OR t.state = 'sending' OR t.state = 'ambiguous')), \
-    c.expires_at, c.upstream_updated_at, c.as_of, c.local_only FROM customers c";
+       WHERE t.customer_id = c.customer_id AND ",
+    open_rows!("t"),
+    "), c.expires_at, c.upstream_updated_at, c.as_of, c.local_only FROM customers c"
+);
 
 fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
     Ok(CustomerRow {
@@ -745,13 +768,15 @@ impl Store {
             let from = match &f.customer_id {
                 Some(cid) => {
                     args.push(cid.clone());
-                    format!(
+                    format!(concat!(
                         "(SELECT {TXN_COLS} FROM txns INDEXED BY txns_open_by_customer \
-                           WHERE customer_id = ?1 \
-                           AND (state = 'pending' OR state = 'sending' OR state = 'ambiguous') \
-                         UNION ALL SELECT {TXN_COLS} FROM txns INDEXED BY txns_closed_by_customer \
+                               WHERE customer_id = ?1 AND ",
+                        open_rows!(),
+                        " UNION ALL SELECT {TXN_COLS} FROM txns INDEXED BY txns_closed_by_customer \
                            WHERE customer_id = ?1 AND (state = 'applied' OR state = 'rejected' \
                            OR state = 'needs_review' OR state = 'discarded'))"
+                        ),
+                        TXN_COLS = TXN_COLS
                     )
                 }
                 None => "txns".into(),
@@ -798,9 +823,11 @@ impl Store {
             // The oldest open row by sequence is the oldest by acceptance (one index step).
             q.oldest_pending_created_at = c
                 .query_row(
-                    "SELECT created_at FROM txns INDEXED BY txns_open_seq \
-                     WHERE (state = 'pending' OR state = 'sending' OR state = 'ambiguous') \
-                     ORDER BY seq LIMIT 1",
+                    concat!(
+                        "SELECT created_at FROM txns INDEXED BY txns_open_seq WHERE ",
+                        open_rows!(),
+                        " ORDER BY seq LIMIT 1"
+                    ),
                     [],
                     |r| r.get(0),
                 )
@@ -814,8 +841,11 @@ impl Store {
     pub async fn has_open(&self) -> Result<bool, StoreError> {
         self.read(|c| {
             c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM txns INDEXED BY txns_open_seq \
-                 WHERE (state = 'pending' OR state = 'sending' OR state = 'ambiguous'))",
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM txns INDEXED BY txns_open_seq WHERE ",
+                    open_rows!(),
+                    ")"
+                ),
                 [],
                 |r| r.get(0),
             )
@@ -885,13 +915,15 @@ impl Store {
         self.write(move |c| {
             let mut st = c.prepare_cached(
                 // INDEXED BY: without statistics the planner sorts every open row per claim.
-                "SELECT t.seq FROM txns t INDEXED BY txns_due \
-                 WHERE t.state IN ('pending','ambiguous') \
-                   AND (t.next_attempt_at <= ?1 OR t.next_attempt_at > ?1 + ?3) \
-                   AND NOT EXISTS (SELECT 1 FROM txns o INDEXED BY txns_open_by_customer \
-                        WHERE o.customer_id = t.customer_id AND o.seq < t.seq \
-                        AND (o.state = 'pending' OR o.state = 'sending' OR o.state = 'ambiguous')) \
-                 ORDER BY t.seq LIMIT ?2",
+                concat!(
+                    "SELECT t.seq FROM txns t INDEXED BY txns_due \
+                     WHERE t.state IN ('pending','ambiguous') \
+                       AND (t.next_attempt_at <= ?1 OR t.next_attempt_at > ?1 + ?3) \
+                       AND NOT EXISTS (SELECT 1 FROM txns o INDEXED BY txns_open_by_customer \
+                            WHERE o.customer_id = t.customer_id AND o.seq < t.seq AND ",
+                    open_rows!("o"),
+                    ") ORDER BY t.seq LIMIT ?2"
+                ),
             )?;
             let seqs: Vec<i64> = st
                 .query_map(
@@ -1123,13 +1155,15 @@ impl Store {
     ) -> Result<(usize, Vec<Discrepancy>), StoreError> {
         self.write(move |c| {
             let mut check = c.prepare_cached(
-                // The open-row chain repeats the index's own condition so the planner may
-                // use it (SQLite matches partial-index conditions term by term).
-                "SELECT confirmed, as_of, applied_rev <= ?2 AND NOT EXISTS (SELECT 1 FROM txns t \
-                   INDEXED BY txns_open_by_customer WHERE t.customer_id = customers.customer_id \
-                   AND (t.state = 'pending' OR t.state = 'sending' OR t.state = 'ambiguous') \
-                   AND t.state <> 'pending') \
-                 FROM customers WHERE customer_id = ?1",
+                // In flight = open and not pending; the open-rows condition lets the
+                // planner use the index.
+                concat!(
+                    "SELECT confirmed, as_of, applied_rev <= ?2 AND NOT EXISTS (SELECT 1 FROM txns t \
+                       INDEXED BY txns_open_by_customer WHERE t.customer_id = customers.customer_id \
+                       AND ",
+                    open_rows!("t"),
+                    " AND t.state <> 'pending') FROM customers WHERE customer_id = ?1"
+                ),
             )?;
             let mut up = c.prepare_cached(
                 "INSERT INTO customers(customer_id, confirmed, expires_at, upstream_updated_at, as_of) \
