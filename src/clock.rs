@@ -57,6 +57,30 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A Smaregi-style stamp, `YYYY-MM-DDThh:mm:ss+09:00` (whole seconds, as its
+/// `updDateTime` and its date-window filters are written; DESIGN.md §4).
+pub fn smaregi_stamp(ms: i64) -> String {
+    let offset = time::UtcOffset::from_hms(9, 0, 0).expect("valid offset");
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.to_offset(offset)
+                .format(&time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second]+09:00"
+                ))
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch of an upstream stamp (RFC 3339 / ISO 8601 with an offset,
+/// whole or fractional seconds); `None` if it is not one.
+pub fn parse_stamp(s: &str) -> Option<i64> {
+    OffsetDateTime::parse(s.trim(), &Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 /// Smaregi is a Japanese service: its expiry dates are calendar dates in JST.
 pub fn jst_date(ms: i64) -> String {
     let offset = time::UtcOffset::from_hms(9, 0, 0).expect("valid offset");
@@ -71,5 +95,12 @@ mod tests {
     fn formats() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::jst_date(15 * 3600 * 1000), "1970-01-02");
+        assert_eq!(super::smaregi_stamp(1_500), "1970-01-01T09:00:01+09:00");
+        assert_eq!(super::parse_stamp("1970-01-01T09:00:01+09:00"), Some(1_000));
+        assert_eq!(
+            super::parse_stamp("2026-11-01T10:00:00.250Z"),
+            Some(1_793_527_200_250)
+        );
+        assert_eq!(super::parse_stamp("2026-11-01 10:00:00"), None);
     }
 }

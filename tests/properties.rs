@@ -127,7 +127,7 @@ async fn check_sequence(ops: Vec<Op>, start: i64) -> Result<(), TestCaseError> {
                     if matches!(op, Op::Apply) {
                         upstream += t.delta;
                         store
-                            .mark_applied(t.seq, upstream, None, 2, None)
+                            .mark_applied(t.seq, upstream, None, 2, None, None)
                             .await
                             .unwrap();
                     } else {

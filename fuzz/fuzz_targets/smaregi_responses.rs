@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pointsd::upstream::smaregi::{parse_add_answer, parse_customers, parse_points};
+use pointsd::upstream::smaregi::{
+    parse_add_answer, parse_customers, parse_points, parse_transactions,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -12,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_points(text);
     let _ = parse_customers(text);
     let _ = parse_add_answer(text, "1");
+    let _ = parse_transactions(text);
 });

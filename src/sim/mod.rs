@@ -30,8 +30,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::upstream::lenient_i64;
-
 /// Fault switches. Probabilities are 0.0..=1.0 per API request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -85,6 +83,28 @@ pub struct SimOptions {
     pub rate_limit_per_s: Option<u32>,
     /// Keep customers and the add log in this JSON file across restarts (demo).
     pub state_file: Option<PathBuf>,
+    /// Stamp `updDateTime` with milliseconds. Off by default: Smaregi's specification gives
+    /// `[YYYY-MM-DDThh:mm:ssTZD]`, whole seconds, so two changes in one second look alike.
+    #[serde(default)]
+    pub subsecond_stamps: bool,
+    /// Leave `transactionHeadIds` out of the `point/add` answer, as older API versions do.
+    #[serde(default)]
+    pub omit_transaction_head_ids: bool,
+    /// Scopes the app was granted; a token request for any other is refused (`invalid_scope`)
+    /// and an endpoint needing one the token lacks answers 403. Default: all three.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    [
+        "pos.customers:read",
+        "pos.customers:write",
+        "pos.transactions:read",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 impl Default for SimOptions {
@@ -98,6 +118,9 @@ impl Default for SimOptions {
             token_ttl_s: 3600,
             rate_limit_per_s: None,
             state_file: None,
+            subsecond_stamps: false,
+            omit_transaction_head_ids: false,
+            scopes: default_scopes(),
         }
     }
 }
@@ -106,15 +129,37 @@ impl Default for SimOptions {
 struct Persisted {
     customers: Vec<SimCustomer>,
     adds: Vec<AppliedAdd>,
+    #[serde(default)]
+    transactions: Vec<SimTxn>,
+}
+
+/// One entry of the transaction list (取引): what `GET /pos/transactions` serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimTxn {
+    pub transaction_head_id: u64,
+    /// 1 sale/return, 6 point add, 7 point subtract, 8 point expiry.
+    pub division: u8,
+    pub customer_id: String,
+    pub customer_code: String,
+    pub store_id: u32,
+    /// Unix ms of the change (the stamp shown is cut to whole seconds unless asked not to).
+    pub at_ms: i64,
+    pub upd_date_time: String,
+}
+
+struct IssuedToken {
+    until: Instant,
+    scopes: Vec<String>,
 }
 
 struct SimState {
     opts: SimOptions,
     customers: BTreeMap<u64, SimCustomer>,
     by_id: HashMap<String, u64>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, IssuedToken>,
     faults: Faults,
     adds: Vec<AppliedAdd>,
+    transactions: Vec<SimTxn>,
     requests: u64,
     token_requests: u64,
     window: (Instant, u32),
@@ -142,14 +187,28 @@ const GIVEN: [&str; 12] = [
     "健",
 ];
 
-fn jst_now_string() -> String {
+fn now_ms() -> i64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
+}
+
+/// `updDateTime` as Smaregi writes it: whole seconds in JST, or with milliseconds when the
+/// simulator was asked for finer stamps.
+fn stamp(ms: i64, subsecond: bool) -> String {
+    if !subsecond {
+        return crate::clock::smaregi_stamp(ms);
+    }
     let off = time::UtcOffset::from_hms(9, 0, 0).expect("offset");
-    let t = time::OffsetDateTime::now_utc().to_offset(off);
-    // Millisecond precision: two changes in one second still show as a move.
-    t.format(&time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+09:00"
-    ))
-    .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map(|t| t.to_offset(off))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+09:00"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn jst_today() -> String {
@@ -187,7 +246,7 @@ pub fn sample_customers(n: u32, seed: u64) -> Vec<SimCustomer> {
                 first_name: GIVEN[rng.random_range(0..GIVEN.len())].into(),
                 point,
                 expire_date: expire,
-                upd_date_time: jst_now_string(),
+                upd_date_time: crate::clock::smaregi_stamp(now_ms()),
             }
         })
         .collect()
@@ -200,9 +259,13 @@ impl SimState {
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok());
-        let (list, adds) = match persisted {
-            Some(p) => (p.customers, p.adds),
-            None => (sample_customers(opts.customers, opts.seed), Vec::new()),
+        let (list, adds, transactions) = match persisted {
+            Some(p) => (p.customers, p.adds, p.transactions),
+            None => (
+                sample_customers(opts.customers, opts.seed),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         let mut customers = BTreeMap::new();
         let mut by_id = HashMap::new();
@@ -223,6 +286,7 @@ impl SimState {
             tokens: HashMap::new(),
             faults: Faults::default(),
             adds,
+            transactions,
             requests: 0,
             token_requests: 0,
             window: (Instant::now(), 0),
@@ -231,15 +295,41 @@ impl SimState {
         }
     }
 
-    /// Smaregi expires points before it answers or adds (DESIGN.md §4).
-    fn expire(c: &mut SimCustomer, today: &str) {
+    /// Smaregi expires points before it answers or adds (DESIGN.md §4); an expiry is a
+    /// transaction of division 8.
+    fn expire_key(&mut self, key: u64, today: &str) {
+        let Some(c) = self.customers.get_mut(&key) else {
+            return;
+        };
         if let Some(d) = &c.expire_date
             && d.as_str() < today
             && c.point > 0
         {
             c.point = 0;
-            c.upd_date_time = jst_now_string();
+            self.dirty = true;
+            self.record_change(key, 8);
         }
+    }
+
+    /// Stamps a customer's change and lists it as a transaction; returns the new id.
+    fn record_change(&mut self, key: u64, division: u8) -> u64 {
+        let at = now_ms();
+        let upd = stamp(at, self.opts.subsecond_stamps);
+        let id = 1_000_001 + self.transactions.len() as u64;
+        let Some(c) = self.customers.get_mut(&key) else {
+            return id;
+        };
+        c.upd_date_time = upd.clone();
+        self.transactions.push(SimTxn {
+            transaction_head_id: id,
+            division,
+            customer_id: c.customer_id.clone(),
+            customer_code: c.code.clone(),
+            store_id: 1,
+            at_ms: at,
+            upd_date_time: upd,
+        });
+        id
     }
 
     fn persist(&mut self) {
@@ -252,6 +342,7 @@ impl SimState {
         let p = Persisted {
             customers: self.customers.values().cloned().collect(),
             adds: self.adds.clone(),
+            transactions: self.transactions.clone(),
         };
         let tmp = path.with_extension("tmp");
         let ok = serde_json::to_vec(&p)
@@ -288,16 +379,24 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
 #[derive(Clone)]
 struct ConnKill(CancellationToken);
 
+/// Paging and filters arrive as strings; [`page_window`] checks them as the API would.
 #[derive(Deserialize)]
 struct ListQuery {
-    limit: Option<u32>,
-    page: Option<u32>,
+    limit: Option<String>,
+    page: Option<String>,
     customer_id: Option<String>,
+    #[serde(rename = "upd_date_time-from")]
+    upd_from: Option<String>,
+    #[serde(rename = "upd_date_time-to")]
+    upd_to: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct AddBody {
-    #[serde(deserialize_with = "lenient_i64")]
+    point: String,
+}
+
+struct AddPoint {
     point: i64,
 }
 
@@ -332,30 +431,65 @@ async fn token(
             "invalid client credentials",
         );
     }
-    if !body.contains("grant_type=client_credentials") {
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return problem(
             StatusCode::BAD_REQUEST,
             "Bad Request",
             "grant_type must be client_credentials",
         );
     }
+    // Scopes are space-separated; asking for one the app was not granted is `invalid_scope`
+    // (OAuth 2.0, RFC 6749 §5.2), and no token is issued.
+    let asked: Vec<String> = form
+        .get("scope")
+        .map(|v| {
+            v.split(' ')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(bad) = asked.iter().find(|a| !s.opts.scopes.contains(a)) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_scope", "error_description": format!("scope {bad} is not granted to this app")})),
+        )
+            .into_response();
+    }
+    let scopes = if asked.is_empty() {
+        s.opts.scopes.clone()
+    } else {
+        asked
+    };
     let tok: String = (0..32)
         .map(|_| format!("{:02x}", s.rng.random::<u8>()))
         .collect();
     let ttl = s.opts.token_ttl_s;
-    s.tokens
-        .insert(tok.clone(), Instant::now() + Duration::from_secs(ttl));
+    let scope = scopes.join(" ");
+    s.tokens.insert(
+        tok.clone(),
+        IssuedToken {
+            until: Instant::now() + Duration::from_secs(ttl),
+            scopes,
+        },
+    );
     Json(json!({
         "access_token": tok,
         "token_type": "Bearer",
         "expires_in": ttl,
-        "scope": "pos.customers:read pos.customers:write",
+        "scope": scope,
     }))
     .into_response()
 }
 
 /// Faults and auth common to every API request. `Err` is the answer to send instead.
-async fn gate(st: &Shared, headers: &HeaderMap, contract: &str) -> Result<(), Response> {
+async fn gate(
+    st: &Shared,
+    headers: &HeaderMap,
+    contract: &str,
+    scope: &str,
+) -> Result<(), Response> {
     let latency = st.lock().expect("sim").faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -396,15 +530,19 @@ async fn gate(st: &Shared, headers: &HeaderMap, contract: &str) -> Result<(), Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let valid = s
-        .tokens
-        .get(bearer)
-        .is_some_and(|until| *until > Instant::now());
-    if !valid || f.reject_tokens {
+    let token = s.tokens.get(bearer).filter(|t| t.until > Instant::now());
+    let Some(token) = token.filter(|_| !f.reject_tokens) else {
         return Err(problem(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "invalid or expired access token",
+        ));
+    };
+    if !token.scopes.iter().any(|s| s == scope) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("the access token lacks the scope {scope}"),
         ));
     }
     Ok(())
@@ -426,15 +564,19 @@ fn throttled(retry_after_s: u64) -> Response {
 /// The window a `page`/`limit` query asks for. Only that window is built, so paging through a
 /// large directory stays linear.
 fn page_window(q: &ListQuery) -> Result<(usize, usize), Response> {
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "limit must be 1..=1000",
-        ));
-    }
-    let page = q.page.unwrap_or(1).max(1);
+    let bad = |d: &str| problem(StatusCode::BAD_REQUEST, "Bad Request", d);
+    // limit defaults to 100 and is 1..=1000; page defaults to 1 and starts at 1 (page=0 is a
+    // 400, not the first page). A page past the end is an empty list.
+    let limit = match q.limit.as_deref().map(str::parse::<u32>) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        _ => return Err(bad("limit must be 1..=1000")),
+    };
+    let page = match q.page.as_deref().map(str::parse::<u32>) {
+        None => 1,
+        Some(Ok(n)) if n >= 1 => n,
+        _ => return Err(bad("page must be a whole number from 1")),
+    };
     let start = ((page - 1) as usize).saturating_mul(limit as usize);
     Ok((start, limit as usize))
 }
@@ -445,7 +587,7 @@ async fn list_points(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &contract).await {
+    if let Err(r) = gate(&st, &headers, &contract, "pos.customers:read").await {
         return r;
     }
     let (start, limit) = match page_window(&q) {
@@ -455,17 +597,26 @@ async fn list_points(
     let mut guard = st.lock().expect("sim");
     let s = &mut *guard;
     let today = jst_today();
-    let one = q.customer_id.as_ref().map(|id| s.by_id.get(id).copied());
-    let matching: Box<dyn Iterator<Item = &mut SimCustomer>> = match one {
-        Some(key) => Box::new(key.and_then(|k| s.customers.get_mut(&k)).into_iter()),
-        None => Box::new(s.customers.values_mut()),
+    let keys: Vec<u64> = match q.customer_id.as_ref() {
+        Some(id) => s.by_id.get(id).copied().into_iter().collect(),
+        None => s
+            .customers
+            .keys()
+            .skip(start)
+            .take(limit)
+            .copied()
+            .collect(),
     };
-    let rows: Vec<serde_json::Value> = matching
-        .skip(start)
-        .take(limit)
-        .map(|c| {
-            SimState::expire(c, &today);
-            point_json(c)
+    let keys: Vec<u64> = if q.customer_id.is_some() {
+        keys.into_iter().skip(start).take(limit).collect()
+    } else {
+        keys
+    };
+    let rows: Vec<serde_json::Value> = keys
+        .into_iter()
+        .filter_map(|k| {
+            s.expire_key(k, &today);
+            s.customers.get(&k).map(point_json)
         })
         .collect();
     Json(rows).into_response()
@@ -477,17 +628,31 @@ async fn list_customers(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &contract).await {
+    if let Err(r) = gate(&st, &headers, &contract, "pos.customers:read").await {
         return r;
     }
     let (start, limit) = match page_window(&q) {
         Ok(w) => w,
         Err(r) => return r,
     };
+    // `upd_date_time-from/-to`: customers created or changed in the window (at most 31 days).
+    let window = match (&q.upd_from, &q.upd_to) {
+        (None, None) => None,
+        (f, t) => match date_window(f.as_deref(), t.as_deref(), "upd_date_time") {
+            Ok(w) => Some(w),
+            Err(r) => return r,
+        },
+    };
     let s = st.lock().expect("sim");
     let rows: Vec<serde_json::Value> = s
         .customers
         .values()
+        .filter(|c| {
+            window.is_none_or(|(from, to)| {
+                crate::clock::parse_stamp(&c.upd_date_time)
+                    .is_some_and(|t| t / 1000 >= from / 1000 && t / 1000 <= to / 1000)
+            })
+        })
         .skip(start)
         .take(limit)
         .map(|c| {
@@ -505,6 +670,156 @@ async fn list_customers(
     Json(rows).into_response()
 }
 
+#[derive(Deserialize)]
+struct TxnListQuery {
+    limit: Option<String>,
+    page: Option<String>,
+    sort: Option<String>,
+    #[serde(rename = "upd_date_time-from")]
+    upd_from: Option<String>,
+    #[serde(rename = "upd_date_time-to")]
+    upd_to: Option<String>,
+    #[serde(rename = "transaction_date_time-from")]
+    tran_from: Option<String>,
+    #[serde(rename = "transaction_date_time-to")]
+    tran_to: Option<String>,
+    customer_code: Option<String>,
+    transaction_head_division: Option<String>,
+    store_id: Option<String>,
+}
+
+/// A date window filter: both ends, ISO 8601 with an offset, from <= to, at most 31 days
+/// (DESIGN.md §4). Anything else is a 400 naming the parameter, as the real API answers.
+fn date_window(from: Option<&str>, to: Option<&str>, name: &str) -> Result<(i64, i64), Response> {
+    let bad = |detail: String| problem(StatusCode::BAD_REQUEST, "Bad Request", &detail);
+    let (Some(f), Some(t)) = (from, to) else {
+        return Err(bad(format!(
+            "{name}-from and {name}-to must be given together"
+        )));
+    };
+    // A '+' sent unescaped in a query string arrives as a space: refused, as a strict
+    // server would (the offset is part of the value).
+    let parse = |v: &str, which: &str| {
+        crate::clock::parse_stamp(v).ok_or_else(|| {
+            bad(format!(
+                "{name}-{which} must be ISO 8601 with an offset, e.g. 2026-12-01T10:00:00+09:00 (got {v:?})"
+            ))
+        })
+    };
+    let (f, t) = (parse(f, "from")?, parse(t, "to")?);
+    if f > t {
+        return Err(bad(format!("{name}-from is after {name}-to")));
+    }
+    if t - f > 31 * 24 * 3600 * 1000 {
+        return Err(bad(format!("the {name} window may span at most 31 days")));
+    }
+    Ok((f, t))
+}
+
+async fn list_transactions(
+    State(st): State<Shared>,
+    Path(contract): Path<String>,
+    Query(q): Query<TxnListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = gate(&st, &headers, &contract, "pos.transactions:read").await {
+        return r;
+    }
+    let lq = ListQuery {
+        limit: q.limit.clone(),
+        page: q.page.clone(),
+        customer_id: None,
+        upd_from: None,
+        upd_to: None,
+    };
+    let (start, limit) = match page_window(&lq) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let upd = match (&q.upd_from, &q.upd_to) {
+        (None, None) => None,
+        (f, t) => match date_window(f.as_deref(), t.as_deref(), "upd_date_time") {
+            Ok(w) => Some(w),
+            Err(r) => return r,
+        },
+    };
+    let tran = match (&q.tran_from, &q.tran_to) {
+        (None, None) => None,
+        (f, t) => match date_window(f.as_deref(), t.as_deref(), "transaction_date_time") {
+            Ok(w) => Some(w),
+            Err(r) => return r,
+        },
+    };
+    if upd.is_none() && tran.is_none() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "a date window is required: upd_date_time-from/-to or transaction_date_time-from/-to",
+        );
+    }
+    let desc = match q.sort.as_deref() {
+        None | Some("updDateTime") | Some("transactionHeadId") => false,
+        Some("-updDateTime") | Some("-transactionHeadId") => true,
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                &format!(
+                    "sort {other:?} is not one of updDateTime, transactionHeadId (- for descending)"
+                ),
+            );
+        }
+    };
+    let s = st.lock().expect("sim");
+    // Whole seconds on both ends, inclusive, as the stamps are.
+    let within = |w: Option<(i64, i64)>, at: i64| {
+        w.is_none_or(|(f, t)| at / 1000 >= f / 1000 && at / 1000 <= t / 1000)
+    };
+    let mut rows: Vec<&SimTxn> = s
+        .transactions
+        .iter()
+        .filter(|t| within(upd, t.at_ms) && within(tran, t.at_ms))
+        .filter(|t| {
+            q.customer_code
+                .as_ref()
+                .is_none_or(|c| *c == t.customer_code)
+        })
+        .filter(|t| {
+            q.transaction_head_division
+                .as_ref()
+                .is_none_or(|d| *d == t.division.to_string())
+        })
+        .filter(|t| {
+            q.store_id
+                .as_ref()
+                .is_none_or(|id| *id == t.store_id.to_string())
+        })
+        .collect();
+    // Listed in the order of the change (ties by id): stamps of whole seconds tie often.
+    if desc {
+        rows.reverse();
+    }
+    let rows: Vec<serde_json::Value> = rows
+        .into_iter()
+        .skip(start)
+        .take(limit)
+        .map(|t| {
+            json!({
+                "transactionHeadId": t.transaction_head_id.to_string(),
+                "transactionDateTime": t.upd_date_time,
+                "transactionHeadDivision": t.division.to_string(),
+                "cancelDivision": "0",
+                "storeId": t.store_id.to_string(),
+                "customerId": t.customer_id,
+                "customerCode": t.customer_code,
+                "total": "0",
+                "updDateTime": t.upd_date_time,
+            })
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
 async fn add_point(
     State(st): State<Shared>,
     Path((contract, customer_id)): Path<(String, String)>,
@@ -512,7 +827,7 @@ async fn add_point(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &contract).await {
+    if let Err(r) = gate(&st, &headers, &contract, "pos.customers:write").await {
         return r;
     }
     let forced = st.lock().expect("sim").faults.add_status;
@@ -524,11 +839,19 @@ async fn add_point(
             "simulated failure",
         );
     }
-    let Ok(b) = serde_json::from_slice::<AddBody>(&body) else {
+    // The specification writes the change as a string of a signed integer.
+    let Some(b) = serde_json::from_slice::<AddBody>(&body)
+        .ok()
+        .filter(|b| {
+            let d = b.point.strip_prefix('-').unwrap_or(&b.point);
+            !d.is_empty() && d.len() <= 9 && d.bytes().all(|c| c.is_ascii_digit())
+        })
+        .and_then(|b| b.point.parse::<i64>().ok().map(|point| AddPoint { point }))
+    else {
         return problem(
             StatusCode::BAD_REQUEST,
             "Bad Request",
-            "point must be a signed integer",
+            "point must be a string of a signed integer, e.g. \"-120\"",
         );
     };
     let drop_it = {
@@ -539,8 +862,8 @@ async fn add_point(
         let today = jst_today();
         let rate = s.faults.drop_after_apply_rate;
         let drop_it = rate > 0.0 && s.rng.random_bool(rate.min(1.0));
+        s.expire_key(key, &today);
         let c = s.customers.get_mut(&key).expect("indexed");
-        SimState::expire(c, &today);
         let new = c.point + b.point;
         if new < 0 {
             return problem(
@@ -553,8 +876,11 @@ async fn add_point(
             );
         }
         c.point = new;
-        c.upd_date_time = jst_now_string();
-        let answer = point_json(c);
+        let id = s.record_change(key, if b.point < 0 { 7 } else { 6 });
+        let mut answer = point_json(s.customers.get(&key).expect("indexed"));
+        if !s.opts.omit_transaction_head_ids {
+            answer["transactionHeadIds"] = json!([id.to_string()]);
+        }
         s.adds.push(AppliedAdd {
             customer_id: customer_id.clone(),
             delta: b.point,
@@ -579,6 +905,7 @@ fn api_router(st: Shared) -> Router {
         .route("/app/{contract}/token", post(token))
         .route("/{contract}/pos/customers", get(list_customers))
         .route("/{contract}/pos/customers/point", get(list_points))
+        .route("/{contract}/pos/transactions", get(list_transactions))
         .route(
             "/{contract}/pos/customers/{customer_id}/point/add",
             post(add_point),
@@ -747,9 +1074,14 @@ impl SimHandle {
             && let Some(c) = s.customers.get_mut(&k)
         {
             c.point += delta;
-            c.upd_date_time = jst_now_string();
             s.dirty = true;
+            s.record_change(k, if delta < 0 { 7 } else { 6 });
         }
+    }
+
+    /// The transaction list as served (every division, in order).
+    pub fn transactions(&self) -> Vec<SimTxn> {
+        self.state.lock().expect("sim").transactions.clone()
     }
 
     pub async fn shutdown(&self) {

@@ -475,12 +475,14 @@ pub struct TxnRow {
     pub updated_at: i64,
     pub resolved_by: Option<String>,
     pub resolution_note: Option<String>,
+    /// JSON array of the upstream's transaction ids this send created, when known.
+    pub upstream_txn_ids: Option<String>,
 }
 
 const TXN_COLS: &str = "seq, txn_id, request, customer_id, kind, delta, points, purchase_amount, reason, \
     register_id, staff_id, token_name, created_at, state, attempts, next_attempt_at, last_error, \
     before_balance, before_updated_at, upstream_balance, upstream_result, updated_at, resolved_by, \
-    resolution_note";
+    resolution_note, upstream_txn_ids";
 
 fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
     let state: String = r.get(13)?;
@@ -509,6 +511,7 @@ fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
         updated_at: r.get(21)?,
         resolved_by: r.get(22)?,
         resolution_note: r.get(23)?,
+        upstream_txn_ids: r.get(24)?,
     })
 }
 
@@ -970,7 +973,8 @@ impl Store {
         .await
     }
 
-    /// The upstream applied the delta and answered with the new balance.
+    /// The upstream applied the delta and answered with the new balance. `upstream_txn_ids`:
+    /// the upstream's ids of the transactions it created, when it said (or the read-back found).
     pub async fn mark_applied(
         &self,
         seq: i64,
@@ -978,15 +982,48 @@ impl Store {
         upstream_updated_at: Option<String>,
         now_ms: i64,
         note: Option<String>,
+        upstream_txn_ids: Option<Vec<String>>,
     ) -> Result<(), StoreError> {
+        let ids = upstream_txn_ids
+            .filter(|v| !v.is_empty())
+            .map(|v| serde_json::Value::from(v).to_string());
         self.write(move |c| {
             c.prepare_cached("UPDATE txns SET state = 'applied', upstream_balance = ?2, updated_at = ?3, \
-                   last_error = NULL, upstream_result = COALESCE(?4, upstream_result) WHERE seq = ?1")?.execute(params![seq, balance, now_ms, note])?;
+                   last_error = NULL, upstream_result = COALESCE(?4, upstream_result), \
+                   upstream_txn_ids = COALESCE(?5, upstream_txn_ids) WHERE seq = ?1")?.execute(params![seq, balance, now_ms, note, ids])?;
             let rev = bump_apply_counter(c)?;
             c.prepare_cached("UPDATE customers SET confirmed = ?2, as_of = ?3, applied_rev = ?4, local_only = 0, \
                    upstream_updated_at = COALESCE(?5, upstream_updated_at) \
                  WHERE customer_id = (SELECT customer_id FROM txns WHERE seq = ?1)")?.execute(params![seq, balance, now_ms, rev, upstream_updated_at])?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The upstream transaction ids this agent's applied sends for `customer_id` created (the
+    /// most recent `limit` sends that recorded any): the read-back leaves these out.
+    pub async fn own_upstream_txn_ids(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let id = customer_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                // The closed half's own condition, so the partial index serves the query.
+                "SELECT upstream_txn_ids FROM txns INDEXED BY txns_closed_by_customer \
+                 WHERE customer_id = ?1 \
+                   AND (state = 'applied' OR state = 'rejected' OR state = 'needs_review' OR state = 'discarded') \
+                   AND state = 'applied' AND upstream_txn_ids IS NOT NULL \
+                 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let mut out = Vec::new();
+            for j in st.query_map(params![id, limit as i64], |r| r.get::<_, String>(0))? {
+                if let Ok(v) = serde_json::from_str::<Vec<String>>(&j?) {
+                    out.extend(v);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -1551,7 +1588,7 @@ mod tests {
         }];
         let rev = s.apply_counter().await.unwrap();
         assert_eq!(s.upsert_balances(stale.clone(), rev, 3).await.unwrap().0, 0);
-        s.mark_applied(claimed[0].seq, 110, None, 3, None)
+        s.mark_applied(claimed[0].seq, 110, None, 3, None, None)
             .await
             .unwrap();
         // A pull that started before the apply must not overwrite it either.

@@ -197,6 +197,12 @@ CREATE TRIGGER txn_counts_delete AFTER DELETE ON txns BEGIN
     UPDATE txn_counts SET n = n - 1 WHERE state = OLD.state;
 END;
 "#,
+    // 5: the upstream's own ids of the point transactions an applied send created (Smaregi
+    // `transactionHeadIds`, a JSON array): the read-back leaves them out when it counts the
+    // customer's transactions since a lost send.
+    r#"
+ALTER TABLE txns ADD COLUMN upstream_txn_ids TEXT;
+"#,
 ];
 
 pub fn known_version() -> i64 {

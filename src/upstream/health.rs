@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::{Page, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError};
+use super::{
+    Applied, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError,
+    UpstreamTxn,
+};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -182,11 +185,7 @@ impl<U: Upstream> Upstream for Observed<U> {
         self.note("get_balance", t, &r);
         r
     }
-    async fn add_points(
-        &self,
-        customer_id: &str,
-        delta: i64,
-    ) -> Result<UpstreamBalance, UpstreamError> {
+    async fn add_points(&self, customer_id: &str, delta: i64) -> Result<Applied, UpstreamError> {
         self.permit().await;
         let t = Instant::now();
         let r = self.inner.add_points(customer_id, delta).await;
@@ -205,6 +204,13 @@ impl<U: Upstream> Upstream for Observed<U> {
         let t = Instant::now();
         let r = self.inner.list_customers(page).await;
         self.note("list_customers", t, &r);
+        r
+    }
+    async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError> {
+        self.permit().await;
+        let t = Instant::now();
+        let r = self.inner.list_transactions(q).await;
+        self.note("list_transactions", t, &r);
         r
     }
 }

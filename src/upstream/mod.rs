@@ -29,6 +29,50 @@ pub struct UpstreamCustomer {
     pub name: Option<String>,
 }
 
+/// The answer of a relative change: the balance after it, and the ids of the point
+/// transactions it created (Smaregi `transactionHeadIds`; optional, older API versions lack it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub balance: UpstreamBalance,
+    pub transaction_ids: Option<Vec<String>>,
+}
+
+/// One entry of the upstream's transaction list (Smaregi 取引, `GET /pos/transactions`):
+/// every transaction naming a customer may have moved that customer's points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTxn {
+    pub id: String,
+    /// `transactionHeadDivision`: 1 sale/return, 6 point add, 7 point subtract, 8 expiry.
+    pub division: Option<String>,
+    pub customer_id: Option<String>,
+    pub customer_code: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl UpstreamTxn {
+    /// Divisions that can move a member's points (DESIGN.md §4): 1 (a sale or a return),
+    /// 6 (add), 7 (subtract), 8 (expiry). A missing division is counted: better one more
+    /// "maybe" than a change overlooked.
+    pub fn moves_points(&self) -> bool {
+        matches!(
+            self.division.as_deref(),
+            None | Some("1") | Some("6") | Some("7") | Some("8")
+        )
+    }
+}
+
+/// A window of the transaction list, by last change (`upd_date_time-from/-to`, both
+/// inclusive, at most 31 days apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnQuery {
+    /// ISO 8601 with offset, whole seconds.
+    pub from: String,
+    pub to: String,
+    /// Smaregi filters by member code, not by id.
+    pub customer_code: Option<String>,
+    pub page: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -69,6 +113,12 @@ pub enum UpstreamError {
         "upstream refused the credentials ({0}); check client_id/client_secret and the app's scopes"
     )]
     Auth(String),
+    /// The credentials work but lack a scope this request needs (403 on an optional feature,
+    /// such as the transaction list): that feature is unavailable, sync goes on without it.
+    #[error(
+        "the app lacks the scope {scope} ({detail}); grant it in the Smaregi developer console"
+    )]
+    MissingScope { scope: &'static str, detail: String },
 }
 
 impl UpstreamError {
@@ -77,6 +127,7 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::Malformed(_) => FailureClass::Transient,
             UpstreamError::NoAnswer(_) => FailureClass::Ambiguous,
             UpstreamError::Auth(_) => FailureClass::Auth,
+            UpstreamError::MissingScope { .. } => FailureClass::Permanent,
             UpstreamError::Status { status, .. } => match *status {
                 401 | 403 => FailureClass::Auth,
                 408 | 429 => FailureClass::Transient,
@@ -129,13 +180,11 @@ pub trait Upstream: Send + Sync + 'static {
         customer_id: &str,
     ) -> Result<Option<UpstreamBalance>, UpstreamError>;
     /// Applies a signed change and returns the balance after it. Never an absolute set.
-    async fn add_points(
-        &self,
-        customer_id: &str,
-        delta: i64,
-    ) -> Result<UpstreamBalance, UpstreamError>;
+    async fn add_points(&self, customer_id: &str, delta: i64) -> Result<Applied, UpstreamError>;
     /// One page (1-based) of the customer directory.
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError>;
+    /// One page of the transaction list in a window of last change.
+    async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError>;
     /// The cheapest authenticated request, to tell whether the link and credentials work.
     async fn probe(&self) -> Result<(), UpstreamError>;
 }

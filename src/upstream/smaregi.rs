@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{
-    Page, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError, lenient_i64,
-    lenient_opt_string, lenient_string,
+    Applied, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError,
+    UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
 };
 use crate::config::Secret;
 
@@ -23,7 +23,11 @@ use crate::config::Secret;
 pub const PAGE_LIMIT: u32 = 1000;
 /// Refresh a token this long before the server says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
-const SCOPE: &str = "pos.customers:read pos.customers:write";
+/// `pos.transactions:read` is for the transaction list: read-back evidence and the change feed.
+/// Without it those degrade (a 403 there is [`UpstreamError::MissingScope`]), points still sync.
+const SCOPE: &str = "pos.customers:read pos.customers:write pos.transactions:read";
+const BASE_SCOPE: &str = "pos.customers:read pos.customers:write";
+const TXN_SCOPE: &str = "pos.transactions:read";
 
 #[derive(Clone)]
 pub struct SmaregiSettings {
@@ -42,6 +46,9 @@ pub struct Smaregi {
     http: reqwest::Client,
     s: SmaregiSettings,
     token: Mutex<Option<(Secret, Instant)>>,
+    /// Set when the app was refused `pos.transactions:read` (`invalid_scope`): tokens are then
+    /// asked without it, and the transaction list is unavailable.
+    no_txn_scope: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +99,54 @@ struct AddAnswer {
     point_expire_date: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     upd_date_time: Option<String>,
+    /// Current API versions list the point transactions the change created; older lack it.
+    #[serde(default, deserialize_with = "lenient_opt_strings")]
+    transaction_head_ids: Option<Vec<String>>,
+}
+
+/// One row of `GET /pos/transactions` (only the fields the agent uses; a row has dozens).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TxnRowJson {
+    #[serde(deserialize_with = "lenient_string")]
+    transaction_head_id: String,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    transaction_head_division: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    customer_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    customer_code: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    upd_date_time: Option<String>,
+}
+
+/// The transaction list is a JSON array in DESIGN.md §4; a third-party copy of the OpenAPI
+/// (shabaraba/SmaregiMCP, openapi/pos) wraps it as `{transactions: [...], pagination}` and
+/// names the id `id` — accept the envelope, keep the vendor's field names.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TxnList {
+    Bare(Vec<TxnRowJson>),
+    Wrapped { transactions: Vec<TxnRowJson> },
+}
+
+fn lenient_opt_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+    }
+    Ok(Option::<Vec<V>>::deserialize(d)?.map(|v| {
+        v.into_iter()
+            .map(|x| match x {
+                V::S(s) => s,
+                V::I(i) => i.to_string(),
+            })
+            .collect()
+    }))
 }
 
 #[derive(Deserialize)]
@@ -166,6 +221,7 @@ impl Smaregi {
             http,
             s,
             token: Mutex::new(None),
+            no_txn_scope: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -187,6 +243,25 @@ impl Smaregi {
     async fn fetch_token(
         &self,
     ) -> Result<(Secret, Instant, Option<std::time::SystemTime>), UpstreamError> {
+        use std::sync::atomic::Ordering;
+        if !self.no_txn_scope.load(Ordering::Relaxed) {
+            match self.fetch_token_with(SCOPE).await {
+                Err(UpstreamError::Auth(m)) if m.contains("invalid_scope") => {
+                    tracing::warn!(
+                        "the Smaregi app is not granted {TXN_SCOPE}: read-backs use balances only; grant it in the developer console"
+                    );
+                    self.no_txn_scope.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        self.fetch_token_with(BASE_SCOPE).await
+    }
+
+    async fn fetch_token_with(
+        &self,
+        scope: &str,
+    ) -> Result<(Secret, Instant, Option<std::time::SystemTime>), UpstreamError> {
         let url = format!(
             "{}/app/{}/token",
             self.s.id_base.trim_end_matches('/'),
@@ -196,7 +271,7 @@ impl Smaregi {
             .http
             .post(&url)
             .basic_auth(&self.s.client_id, Some(self.s.client_secret.expose()))
-            .form(&[("grant_type", "client_credentials"), ("scope", SCOPE)])
+            .form(&[("grant_type", "client_credentials"), ("scope", scope)])
             .send()
             .await
             .map_err(|e| transport_error(&e, false))?;
@@ -211,9 +286,14 @@ impl Smaregi {
             || status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
         {
+            // OAuth errors are `{error, error_description}`: keep the code (invalid_scope).
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from));
             return Err(UpstreamError::Auth(format!(
-                "token request answered {status}: {}",
-                error_title(&body)
+                "token request answered {status}: {}{}",
+                error_title(&body),
+                code.map(|c| format!(" ({c})")).unwrap_or_default()
             )));
         }
         if !status.is_success() {
@@ -283,6 +363,12 @@ impl Smaregi {
             if status.is_success() {
                 return Ok(text);
             }
+            if status == StatusCode::FORBIDDEN && url.ends_with("/pos/transactions") {
+                return Err(UpstreamError::MissingScope {
+                    scope: TXN_SCOPE,
+                    detail: error_title(&text),
+                });
+            }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(UpstreamError::Auth(format!(
                     "{status} after a fresh token: {}",
@@ -344,16 +430,33 @@ pub fn parse_customers(text: &str) -> Result<Vec<UpstreamCustomer>, serde_json::
 }
 
 /// Parses the answer of `point/add` (`customer_id` fills in a missing id).
-pub fn parse_add_answer(
-    text: &str,
-    customer_id: &str,
-) -> Result<UpstreamBalance, serde_json::Error> {
-    serde_json::from_str::<AddAnswer>(text).map(|a| UpstreamBalance {
-        customer_id: a.customer_id.unwrap_or_else(|| customer_id.to_string()),
-        point: a.point,
-        expires_at: a.point_expire_date,
-        updated_at: a.upd_date_time,
+pub fn parse_add_answer(text: &str, customer_id: &str) -> Result<Applied, serde_json::Error> {
+    serde_json::from_str::<AddAnswer>(text).map(|a| Applied {
+        balance: UpstreamBalance {
+            customer_id: a.customer_id.unwrap_or_else(|| customer_id.to_string()),
+            point: a.point,
+            expires_at: a.point_expire_date,
+            updated_at: a.upd_date_time,
+        },
+        transaction_ids: a.transaction_head_ids,
     })
+}
+
+/// Parses a page of `GET /pos/transactions`.
+pub fn parse_transactions(text: &str) -> Result<Vec<UpstreamTxn>, serde_json::Error> {
+    let rows = match serde_json::from_str::<TxnList>(text)? {
+        TxnList::Bare(r) | TxnList::Wrapped { transactions: r } => r,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| UpstreamTxn {
+            id: r.transaction_head_id,
+            division: r.transaction_head_division,
+            customer_id: r.customer_id,
+            customer_code: r.customer_code,
+            updated_at: r.upd_date_time,
+        })
+        .collect())
 }
 
 fn error_title(body: &str) -> String {
@@ -433,11 +536,7 @@ impl Upstream for Smaregi {
         Ok(rows.into_iter().find(|r| r.customer_id == customer_id))
     }
 
-    async fn add_points(
-        &self,
-        customer_id: &str,
-        delta: i64,
-    ) -> Result<UpstreamBalance, UpstreamError> {
+    async fn add_points(&self, customer_id: &str, delta: i64) -> Result<Applied, UpstreamError> {
         // Path segment: customer ids are ours to validate (printable ASCII), but escape anyway.
         let id: String = url_escape(customer_id);
         let url = self.api_url(&format!("/pos/customers/{id}/point/add"));
@@ -463,6 +562,36 @@ impl Upstream for Smaregi {
 
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
         self.list("/pos/customers", page, parse_customers).await
+    }
+
+    async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError> {
+        if self.no_txn_scope.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(UpstreamError::MissingScope {
+                scope: TXN_SCOPE,
+                detail: "refused at the token request (invalid_scope)".into(),
+            });
+        }
+        let url = self.api_url("/pos/transactions");
+        let mut query = vec![
+            ("limit", self.s.page_limit.to_string()),
+            ("page", q.page.max(1).to_string()),
+            ("sort", "updDateTime".to_string()),
+            ("upd_date_time-from", q.from.clone()),
+            ("upd_date_time-to", q.to.clone()),
+        ];
+        if let Some(code) = &q.customer_code {
+            query.push(("customer_code", code.clone()));
+        }
+        let text = self.call(Method::GET, &url, &query, None, false).await?;
+        let items = parse_transactions(&text).map_err(|e| {
+            UpstreamError::Malformed(format!(
+                "/pos/transactions page {}: {e}; body: {}",
+                q.page,
+                excerpt(&text)
+            ))
+        })?;
+        let more = items.len() as u32 >= self.s.page_limit;
+        Ok(Page { items, more })
     }
 }
 
