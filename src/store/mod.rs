@@ -7,6 +7,7 @@
 //! DESIGN.md §2.1) without paying one fsync per register request. Reads use a small pool of
 //! connections on the blocking thread pool, so a slow disk never stalls the async runtime.
 
+mod feed;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -440,6 +441,11 @@ pub struct CustomerRow {
     pub upstream_updated_at: Option<String>,
     pub as_of: Option<i64>,
     pub local_only: bool,
+    /// The change feed saw this customer's points move elsewhere at this upstream stamp, and
+    /// the balance has not been re-read since: `confirmed` may be out of date.
+    pub changed_elsewhere_at: Option<String>,
+    /// When the agent marked it (unix ms).
+    pub marked_at: Option<i64>,
 }
 
 impl CustomerRow {
@@ -541,7 +547,8 @@ const CUSTOMER_SELECT: &str = concat!(
     (SELECT COALESCE(SUM(t.delta), 0) FROM txns t INDEXED BY txns_open_by_customer \
        WHERE t.customer_id = c.customer_id AND ",
     open_rows!("t"),
-    "), c.expires_at, c.upstream_updated_at, c.as_of, c.local_only FROM customers c"
+    "), c.expires_at, c.upstream_updated_at, c.as_of, c.local_only, c.changed_elsewhere_at, \
+    c.marked_at FROM customers c"
 );
 
 fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
@@ -556,6 +563,8 @@ fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
         upstream_updated_at: r.get(7)?,
         as_of: r.get(8)?,
         local_only: r.get::<_, i64>(9)? != 0,
+        changed_elsewhere_at: r.get(10)?,
+        marked_at: r.get(11)?,
     })
 }
 
@@ -995,6 +1004,10 @@ impl Store {
             c.prepare_cached("UPDATE customers SET confirmed = ?2, as_of = ?3, applied_rev = ?4, local_only = 0, \
                    upstream_updated_at = COALESCE(?5, upstream_updated_at) \
                  WHERE customer_id = (SELECT customer_id FROM txns WHERE seq = ?1)")?.execute(params![seq, balance, now_ms, rev, upstream_updated_at])?;
+            // The answer shows every change up to now: a mark from before it is answered.
+            if let Some(ms) = upstream_updated_at.as_deref().and_then(crate::clock::parse_stamp) {
+                c.prepare_cached(feed::CLEAR_MARK_OF_SEQ)?.execute(params![seq, ms])?;
+            }
             Ok(())
         })
         .await
@@ -1237,6 +1250,10 @@ impl Store {
                     it.updated_at,
                     now_ms
                 ])?;
+                if let Some(ms) = it.updated_at.as_deref().and_then(crate::clock::parse_stamp) {
+                    c.prepare_cached(feed::CLEAR_MARK)?
+                        .execute(params![it.customer_id, ms])?;
+                }
             }
             Ok((n, diffs))
         })

@@ -203,6 +203,15 @@ END;
     r#"
 ALTER TABLE txns ADD COLUMN upstream_txn_ids TEXT;
 "#,
+    // 6: customers the change feed saw move elsewhere (another store, the online shop, an
+    // expiry) and that have not been re-read since: the upstream stamp of the change, and when
+    // the agent marked them (oldest are re-read first).
+    r#"
+ALTER TABLE customers ADD COLUMN changed_elsewhere_at TEXT;
+ALTER TABLE customers ADD COLUMN changed_elsewhere_ms INTEGER;
+ALTER TABLE customers ADD COLUMN marked_at INTEGER;
+CREATE INDEX customers_marked ON customers(marked_at) WHERE marked_at IS NOT NULL;
+"#,
 ];
 
 pub fn known_version() -> i64 {

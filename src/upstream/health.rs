@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::budget::{Budget, Class};
 use super::{
-    Applied, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError,
-    UpstreamTxn,
+    Applied, ChangedQuery, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer,
+    UpstreamError, UpstreamTxn,
 };
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -104,51 +105,64 @@ pub struct Observed<U> {
     inner: U,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    limiter: Option<governor::DefaultDirectRateLimiter>,
-}
-
-/// The pacing for an upstream limit of `n` requests per second. Upstream limits are counted
-/// per second, so no one-second span may see more than `n`. With a rate `r` and a burst `b`,
-/// a span of one second sees at most `r + b`; so `r = n - b`. The burst lets a sender whose
-/// timer woke late catch up: with no burst at all, every late wake-up was lost capacity (the
-/// drain ran at 0.83x of a 1000/s limit). From 100/s up, `b` is 2% of `n`.
-fn pacing(n: std::num::NonZeroU32) -> governor::Quota {
-    let burst = n.get() / 50;
-    if burst <= 1 {
-        return governor::Quota::per_second(n).allow_burst(std::num::NonZeroU32::MIN);
-    }
-    let rate = n.get() - burst;
-    governor::Quota::with_period(Duration::from_secs_f64(1.0 / rate as f64))
-        .expect("positive period")
-        .allow_burst(std::num::NonZeroU32::new(burst).expect("burst > 1"))
+    budget: Option<Arc<Budget>>,
 }
 
 impl<U: Upstream> Observed<U> {
-    /// `per_second` caps requests to the upstream across every caller (push, pull, look-ups).
+    /// `per_second` caps reads and writes alike (the old single ceiling).
     pub fn new(
         inner: U,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         per_second: Option<u32>,
     ) -> Self {
-        let limiter = per_second
-            .and_then(std::num::NonZeroU32::new)
-            .map(|n| governor::RateLimiter::direct(pacing(n)));
+        let budget = per_second.map(|n| Arc::new(Budget::new(n, n)));
+        Self::with_budget(inner, health, metrics, budget)
+    }
+
+    /// Paces every request through `budget` (shared with whoever reports it).
+    pub fn with_budget(
+        inner: U,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        budget: Option<Arc<Budget>>,
+    ) -> Self {
         Observed {
             inner,
             health,
             metrics,
-            limiter,
+            budget,
         }
     }
 
-    async fn permit(&self) {
-        if let Some(l) = &self.limiter {
-            l.until_ready().await;
+    async fn permit(&self, class: Class) {
+        // A `Retry-After` the upstream asked for holds every request, not only pushes; the
+        // restart is spread a little so a chain's agents do not all return in the same tick.
+        if let Some(ms) = self.health.pause_remaining_ms() {
+            let spread = rand::random_range(0..=ms.clamp(1, 1000) as u64 / 4);
+            tokio::time::sleep(Duration::from_millis(ms as u64 + spread)).await;
+        }
+        if let Some(b) = &self.budget {
+            b.acquire(class).await;
+        }
+    }
+
+    fn outcome<T>(&self, class: Class, r: &Result<T, UpstreamError>) {
+        let Some(b) = &self.budget else { return };
+        match r {
+            Err(UpstreamError::Status { status: 429, .. }) => b.on_throttled(class),
+            Ok(_) => b.on_success(class),
+            Err(_) => {}
         }
     }
 
     fn note<T>(&self, op: &'static str, start: Instant, r: &Result<T, UpstreamError>) {
+        let class = if op == "add_points" {
+            Class::Write
+        } else {
+            Class::Read
+        };
+        self.outcome(class, r);
         let secs = start.elapsed().as_secs_f64();
         match r {
             Ok(_) => {
@@ -169,7 +183,7 @@ impl<U: Upstream> Upstream for Observed<U> {
         self.inner.kind()
     }
     async fn list_balances(&self, page: u32) -> Result<Page<UpstreamBalance>, UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Read).await;
         let t = Instant::now();
         let r = self.inner.list_balances(page).await;
         self.note("list_balances", t, &r);
@@ -179,75 +193,48 @@ impl<U: Upstream> Upstream for Observed<U> {
         &self,
         customer_id: &str,
     ) -> Result<Option<UpstreamBalance>, UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Read).await;
         let t = Instant::now();
         let r = self.inner.get_balance(customer_id).await;
         self.note("get_balance", t, &r);
         r
     }
     async fn add_points(&self, customer_id: &str, delta: i64) -> Result<Applied, UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Write).await;
         let t = Instant::now();
         let r = self.inner.add_points(customer_id, delta).await;
         self.note("add_points", t, &r);
         r
     }
     async fn probe(&self) -> Result<(), UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Read).await;
         let t = Instant::now();
         let r = self.inner.probe().await;
         self.note("probe", t, &r);
         r
     }
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Read).await;
         let t = Instant::now();
         let r = self.inner.list_customers(page).await;
         self.note("list_customers", t, &r);
         r
     }
+    async fn list_changed_customers(
+        &self,
+        q: &ChangedQuery,
+    ) -> Result<Page<UpstreamCustomer>, UpstreamError> {
+        self.permit(Class::Read).await;
+        let t = Instant::now();
+        let r = self.inner.list_changed_customers(q).await;
+        self.note("list_changed_customers", t, &r);
+        r
+    }
     async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError> {
-        self.permit().await;
+        self.permit(Class::Read).await;
         let t = Instant::now();
         let r = self.inner.list_transactions(q).await;
         self.note("list_transactions", t, &r);
         r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use governor::clock::FakeRelativeClock;
-
-    /// Permits granted to a sender that asks every 100 µs, over `secs` seconds of fake time.
-    fn granted(n: u32, secs: u64) -> (u32, u32) {
-        let clock = FakeRelativeClock::default();
-        let quota = pacing(std::num::NonZeroU32::new(n).unwrap());
-        let l = governor::RateLimiter::direct_with_clock(quota, clock.clone());
-        let (mut first_second, mut total) = (0, 0);
-        for step in 0..secs * 10_000 {
-            if l.check().is_ok() {
-                total += 1;
-                if step < 10_000 {
-                    first_second += 1;
-                }
-            }
-            clock.advance(Duration::from_micros(100));
-        }
-        (first_second, total)
-    }
-
-    #[test]
-    fn pacing_never_exceeds_the_limit_in_a_second_yet_keeps_its_rate() {
-        for n in [1, 5, 50, 100, 500, 1000, 5000] {
-            let (first, total) = granted(n, 10);
-            // The first second starts with the whole burst available: the worst span.
-            assert!(first <= n, "{n}/s: {first} in the first second");
-            assert!(
-                total as f64 >= 0.97 * n as f64 * 10.0 || n < 100,
-                "{n}/s: only {total} in 10 s"
-            );
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! carries the failure class of DESIGN.md §5. Classification lives here, on the error; the
 //! retry *policy* lives in `sync::schedule`.
 
+pub mod budget;
 pub mod health;
 pub mod smaregi;
 
@@ -27,6 +28,17 @@ pub struct UpstreamCustomer {
     pub code: Option<String>,
     pub barcode: Option<String>,
     pub name: Option<String>,
+    /// `updDateTime` of the directory entry.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// A window of last change for the directory (`GET /pos/customers?upd_date_time-from/-to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedQuery {
+    pub from: String,
+    pub to: String,
+    pub page: u32,
 }
 
 /// The answer of a relative change: the balance after it, and the ids of the point
@@ -183,6 +195,11 @@ pub trait Upstream: Send + Sync + 'static {
     async fn add_points(&self, customer_id: &str, delta: i64) -> Result<Applied, UpstreamError>;
     /// One page (1-based) of the customer directory.
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError>;
+    /// One page of the customers created or changed in a window.
+    async fn list_changed_customers(
+        &self,
+        q: &ChangedQuery,
+    ) -> Result<Page<UpstreamCustomer>, UpstreamError>;
     /// One page of the transaction list in a window of last change.
     async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError>;
     /// The cheapest authenticated request, to tell whether the link and credentials work.

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{
-    Applied, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer, UpstreamError,
-    UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
+    Applied, ChangedQuery, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer,
+    UpstreamError, UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
 };
 use crate::config::Secret;
 
@@ -162,6 +162,8 @@ struct CustomerRowJson {
     last_name: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     first_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    upd_date_time: Option<String>,
 }
 
 /// Smaregi's error body (`{type, title, detail}`); any of it may be missing.
@@ -423,6 +425,7 @@ pub fn parse_customers(text: &str) -> Result<Vec<UpstreamCustomer>, serde_json::
                     code: r.customer_code,
                     barcode: r.barcode,
                     name: (!name.is_empty()).then_some(name),
+                    updated_at: r.upd_date_time,
                 }
             })
             .collect()
@@ -562,6 +565,29 @@ impl Upstream for Smaregi {
 
     async fn list_customers(&self, page: u32) -> Result<Page<UpstreamCustomer>, UpstreamError> {
         self.list("/pos/customers", page, parse_customers).await
+    }
+
+    async fn list_changed_customers(
+        &self,
+        q: &ChangedQuery,
+    ) -> Result<Page<UpstreamCustomer>, UpstreamError> {
+        let url = self.api_url("/pos/customers");
+        let query = [
+            ("limit", self.s.page_limit.to_string()),
+            ("page", q.page.max(1).to_string()),
+            ("upd_date_time-from", q.from.clone()),
+            ("upd_date_time-to", q.to.clone()),
+        ];
+        let text = self.call(Method::GET, &url, &query, None, false).await?;
+        let items = parse_customers(&text).map_err(|e| {
+            UpstreamError::Malformed(format!(
+                "/pos/customers (changed) page {}: {e}; body: {}",
+                q.page,
+                excerpt(&text)
+            ))
+        })?;
+        let more = items.len() as u32 >= self.s.page_limit;
+        Ok(Page { items, more })
     }
 
     async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError> {

@@ -1,0 +1,342 @@
+//! The agent's share of the contract's rate limit (DESIGN.md §9): Smaregi limits requests per
+//! contract, summed over every store, so no agent owns its configured ceiling.
+//!
+//! - Reads and writes are paced separately ([`Class`]), each at a current rate between a floor
+//!   and the configured ceiling.
+//! - On a 429 the rate is cut in half (at most once a second: one burst of refusals is one
+//!   signal); while requests succeed *and the pacer was what held them back* it grows by a
+//!   fixed step per second (additive increase; an idle agent does not grow a rate it is not
+//!   using, RFC 7661's rule for TCP). N agents doing the same converge on about 1/N each.
+//! - Within the agent, waiting requests are served by [`Priority`]: pushes first, then a
+//!   cashier's look-up, then the change feed, then full pulls — and full pulls get at most
+//!   [`FULL_SHARE`] of the rate even when nothing else waits, so a drain never queues behind
+//!   them. The priority is a task-local set by the caller ([`with_priority`]), so the
+//!   `Upstream` trait stays as it is.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Read,
+    Write,
+}
+
+/// Who is asking; lower goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Push = 0,
+    Lookup = 1,
+    Feed = 2,
+    Full = 3,
+}
+
+tokio::task_local! {
+    static PRIORITY: Priority;
+}
+
+/// Runs `f` with its upstream requests at priority `p`.
+pub async fn with_priority<F: Future>(p: Priority, f: F) -> F::Output {
+    PRIORITY.scope(p, f).await
+}
+
+/// The priority of the running task's requests (a look-up's, unless set).
+pub fn current_priority() -> Priority {
+    PRIORITY.try_with(|p| *p).unwrap_or(Priority::Lookup)
+}
+
+/// Full pulls get at most this share of the current read rate.
+pub const FULL_SHARE: f64 = 0.25;
+/// The rate never falls below this (requests per second): an agent keeps making progress.
+const FLOOR: f64 = 0.2;
+/// Additive increase, as a share of the ceiling per second of limited, refusal-free sending.
+const GROW_PER_S: f64 = 0.02;
+/// A cut counts once per this span: the refusals of one burst are one signal.
+const CUT_SPAN: Duration = Duration::from_secs(1);
+
+struct Lane {
+    ceiling: f64,
+    rate: f64,
+    /// The pacer's next free slot (GCRA's theoretical arrival time).
+    next_at: Instant,
+    /// The same for full pulls, at [`FULL_SHARE`] of the rate.
+    full_next_at: Instant,
+    waiting: [u32; 4],
+    last_cut: Option<Instant>,
+    last_grow: Instant,
+    /// When a request last had to wait for the pacer (the rate was the bottleneck).
+    limited_at: Option<Instant>,
+    granted: u64,
+    throttled: u64,
+}
+
+impl Lane {
+    fn new(ceiling: u32) -> Lane {
+        let now = Instant::now();
+        let ceiling = ceiling.max(1) as f64;
+        Lane {
+            ceiling,
+            rate: ceiling,
+            next_at: now,
+            full_next_at: now,
+            waiting: [0; 4],
+            last_cut: None,
+            last_grow: now,
+            limited_at: None,
+            granted: 0,
+            throttled: 0,
+        }
+    }
+
+    /// The spacing of slots and the credit idle time may build up. Limits are counted per
+    /// second, so no one-second span may see more than the rate: with a burst `b`, slots are
+    /// paced at `rate - b` (a burst lets a sender whose timer woke late catch up; without one
+    /// every late wake-up is lost capacity). From 100/s up, `b` is 2% of the rate.
+    fn interval(&self) -> (Duration, Duration) {
+        let burst = (self.rate / 50.0).floor();
+        if burst <= 1.0 {
+            return (Duration::from_secs_f64(1.0 / self.rate), Duration::ZERO);
+        }
+        let i = Duration::from_secs_f64(1.0 / (self.rate - burst));
+        (i, i.mul_f64(burst))
+    }
+
+    /// A slot now, or how long to wait for one.
+    fn try_take(&mut self, prio: Priority, now: Instant) -> Result<(), Duration> {
+        let (interval, credit) = self.interval();
+        let earliest = self.next_at.max(now.checked_sub(credit).unwrap_or(now));
+        let higher_waiting = self.waiting[..prio as usize].iter().any(|&n| n > 0);
+        let full_wait = if prio == Priority::Full {
+            self.full_next_at.saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        };
+        if earliest <= now && !higher_waiting && full_wait.is_zero() {
+            self.next_at = earliest + interval;
+            if prio == Priority::Full {
+                self.full_next_at = now.max(self.full_next_at) + interval.div_f64(FULL_SHARE);
+            }
+            self.granted += 1;
+            return Ok(());
+        }
+        self.limited_at = Some(now);
+        let pace = earliest.saturating_duration_since(now).max(full_wait);
+        // Behind a higher priority: look again soon (it takes the slot first).
+        Err(if higher_waiting {
+            pace.max(Duration::from_millis(5)).min(interval)
+        } else {
+            pace.max(Duration::from_millis(1))
+        })
+    }
+
+    fn throttled(&mut self, now: Instant) {
+        self.throttled += 1;
+        if self
+            .last_cut
+            .is_none_or(|t| now.duration_since(t) >= CUT_SPAN)
+        {
+            self.rate = (self.rate / 2.0).max(FLOOR);
+            self.last_cut = Some(now);
+            self.last_grow = now;
+        }
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        let dt = now.duration_since(self.last_grow).as_secs_f64();
+        self.last_grow = now;
+        let limited = self
+            .limited_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2));
+        if limited {
+            self.rate = (self.rate + GROW_PER_S * self.ceiling * dt.min(1.0)).min(self.ceiling);
+        }
+    }
+}
+
+/// A snapshot for `status` and `/metrics`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LaneSnapshot {
+    /// The configured ceiling (requests per second).
+    pub ceiling_per_s: f64,
+    /// The rate the agent paces at now (cut on 429, grown back while it succeeds).
+    pub rate_per_s: f64,
+    pub granted_total: u64,
+    /// 429 answers seen.
+    pub throttled_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BudgetSnapshot {
+    pub reads: LaneSnapshot,
+    pub writes: LaneSnapshot,
+}
+
+pub struct Budget {
+    lanes: [Mutex<Lane>; 2],
+}
+
+/// Counts a waiting request until it is served or given up (a cancelled future).
+struct Waiting<'a> {
+    lane: &'a Mutex<Lane>,
+    prio: Priority,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut l = self.lane.lock().expect("budget");
+        l.waiting[self.prio as usize] = l.waiting[self.prio as usize].saturating_sub(1);
+    }
+}
+
+impl Budget {
+    pub fn new(reads_per_s: u32, writes_per_s: u32) -> Budget {
+        Budget {
+            lanes: [
+                Mutex::new(Lane::new(reads_per_s)),
+                Mutex::new(Lane::new(writes_per_s)),
+            ],
+        }
+    }
+
+    fn lane(&self, c: Class) -> &Mutex<Lane> {
+        &self.lanes[c as usize]
+    }
+
+    /// Waits for a slot of `class` at the running task's priority.
+    pub async fn acquire(&self, class: Class) {
+        let prio = current_priority();
+        let lane = self.lane(class);
+        lane.lock().expect("budget").waiting[prio as usize] += 1;
+        let _w = Waiting { lane, prio };
+        loop {
+            let wait = match lane.lock().expect("budget").try_take(prio, Instant::now()) {
+                Ok(()) => return,
+                Err(d) => d,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    pub fn on_throttled(&self, class: Class) {
+        self.lane(class)
+            .lock()
+            .expect("budget")
+            .throttled(Instant::now());
+    }
+
+    pub fn on_success(&self, class: Class) {
+        self.lane(class)
+            .lock()
+            .expect("budget")
+            .succeeded(Instant::now());
+    }
+
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        let s = |c: Class| {
+            let l = self.lane(c).lock().expect("budget");
+            LaneSnapshot {
+                ceiling_per_s: l.ceiling,
+                rate_per_s: (l.rate * 100.0).round() / 100.0,
+                granted_total: l.granted,
+                throttled_total: l.throttled,
+            }
+        };
+        BudgetSnapshot {
+            reads: s(Class::Read),
+            writes: s(Class::Write),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_halves_the_rate_once_per_burst_and_success_grows_it_back_only_when_limited() {
+        let mut l = Lane::new(20);
+        let t0 = Instant::now();
+        l.throttled(t0);
+        l.throttled(t0 + Duration::from_millis(100));
+        assert_eq!(l.rate, 10.0, "one burst of refusals is one cut");
+        l.throttled(t0 + Duration::from_millis(1_200));
+        assert_eq!(l.rate, 5.0);
+        // Idle successes (the pacer never held anything back) do not grow the rate.
+        l.succeeded(t0 + Duration::from_secs(3));
+        assert_eq!(l.rate, 5.0);
+        // Limited, refusal-free seconds grow it by 2% of the ceiling per second.
+        let mut t = t0 + Duration::from_secs(3);
+        for _ in 0..10 {
+            t += Duration::from_secs(1);
+            l.limited_at = Some(t);
+            l.succeeded(t);
+        }
+        assert!((l.rate - 9.0).abs() < 1e-9, "{}", l.rate);
+        for _ in 0..1000 {
+            t += Duration::from_secs(1);
+            l.limited_at = Some(t);
+            l.succeeded(t);
+        }
+        assert_eq!(l.rate, 20.0, "never above the ceiling");
+        for i in 0..20 {
+            l.throttled(t + Duration::from_secs(2 * i));
+        }
+        assert_eq!(l.rate, FLOOR, "never below the floor");
+    }
+
+    #[test]
+    fn a_lower_priority_waits_while_a_higher_one_is_waiting() {
+        let mut l = Lane::new(10);
+        let now = Instant::now();
+        l.waiting[Priority::Push as usize] = 1;
+        assert!(l.try_take(Priority::Feed, now).is_err());
+        assert!(l.try_take(Priority::Push, now).is_ok());
+        l.waiting[Priority::Push as usize] = 0;
+        // The slot after a push is 100 ms later.
+        assert!(
+            l.try_take(Priority::Feed, now).is_ok()
+                || l.try_take(Priority::Feed, now + Duration::from_millis(100))
+                    .is_ok()
+        );
+    }
+
+    #[test]
+    fn pacing_keeps_to_the_rate_and_full_pulls_to_their_share() {
+        let mut l = Lane::new(10);
+        let start = Instant::now();
+        let (mut any, mut full) = (0, 0);
+        // 10 s of requests asked for every millisecond: any priority, then full pulls only.
+        for ms in 0..10_000 {
+            if l.try_take(Priority::Feed, start + Duration::from_millis(ms))
+                .is_ok()
+            {
+                any += 1;
+            }
+        }
+        let mut l = Lane::new(10);
+        for ms in 0..10_000 {
+            if l.try_take(Priority::Full, start + Duration::from_millis(ms))
+                .is_ok()
+            {
+                full += 1;
+            }
+        }
+        assert!((95..=105).contains(&any), "{any} in 10 s at 10/s");
+        assert!(
+            (23..=28).contains(&full),
+            "{full} full-pull slots in 10 s at 10/s × {FULL_SHARE}"
+        );
+    }
+
+    #[tokio::test]
+    async fn priority_is_task_local() {
+        assert_eq!(current_priority(), Priority::Lookup);
+        let p = with_priority(Priority::Full, async { current_priority() }).await;
+        assert_eq!(p, Priority::Full);
+    }
+}
