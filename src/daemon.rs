@@ -198,11 +198,15 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(clock.clone()));
     let adapter = build_upstream(&settings, sim.as_ref())?;
-    let upstream: Arc<dyn Upstream> = Arc::new(Observed::new(
+    let budget = Arc::new(crate::upstream::budget::Budget::new(
+        settings.config.sync.max_requests_per_second,
+        settings.config.sync.max_requests_per_second,
+    ));
+    let upstream: Arc<dyn Upstream> = Arc::new(Observed::with_budget(
         adapter,
         health.clone(),
         metrics.clone(),
-        Some(settings.config.sync.max_requests_per_second),
+        Some(budget.clone()),
     ));
     let sc = &settings.config.sync;
     let durations = settings.sync_durations();
@@ -222,6 +226,9 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
                 max: Duration::from_millis(sc.backoff_max_ms),
                 multiplier: sc.backoff_multiplier,
             },
+            full_refresh_interval: Duration::from_secs(86_400),
+            jitter_key: settings.config.agent.store_id.clone(),
+            budget: Some(budget),
         },
     );
     let tracker = TaskTracker::new();

@@ -27,6 +27,9 @@ pub struct SeenChange {
     /// The upstream's stamp of the change, as it sent it.
     pub stamp: String,
     pub stamp_ms: i64,
+    /// Mark only if strictly newer (by whole seconds) than the cached figure — for a
+    /// directory stamp, which cannot tell our own change from another's in the same second.
+    pub strictly_newer: bool,
 }
 
 impl Store {
@@ -56,7 +59,14 @@ impl Store {
                     continue;
                 };
                 let cached_ms = cached.as_deref().and_then(crate::clock::parse_stamp);
-                if cached_ms.is_some_and(|m| ch.stamp_ms / 1000 < m / 1000) {
+                let older = |m: i64| {
+                    if ch.strictly_newer {
+                        ch.stamp_ms / 1000 <= m / 1000
+                    } else {
+                        ch.stamp_ms / 1000 < m / 1000
+                    }
+                };
+                if cached_ms.is_some_and(older) {
                     continue;
                 }
                 if marked_ms.is_some_and(|m| m >= ch.stamp_ms) {
@@ -117,6 +127,7 @@ mod tests {
             customer_id: id.into(),
             stamp: stamp.into(),
             stamp_ms: crate::clock::parse_stamp(stamp).unwrap(),
+            strictly_newer: false,
         }
     }
 

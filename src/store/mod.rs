@@ -10,6 +10,8 @@
 mod feed;
 pub mod schema;
 
+pub use feed::SeenChange;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

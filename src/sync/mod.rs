@@ -4,6 +4,7 @@
 //! Every state change is one SQLite write through the store, so a restart resumes exactly
 //! where the last run stopped (DESIGN.md §3).
 
+pub mod feed;
 mod pull;
 mod push;
 pub mod readback;
@@ -36,6 +37,13 @@ pub struct SyncOptions {
     /// upstream is still working on must land first, or the read-back would see "nothing
     /// moved" and the resend would apply twice. The request timeout is a fair bound.
     pub settle: Duration,
+    /// How often the full pull runs once the change feed works (the safety net; spread by
+    /// [`SyncOptions::jitter_key`] so a chain's stores do not pull in the same minute).
+    pub full_refresh_interval: Duration,
+    /// Spreads the full pulls of a chain's stores (the store id).
+    pub jitter_key: String,
+    /// The request budget, when one is set (for the feed's interval and `status`).
+    pub budget: Option<Arc<crate::upstream::budget::Budget>>,
 }
 
 /// Shared by the workers and the API (which waits on write-through results and wakes the
@@ -51,6 +59,8 @@ pub struct SyncEngine {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<State>>>>,
     refresh_lock: tokio::sync::Mutex<()>,
     unrecorded: Mutex<Vec<i64>>,
+    feed: Mutex<feed::FeedState>,
+    reread_wake: Notify,
 }
 
 /// Discrepancies kept in a report (the count covers all).
@@ -84,6 +94,8 @@ impl SyncEngine {
             waiters: Mutex::new(HashMap::new()),
             refresh_lock: tokio::sync::Mutex::new(()),
             unrecorded: Mutex::new(Vec::new()),
+            feed: Mutex::new(feed::FeedState::default()),
+            reread_wake: Notify::new(),
         })
     }
 
@@ -168,6 +180,11 @@ impl SyncEngine {
         let sd = shutdown.clone();
         tracker
             .spawn(async move { me.push_loop(sd).await }.instrument(tracing::info_span!("push")));
+        let me = self.clone();
+        let sd = shutdown.clone();
+        tracker.spawn(
+            async move { me.reread_loop(sd).await }.instrument(tracing::info_span!("reread")),
+        );
         let me = self.clone();
         tracker.spawn(
             async move { me.pull_loop(shutdown).await }.instrument(tracing::info_span!("pull")),

@@ -33,7 +33,9 @@ pub enum Priority {
     Push = 0,
     Lookup = 1,
     Feed = 2,
-    Full = 3,
+    /// The background re-read of customers the feed marked.
+    Reread = 3,
+    Full = 4,
 }
 
 tokio::task_local! {
@@ -59,6 +61,7 @@ const GROW_PER_S: f64 = 0.02;
 /// A cut counts once per this span: the refusals of one burst are one signal.
 const CUT_SPAN: Duration = Duration::from_secs(1);
 
+#[derive(Debug)]
 struct Lane {
     ceiling: f64,
     rate: f64,
@@ -66,7 +69,7 @@ struct Lane {
     next_at: Instant,
     /// The same for full pulls, at [`FULL_SHARE`] of the rate.
     full_next_at: Instant,
-    waiting: [u32; 4],
+    waiting: [u32; 5],
     last_cut: Option<Instant>,
     last_grow: Instant,
     /// When a request last had to wait for the pacer (the rate was the bottleneck).
@@ -84,7 +87,7 @@ impl Lane {
             rate: ceiling,
             next_at: now,
             full_next_at: now,
-            waiting: [0; 4],
+            waiting: [0; 5],
             last_cut: None,
             last_grow: now,
             limited_at: None,
@@ -176,6 +179,7 @@ pub struct BudgetSnapshot {
     pub writes: LaneSnapshot,
 }
 
+#[derive(Debug)]
 pub struct Budget {
     lanes: [Mutex<Lane>; 2],
 }

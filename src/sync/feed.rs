@@ -1,0 +1,289 @@
+//! The change feed (DESIGN.md §9): after the first fill, the agent asks only for what changed
+//! since its watermark — directory changes (`GET /pos/customers?upd_date_time-…`) and the
+//! transaction list (`GET /pos/transactions?upd_date_time-…`: every transaction naming a
+//! customer may have moved their points). A moved customer is only *marked*; re-reading every
+//! one would cost N stores × R changes a second, so re-reads are budgeted: at once when a
+//! cashier looks the customer up online, otherwise in the background, oldest mark first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::SyncEngine;
+use super::pull::FEED_WATERMARK;
+use crate::store::SeenChange;
+use crate::upstream::budget::{Priority, with_priority};
+use crate::upstream::{ChangedQuery, TxnQuery, UpstreamError};
+
+/// Windows overlap by this much: clock skew between agent and upstream, and changes committed
+/// late within a second. Results are de-duplicated by transaction id.
+pub const FEED_OVERLAP_MS: i64 = 120_000;
+/// Smaregi's window limit is 31 days; older watermarks mean a full pull.
+const FEED_MAX_SPAN_MS: i64 = 31 * 24 * 3600 * 1000 - 3_600_000;
+/// Pages per list per poll before the poll stops (the rest comes in the next one).
+const FEED_MAX_PAGES: u32 = 50;
+/// A customer whose re-read did not clear the mark (a send of ours in flight) waits this long.
+const REREAD_RETRY: Duration = Duration::from_secs(30);
+
+/// What one poll found.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FeedPoll {
+    pub changed: usize,
+    pub newly_marked: usize,
+    pub requests: usize,
+}
+
+/// The change feed's state, for `status`.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct FeedStatus {
+    /// Whether the feed can be used (the app has `pos.transactions:read`).
+    pub available: bool,
+    /// Why not, and what to do, when it cannot.
+    pub unavailable_reason: Option<String>,
+    /// Every change up to this time (RFC 3339) is in the cache or marked.
+    pub watermark: Option<String>,
+    pub last_poll_at: Option<String>,
+    /// Customers marked changed elsewhere and not re-read yet.
+    pub marked: i64,
+    /// Age of the oldest such mark, seconds.
+    pub oldest_mark_age_s: Option<f64>,
+    /// The current polling interval (stretched when the read budget is cut).
+    pub interval_s: f64,
+}
+
+#[derive(Default)]
+pub(super) struct FeedState {
+    pub unavailable: Option<String>,
+    pub last_poll_at: Option<i64>,
+    pub interval: Duration,
+    /// Transaction ids already handled, with when: windows overlap.
+    seen: HashMap<String, i64>,
+    /// Customers whose last re-read did not clear their mark, and when it ran.
+    reread_at: HashMap<String, tokio::time::Instant>,
+}
+
+impl SyncEngine {
+    /// One poll of the feed from the watermark to now. `Ok(None)`: no watermark yet, or one
+    /// older than the list's 31-day window — a full pull is due instead.
+    pub(super) async fn poll_feed(&self) -> Result<Option<FeedPoll>, UpstreamError> {
+        let store_err =
+            |e: crate::store::StoreError| UpstreamError::Malformed(format!("store: {e}"));
+        let Some(wm) = self
+            .store
+            .meta(FEED_WATERMARK)
+            .await
+            .map_err(store_err)?
+            .and_then(|v| v.parse::<i64>().ok())
+        else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let from_ms = wm - FEED_OVERLAP_MS;
+        if now - from_ms > FEED_MAX_SPAN_MS {
+            return Ok(None);
+        }
+        let (from, to) = (
+            crate::clock::smaregi_stamp(from_ms),
+            crate::clock::smaregi_stamp(now),
+        );
+        let mut out = FeedPoll::default();
+        let mut changes: Vec<SeenChange> = Vec::new();
+        // The directory: new customers and edits (a point change may move the stamp too).
+        let mut page = 1;
+        loop {
+            let q = ChangedQuery {
+                from: from.clone(),
+                to: to.clone(),
+                page,
+            };
+            let p = with_priority(Priority::Feed, self.upstream.list_changed_customers(&q)).await?;
+            out.requests += 1;
+            for c in &p.items {
+                if let Some(stamp) = c.updated_at.clone()
+                    && let Some(ms) = crate::clock::parse_stamp(&stamp)
+                {
+                    // A directory stamp cannot tell our own change from another's: only one
+                    // strictly newer than the cache's figure marks (a transaction below does
+                    // the same-second case, where its id tells whose it is).
+                    changes.push(SeenChange {
+                        customer_id: c.customer_id.clone(),
+                        stamp,
+                        stamp_ms: ms,
+                        strictly_newer: true,
+                    });
+                }
+            }
+            self.store
+                .upsert_customers(p.items)
+                .await
+                .map_err(store_err)?;
+            if !p.more || page >= FEED_MAX_PAGES {
+                break;
+            }
+            page += 1;
+        }
+        // The transaction list: a change of points by anyone.
+        let mut page = 1;
+        let mut own: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        loop {
+            let q = TxnQuery {
+                from: from.clone(),
+                to: to.clone(),
+                customer_code: None,
+                page,
+            };
+            let p = match with_priority(Priority::Feed, self.upstream.list_transactions(&q)).await {
+                Ok(p) => p,
+                Err(e @ UpstreamError::MissingScope { .. }) => return Err(e),
+                Err(e) => return Err(e),
+            };
+            out.requests += 1;
+            for t in &p.items {
+                let (Some(cid), Some(stamp)) = (&t.customer_id, &t.updated_at) else {
+                    continue;
+                };
+                if !t.moves_points() {
+                    continue;
+                }
+                let Some(ms) = crate::clock::parse_stamp(stamp) else {
+                    continue;
+                };
+                {
+                    let mut fs = self.feed.lock().expect("feed");
+                    if fs.seen.insert(t.id.clone(), now).is_some() {
+                        continue;
+                    }
+                }
+                if !own.contains_key(cid) {
+                    let ids = self
+                        .store
+                        .own_upstream_txn_ids(cid, 200)
+                        .await
+                        .unwrap_or_default();
+                    own.insert(cid.clone(), ids.into_iter().collect());
+                }
+                if own[cid].contains(&t.id) {
+                    continue;
+                }
+                changes.push(SeenChange {
+                    customer_id: cid.clone(),
+                    stamp: stamp.clone(),
+                    stamp_ms: ms,
+                    strictly_newer: false,
+                });
+            }
+            if !p.more || page >= FEED_MAX_PAGES {
+                break;
+            }
+            page += 1;
+        }
+        out.changed = changes.len();
+        out.newly_marked = self
+            .store
+            .mark_changed(changes, now)
+            .await
+            .map_err(store_err)?;
+        // Advanced only now that the window's changes are stored.
+        self.store
+            .set_meta(FEED_WATERMARK, now.to_string())
+            .await
+            .map_err(store_err)?;
+        {
+            let mut fs = self.feed.lock().expect("feed");
+            fs.last_poll_at = Some(now);
+            let keep_after = now - 4 * FEED_OVERLAP_MS;
+            fs.seen.retain(|_, at| *at >= keep_after);
+        }
+        if out.newly_marked > 0 {
+            self.reread_wake.notify_one();
+        }
+        Ok(Some(out))
+    }
+
+    /// Re-reads marked customers in the background, oldest mark first, at the re-read
+    /// priority (after pushes, look-ups and the feed itself).
+    pub(super) async fn reread_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let idle = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.reread_some() => r,
+            };
+            if idle {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.reread_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        tracing::debug!("re-read worker stopped");
+    }
+
+    /// Re-reads up to a batch; true when there was nothing (or nothing possible) to do.
+    async fn reread_some(&self) -> bool {
+        if !self.health.is_online() || self.health.pause_remaining_ms().is_some() {
+            return true;
+        }
+        let Ok(ids) = self.store.marked_customers(50).await else {
+            return true;
+        };
+        let due: Vec<String> = {
+            let mut fs = self.feed.lock().expect("feed");
+            let now = tokio::time::Instant::now();
+            fs.reread_at
+                .retain(|_, at| now.duration_since(*at) < REREAD_RETRY);
+            ids.into_iter()
+                .filter(|id| !fs.reread_at.contains_key(id))
+                .take(10)
+                .collect()
+        };
+        if due.is_empty() {
+            return true;
+        }
+        for id in due {
+            let r = with_priority(Priority::Reread, self.refresh_customer(&id)).await;
+            let still_marked = matches!(
+                self.store.customer(&id).await,
+                Ok(Some(c)) if c.marked_at.is_some()
+            );
+            if still_marked {
+                self.feed
+                    .lock()
+                    .expect("feed")
+                    .reread_at
+                    .insert(id.clone(), tokio::time::Instant::now());
+            }
+            if let Err(e) = r {
+                tracing::debug!(error = %e, customer_id = %id, "background re-read failed");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The feed's state for `status`.
+    pub async fn feed_status(&self) -> FeedStatus {
+        let (marked, oldest) = self.store.marked_stats().await.unwrap_or((0, None));
+        let wm = self
+            .store
+            .meta(FEED_WATERMARK)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok());
+        let now = self.now();
+        let fs = self.feed.lock().expect("feed");
+        FeedStatus {
+            available: fs.unavailable.is_none(),
+            unavailable_reason: fs.unavailable.clone(),
+            watermark: wm.map(crate::clock::rfc3339),
+            last_poll_at: fs.last_poll_at.map(crate::clock::rfc3339),
+            marked,
+            oldest_mark_age_s: oldest.map(|t| ((now - t).max(0) as f64) / 1000.0),
+            interval_s: fs.interval.as_secs_f64(),
+        }
+    }
+}
