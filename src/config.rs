@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The rule sections are the ledger's own types; `config` embeds them.
+pub use crate::ledger::{EarnConfig, OfflineConfig, Rounding, TierConfig};
+
 /// Prefix of environment variables that override config keys: `POINTSD_SYNC__CONCURRENCY=8`
 /// sets `sync.concurrency`. A double underscore separates levels, so single-underscore variables
 /// used by the CLI (`POINTSD_CONFIG`, `POINTSD_DATA_DIR`) are never mistaken for keys.
@@ -222,56 +225,6 @@ impl Default for SyncConfig {
             max_requests_per_second: 20,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct OfflineConfig {
-    pub allow_redeem: bool,
-    pub max_redeem_points: i64,
-    pub allow_unknown_customers: bool,
-}
-
-impl Default for OfflineConfig {
-    fn default() -> Self {
-        OfflineConfig {
-            allow_redeem: true,
-            max_redeem_points: 5_000,
-            allow_unknown_customers: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Rounding {
-    #[default]
-    Floor,
-    Round,
-    Ceil,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
-pub struct EarnConfig {
-    pub yen_per_point: i64,
-    pub rounding: Rounding,
-}
-
-impl Default for EarnConfig {
-    fn default() -> Self {
-        EarnConfig {
-            yen_per_point: 100,
-            rounding: Rounding::Floor,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct TierConfig {
-    pub name: String,
-    pub min_points: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

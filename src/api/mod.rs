@@ -320,7 +320,7 @@ fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
     let stale_after = st.settings.config.sync.stale_after_s as i64 * 1000;
     let balance = c.balance();
     CustomerView {
-        stale: !online || c.as_of.is_none_or(|t| now - t > stale_after),
+        stale: ledger::is_stale(online, c.as_of, now, stale_after),
         online,
         expired: ledger::is_expired(c.expires_at.as_deref(), &clock::jst_date(now)),
         tier: ledger::tier_for(balance.available, &st.settings.config.tiers),
