@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::config::{Settings, UpstreamKind};
+use crate::config::{Secret, Settings, SimEndpoint, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::sim::{SimHandle, SimOptions};
 use crate::store::{Store, StoreError};
@@ -23,7 +23,7 @@ use crate::sync::schedule::Schedule;
 use crate::sync::{SyncEngine, SyncOptions};
 use crate::upstream::Upstream;
 use crate::upstream::health::{Health, Observed};
-use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+use crate::upstream::smaregi::Smaregi;
 
 /// How long shutdown waits for tasks before giving up on them.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
@@ -93,40 +93,18 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, DaemonError> {
 }
 
 fn build_upstream(settings: &Settings, sim: Option<&SimHandle>) -> Result<Smaregi, DaemonError> {
-    let u = &settings.config.upstream;
-    let s = match (u.kind, sim) {
-        (UpstreamKind::Sim, Some(sim)) => {
-            let o = sim.options();
-            SmaregiSettings {
-                contract_id: o.contract_id,
-                client_id: o.client_id,
-                client_secret: crate::config::Secret::new(o.client_secret),
-                id_base: sim.url(),
-                api_base: sim.url(),
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                request_timeout: Duration::from_millis(u.request_timeout_ms),
-                proxy: None,
-                page_limit: PAGE_LIMIT,
-            }
+    let sim = sim.map(|sim| {
+        let o = sim.options();
+        SimEndpoint {
+            url: sim.url(),
+            contract_id: o.contract_id,
+            client_id: o.client_id,
+            client_secret: Secret::new(o.client_secret),
         }
-        _ => {
-            let sm = u
-                .smaregi
-                .clone()
-                .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
-            SmaregiSettings {
-                contract_id: sm.contract_id,
-                client_id: sm.client_id,
-                client_secret: sm.client_secret,
-                id_base: sm.id_base,
-                api_base: sm.api_base,
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                request_timeout: Duration::from_millis(u.request_timeout_ms),
-                proxy: u.proxy.clone(),
-                page_limit: PAGE_LIMIT,
-            }
-        }
-    };
+    });
+    let s = settings
+        .smaregi_settings(sim)
+        .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
     Smaregi::new(s).map_err(|e| DaemonError::Upstream(e.to_string()))
 }
 
@@ -205,7 +183,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         Some(settings.config.sync.max_requests_per_second),
     ));
     let sc = &settings.config.sync;
-    let durations = settings.sync_durations();
+    let durations = settings.sync;
     let engine = SyncEngine::new(
         store.clone(),
         upstream,
@@ -215,7 +193,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             concurrency: sc.concurrency as usize,
             pull_interval: durations.pull_interval,
             probe_interval: durations.probe_interval,
-            settle: Duration::from_millis(settings.config.upstream.request_timeout_ms)
+            settle: settings
+                .request_timeout
                 .clamp(Duration::from_secs(1), Duration::from_secs(30)),
             schedule: Schedule {
                 initial: Duration::from_millis(sc.backoff_initial_ms),

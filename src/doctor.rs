@@ -10,7 +10,7 @@ use rusqlite::OpenFlags;
 use serde::Serialize;
 
 use crate::config::{Settings, UpstreamKind};
-use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+use crate::upstream::smaregi::Smaregi;
 use crate::upstream::{FailureClass, UpstreamError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -333,7 +333,7 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
             None => "no proxy configured (direct connection)".into(),
         },
     ));
-    let connect = Duration::from_millis(u.connect_timeout_ms);
+    let connect = settings.connect_timeout;
     for (key, base) in [("id_base", &sm.id_base), ("api_base", &sm.api_base)] {
         let Ok(url) = reqwest::Url::parse(base) else {
             continue;
@@ -386,17 +386,10 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
             }
         }
     }
-    let adapter = Smaregi::new(SmaregiSettings {
-        contract_id: sm.contract_id.clone(),
-        client_id: sm.client_id.clone(),
-        client_secret: sm.client_secret.clone(),
-        id_base: sm.id_base.clone(),
-        api_base: sm.api_base.clone(),
-        connect_timeout: connect,
-        request_timeout: Duration::from_millis(u.request_timeout_ms),
-        proxy: u.proxy.clone(),
-        page_limit: PAGE_LIMIT,
-    });
+    let Some(adapter_settings) = settings.smaregi_settings(None) else {
+        return out;
+    };
+    let adapter = Smaregi::new(adapter_settings);
     let adapter = match adapter {
         Ok(a) => a,
         Err(e) => {

@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod secret;
 pub mod service;
 pub mod sim;
 pub mod store;

@@ -607,7 +607,7 @@ async fn write_transaction(
     let txn_id = new.txn_id.clone();
     let customer_id = new.customer_id.clone();
     // Watch before the row exists, so a fast push cannot settle it unseen.
-    let budget = st.settings.sync_durations().online_budget;
+    let budget = st.settings.sync.online_budget;
     let watch = (online && !budget.is_zero()).then(|| st.sync.watch(&txn_id));
     let outcome = st.store.accept(new, ctx).await;
     let outcome = match outcome {
