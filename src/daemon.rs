@@ -4,10 +4,11 @@
 //! step finish, and waits for every task under a deadline.
 
 use std::fs::File;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,8 @@ use crate::upstream::Upstream;
 use crate::upstream::health::{Health, Observed};
 use crate::upstream::smaregi::Smaregi;
 
-/// How long shutdown waits for tasks before giving up on them.
+/// How long a stop waits for the sync workers (counted from the stop, while the HTTP server
+/// drains alongside) before going on without them; their rows resume at the next start.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
@@ -215,20 +217,38 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         metrics,
         clock,
         lookup_refresh_paused_until: std::sync::atomic::AtomicI64::new(0),
+        tasks: tracker.clone(),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
-    let served = axum::serve(listener, api::router(state))
+    let grace = settings.api.shutdown_grace;
+    let server = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    // Reached once the listener closed and in-flight requests finished (their writes
-    // committed before they answered).
+        .into_future();
+    let mut server = std::pin::pin!(server);
+    let (served, stop_started) = tokio::select! {
+        // The server only ends by itself on an error of the listener.
+        r = &mut server => (r, Instant::now()),
+        () = shutdown.cancelled() => {
+            let at = Instant::now();
+            // The listener is closed now; in-flight requests (their writes commit before
+            // they answer) get at most the grace. A client that holds a request or an idle
+            // connection open must not keep the process alive: past the grace the server
+            // future is dropped, and its connections end with the runtime.
+            let r = match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace_s = grace.as_secs(), "requests still open after api.shutdown_grace_s; stopping without them");
+                    Ok(())
+                }
+            };
+            (r, at)
+        }
+    };
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
-        .await
-        .is_err()
-    {
+    let left = SHUTDOWN_DEADLINE.saturating_sub(stop_started.elapsed());
+    if tokio::time::timeout(left, tracker.wait()).await.is_err() {
         tracing::warn!(
             "sync workers did not stop within the deadline; their rows resume at next start"
         );

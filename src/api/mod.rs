@@ -47,6 +47,9 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Until when (unix ms) look-ups skip the upstream refresh after one ran out of budget.
     pub lookup_refresh_paused_until: std::sync::atomic::AtomicI64,
+    /// The daemon's tracker: a task a request starts in the background (the refresh after a
+    /// review resolution) is awaited at stop like every other task.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
@@ -892,7 +895,7 @@ async fn resolve_transaction(
                 Resolution::Applied => {
                     // The upstream has it: take its figure rather than guessing one.
                     let sync = st.sync.clone();
-                    tokio::spawn(async move {
+                    st.tasks.spawn(async move {
                         let _ = sync.refresh_customer(&customer_id).await;
                     });
                 }
@@ -1034,6 +1037,3 @@ async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
     )
         .into_response())
 }
-
-/// How long the API waits at most for in-flight requests at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
