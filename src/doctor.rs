@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::OpenFlags;
 use serde::Serialize;
 
-use crate::config::{Settings, UpstreamKind};
+use crate::config::{ConfigError, Settings, UpstreamKind};
 use crate::upstream::smaregi::Smaregi;
 use crate::upstream::{FailureClass, UpstreamError};
 
@@ -71,7 +71,7 @@ impl Check {
 pub struct DoctorInput {
     pub config_path: PathBuf,
     /// The validated settings, or every problem found.
-    pub settings: Result<Settings, String>,
+    pub settings: Result<Settings, ConfigError>,
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
 }
@@ -94,7 +94,7 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
         Err(e) => {
             out.push(Check::fail(
                 "config",
-                e.replace('\n', " "),
+                e.to_string().replace('\n', " "),
                 format!(
                     "correct the keys named above, then run `pointsd config check --config {}`",
                     input.config_path.display()

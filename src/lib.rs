@@ -16,7 +16,7 @@
 //! - [`logging`], [`metrics`], [`clock`]: cross-cutting pieces.
 
 pub mod api;
-pub mod client;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -215,3 +215,19 @@ fn apply_env_overrides(table: &mut toml::Table, env: &BTreeMap<String, String>) 
 pub fn env_map() -> BTreeMap<String, String> {
     std::env::vars().collect()
 }
+
+/// Reads, parses and validates the config file at `path` into `Settings`, with warnings about
+/// its permissions. Every problem found is in the error.
+pub fn load_settings(
+    path: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<super::Settings, ConfigError> {
+    let cfg = Config::load(path, env)?;
+    let warnings = super::file_mode_warnings(path, &cfg);
+    let mut settings = cfg.validate().map_err(|problems| ConfigError::Invalid {
+        origin: path.display().to_string(),
+        problems,
+    })?;
+    settings.warnings.extend(warnings);
+    Ok(settings)
+}

@@ -22,7 +22,7 @@ mod validate;
 
 pub use crate::ledger::{EarnConfig, OfflineConfig, Rounding, TierConfig};
 pub use crate::secret::Secret;
-pub use load::{ConfigError, ENV_PREFIX, Problem, env_map};
+pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
 pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
 pub use perms::file_mode_warnings;
 #[cfg(unix)]
