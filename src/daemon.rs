@@ -4,10 +4,11 @@
 //! step finish, and waits for every task under a deadline.
 
 use std::fs::File;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::config::{Settings, UpstreamKind};
+use crate::config::{Secret, Settings, SimEndpoint, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::sim::{SimHandle, SimOptions};
 use crate::store::{Store, StoreError};
@@ -23,9 +24,10 @@ use crate::sync::schedule::Schedule;
 use crate::sync::{SyncEngine, SyncOptions};
 use crate::upstream::Upstream;
 use crate::upstream::health::{Health, Observed};
-use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+use crate::upstream::smaregi::Smaregi;
 
-/// How long shutdown waits for tasks before giving up on them.
+/// How long a stop waits for the sync workers (counted from the stop, while the HTTP server
+/// drains alongside) before going on without them; their rows resume at the next start.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
@@ -93,40 +95,18 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, DaemonError> {
 }
 
 fn build_upstream(settings: &Settings, sim: Option<&SimHandle>) -> Result<Smaregi, DaemonError> {
-    let u = &settings.config.upstream;
-    let s = match (u.kind, sim) {
-        (UpstreamKind::Sim, Some(sim)) => {
-            let o = sim.options();
-            SmaregiSettings {
-                contract_id: o.contract_id,
-                client_id: o.client_id,
-                client_secret: crate::config::Secret::new(o.client_secret),
-                id_base: sim.url(),
-                api_base: sim.url(),
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                request_timeout: Duration::from_millis(u.request_timeout_ms),
-                proxy: None,
-                page_limit: PAGE_LIMIT,
-            }
+    let sim = sim.map(|sim| {
+        let o = sim.options();
+        SimEndpoint {
+            url: sim.url(),
+            contract_id: o.contract_id,
+            client_id: o.client_id,
+            client_secret: Secret::new(o.client_secret),
         }
-        _ => {
-            let sm = u
-                .smaregi
-                .clone()
-                .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
-            SmaregiSettings {
-                contract_id: sm.contract_id,
-                client_id: sm.client_id,
-                client_secret: sm.client_secret,
-                id_base: sm.id_base,
-                api_base: sm.api_base,
-                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-                request_timeout: Duration::from_millis(u.request_timeout_ms),
-                proxy: u.proxy.clone(),
-                page_limit: PAGE_LIMIT,
-            }
-        }
-    };
+    });
+    let s = settings
+        .smaregi_settings(sim)
+        .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
     Smaregi::new(s).map_err(|e| DaemonError::Upstream(e.to_string()))
 }
 
@@ -209,7 +189,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         Some(budget.clone()),
     ));
     let sc = &settings.config.sync;
-    let durations = settings.sync_durations();
+    let durations = settings.sync;
     let engine = SyncEngine::new(
         store.clone(),
         upstream,
@@ -219,7 +199,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             concurrency: sc.concurrency as usize,
             pull_interval: durations.pull_interval,
             probe_interval: durations.probe_interval,
-            settle: Duration::from_millis(settings.config.upstream.request_timeout_ms)
+            settle: settings
+                .request_timeout
                 .clamp(Duration::from_secs(1), Duration::from_secs(30)),
             schedule: Schedule {
                 initial: Duration::from_millis(sc.backoff_initial_ms),
@@ -243,20 +224,38 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         metrics,
         clock,
         lookup_refresh_paused_until: std::sync::atomic::AtomicI64::new(0),
+        tasks: tracker.clone(),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
-    let served = axum::serve(listener, api::router(state))
+    let grace = settings.api.shutdown_grace;
+    let server = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    // Reached once the listener closed and in-flight requests finished (their writes
-    // committed before they answered).
+        .into_future();
+    let mut server = std::pin::pin!(server);
+    let (served, stop_started) = tokio::select! {
+        // The server only ends by itself on an error of the listener.
+        r = &mut server => (r, Instant::now()),
+        () = shutdown.cancelled() => {
+            let at = Instant::now();
+            // The listener is closed now; in-flight requests (their writes commit before
+            // they answer) get at most the grace. A client that holds a request or an idle
+            // connection open must not keep the process alive: past the grace the server
+            // future is dropped, and its connections end with the runtime.
+            let r = match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace_s = grace.as_secs(), "requests still open after api.shutdown_grace_s; stopping without them");
+                    Ok(())
+                }
+            };
+            (r, at)
+        }
+    };
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
-        .await
-        .is_err()
-    {
+    let left = SHUTDOWN_DEADLINE.saturating_sub(stop_started.elapsed());
+    if tokio::time::timeout(left, tracker.wait()).await.is_err() {
         tracing::warn!(
             "sync workers did not stop within the deadline; their rows resume at next start"
         );

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::OpenFlags;
 use serde::Serialize;
 
-use crate::config::{Settings, UpstreamKind};
-use crate::upstream::smaregi::{PAGE_LIMIT, Smaregi, SmaregiSettings};
+use crate::config::{ConfigError, Settings, UpstreamKind};
+use crate::upstream::smaregi::Smaregi;
 use crate::upstream::{FailureClass, UpstreamError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,7 +71,7 @@ impl Check {
 pub struct DoctorInput {
     pub config_path: PathBuf,
     /// The validated settings, or every problem found.
-    pub settings: Result<Settings, String>,
+    pub settings: Result<Settings, ConfigError>,
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
 }
@@ -94,7 +94,7 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
         Err(e) => {
             out.push(Check::fail(
                 "config",
-                e.replace('\n', " "),
+                e.to_string().replace('\n', " "),
                 format!(
                     "correct the keys named above, then run `pointsd config check --config {}`",
                     input.config_path.display()
@@ -333,7 +333,7 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
             None => "no proxy configured (direct connection)".into(),
         },
     ));
-    let connect = Duration::from_millis(u.connect_timeout_ms);
+    let connect = settings.connect_timeout;
     for (key, base) in [("id_base", &sm.id_base), ("api_base", &sm.api_base)] {
         let Ok(url) = reqwest::Url::parse(base) else {
             continue;
@@ -386,17 +386,10 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
             }
         }
     }
-    let adapter = Smaregi::new(SmaregiSettings {
-        contract_id: sm.contract_id.clone(),
-        client_id: sm.client_id.clone(),
-        client_secret: sm.client_secret.clone(),
-        id_base: sm.id_base.clone(),
-        api_base: sm.api_base.clone(),
-        connect_timeout: connect,
-        request_timeout: Duration::from_millis(u.request_timeout_ms),
-        proxy: u.proxy.clone(),
-        page_limit: PAGE_LIMIT,
-    });
+    let Some(adapter_settings) = settings.smaregi_settings(None) else {
+        return out;
+    };
+    let adapter = Smaregi::new(adapter_settings);
     let adapter = match adapter {
         Ok(a) => a,
         Err(e) => {

@@ -1,22 +1,23 @@
 //! pointsd: an offline-first loyalty point agent that runs next to a Smaregi register.
 //!
-//! Map of the crate (one module per concern):
-//! - [`config`]: TOML config, environment overrides, default paths, validation.
-//! - [`store`]: SQLite schema, migrations, the single writer with group commit, queries.
+//! Map of the crate (one module per concern; the binary `src/main.rs` only calls [`cli`]):
+//! - [`cli`]: the command line: command tree, paths, serve/demo/service-run, remote commands.
+//! - [`config`]: TOML config, environment overrides, default paths, validation into `Settings`.
 //! - [`ledger`]: domain rules: kinds, states, validation, balance math, earn rule, tiers,
-//!   offline redeem policy.
-//! - [`api`]: the local HTTP API (axum), bearer auth, problem+json errors.
+//!   offline redeem policy, staleness. Imports nothing from the crate; `config` embeds its types.
+//! - [`store`]: SQLite schema, migrations, the single writer with group commit, queries.
+//! - [`api`]: the local HTTP API (axum): one file per resource, bearer auth, problem+json.
 //! - [`sync`]: push worker (outbox → upstream) and pull worker (upstream → cache).
 //! - [`upstream`]: the `Upstream` trait, failure classes, the Smaregi adapter, link health.
 //! - [`sim`]: the stateful Smaregi simulator used by `demo` and the tests.
-//! - [`daemon`]: wiring and graceful shutdown.
+//! - [`daemon`]: wiring and the bounded graceful stop.
 //! - [`service`]: install as a system service (systemd, launchd, Windows SCM).
 //! - [`doctor`]: one-shot health check of an installation.
-//! - [`client`]: the CLI's client of a running daemon.
+//! - [`secret`]: the redacted `Secret` string shared by config and upstream.
 //! - [`logging`], [`metrics`], [`clock`]: cross-cutting pieces.
 
 pub mod api;
-pub mod client;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -24,6 +25,7 @@ pub mod doctor;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod secret;
 pub mod service;
 pub mod sim;
 pub mod store;

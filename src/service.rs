@@ -574,7 +574,8 @@ pub mod windows {
         service_dispatcher::start(super::SERVICE_NAME, ffi_service_main)
     }
 
-    /// How long the SCM should wait for a graceful stop (the daemon's own deadline is 15 s).
+    /// How long the SCM should wait for a graceful stop (the daemon's own bound is the larger of
+    /// `api.shutdown_grace_s`, default 10 s, and the sync workers' 15 s deadline).
     const STOP_WAIT_HINT: Duration = Duration::from_secs(30);
 
     fn status(state: ServiceState, code: u32, checkpoint: u32, hint: Duration) -> ServiceStatus {

@@ -312,3 +312,125 @@ fn the_launchd_plist_written_by_install_parses() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// A stop is bounded (`api.shutdown_grace_s`): with the upstream hanging, a reconcile in
+/// flight and five half-sent requests held open by a client, SIGTERM still ends the real
+/// binary with exit 0 within the grace plus a small margin, and every acknowledged
+/// transaction is on disk afterwards.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_within_the_grace_while_clients_hold_requests_open() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    const TOKEN: &str = "shutdown-test-token-0123456789";
+    const MANAGER: &str = "shutdown-manager-token-0123456789";
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rest = format!(
+        "[[api.tokens]]\nname = \"manager\"\ntoken = \"{MANAGER}\"\nrole = \"manager\"\n{}\
+         [sync]\nprobe_interval_s = 1\nonline_budget_ms = 0\n",
+        common::smaregi_upstream(&sim.url(), "sim-secret", 1_500)
+    );
+    let cfg = common::write_config(
+        dir.path(),
+        "pointsd.toml",
+        "store-shutdown",
+        port,
+        "shutdown_grace_s = 2",
+        TOKEN,
+        &rest,
+    );
+    let data = dir.path().join("data");
+    let mut d = common::DaemonProcess::start(&cfg, &data, port, "warn");
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let http = pointsd::http_client_builder().no_proxy().build().unwrap();
+    let start = Instant::now();
+    loop {
+        let s: serde_json::Value = http
+            .get(format!("{}/v1/status", d.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["cache"]["last_full_refresh_at"].is_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no full refresh: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The upstream stops answering (every call runs into the request timeout).
+    common::set_faults(&sim, |f| f.latency_ms = 600_000);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let txn_id = format!("stop-{i}");
+        let r = http
+            .post(format!("{}/v1/transactions", d.url))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"txn_id": txn_id, "customer_id": "1", "kind": "earn", "points": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+        acked.push(txn_id);
+    }
+    let reconcile = {
+        let (http, url) = (http.clone(), d.url.clone());
+        tokio::spawn(async move {
+            http.post(format!("{url}/v1/reconcile"))
+                .bearer_auth(MANAGER)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+        })
+    };
+    // Five requests whose bodies never finish arriving.
+    let held: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "POST /v1/transactions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"txn_id\":"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stop = Instant::now();
+    d.terminate();
+    let status = d
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("pointsd exits after SIGTERM");
+    let took = stop.elapsed();
+    assert!(
+        status.success(),
+        "pointsd exited with {status} after SIGTERM"
+    );
+    // grace 2 s; the sync workers' current call ends within the request timeout (1.5 s).
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop took {took:?}, more than the 2 s grace plus a margin"
+    );
+    drop(held);
+    let _ = reconcile.await;
+
+    let store = pointsd::store::Store::open(&data.join("pointsd.db")).unwrap();
+    for txn_id in &acked {
+        assert!(
+            store.txn(txn_id).await.unwrap().is_some(),
+            "acknowledged {txn_id} is not on disk"
+        );
+    }
+}

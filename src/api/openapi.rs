@@ -7,8 +7,37 @@ use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::auth::__path_whoami;
+use super::customers::{__path_find_customer, __path_get_customer};
 use super::problem::Problem;
-use super::*;
+use super::reconcile::{__path_last_reconcile, __path_run_reconcile};
+use super::status::{__path_health, __path_metrics, __path_status};
+use super::transactions::{
+    __path_get_transaction, __path_list_transactions, __path_post_transaction,
+    __path_resolve_transaction,
+};
+
+/// The error answers the handlers share, one per status, so each handler's `responses(...)`
+/// names them (`E401, E503`) instead of repeating the description and the content type.
+macro_rules! problem_responses {
+    ($($name:ident = $status:literal, $description:literal;)*) => {$(
+        #[allow(dead_code)]
+        #[derive(utoipa::IntoResponses)]
+        #[response(status = $status, description = $description, content_type = "application/problem+json")]
+        pub(super) struct $name(Problem);
+    )*};
+}
+
+problem_responses! {
+    E400 = 400, "the body is not JSON";
+    E401 = 401, "missing or unknown bearer token";
+    E403 = 403, "needs a manager token";
+    E404 = 404, "unknown customer or transaction";
+    E409 = 409, "insufficient points, offline policy, key reused, refused upstream, or nothing to resolve";
+    E413 = 413, "body over 64 KiB";
+    E422 = 422, "invalid field; `errors` names it";
+    E503 = 503, "storage failing (e.g. disk full) or upstream unavailable; nothing was saved";
+}
 
 /// The body of `POST /v1/transactions` (validated field by field; unknown fields are refused).
 #[allow(dead_code)]

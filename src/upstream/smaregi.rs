@@ -17,7 +17,7 @@ use super::{
     Applied, ChangedQuery, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer,
     UpstreamError, UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
 };
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Smaregi's maximum page size for list endpoints.
 pub const PAGE_LIMIT: u32 = 1000;

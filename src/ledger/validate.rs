@@ -1,10 +1,10 @@
-//! Domain rules, free of I/O: transaction kinds and states, request validation, balance math,
-//! the earn rule, VIP tiers and the offline redeem policy. Everything here is unit-tested.
+//! Request validation: ids, field errors, and a transaction body checked into a `NewTxn`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{EarnConfig, OfflineConfig, Rounding, TierConfig};
+use super::kinds::Kind;
+use super::rules::{EarnConfig, points_for_purchase};
 
 /// Largest |points| a single transaction may carry.
 pub const MAX_POINTS: i64 = 10_000_000;
@@ -12,82 +12,6 @@ pub const MAX_POINTS: i64 = 10_000_000;
 pub const MAX_PURCHASE_AMOUNT: i64 = 10_000_000_000;
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_REASON_LEN: usize = 500;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Earn,
-    Redeem,
-    Adjust,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Earn => "earn",
-            Kind::Redeem => "redeem",
-            Kind::Adjust => "adjust",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "earn" => Some(Kind::Earn),
-            "redeem" => Some(Kind::Redeem),
-            "adjust" => Some(Kind::Adjust),
-            _ => None,
-        }
-    }
-}
-
-/// Where a transaction is on its way upstream (DESIGN.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Committed locally, waiting (possibly in backoff) to be sent.
-    Pending,
-    /// A request to the upstream is (or was, at a crash) in flight.
-    Sending,
-    /// The request left but no answer came back; must be verified before any resend.
-    Ambiguous,
-    /// The upstream applied it; the confirmed balance includes it.
-    Applied,
-    /// The upstream refused it for good; it no longer counts.
-    Rejected,
-    /// Exactly-once could not be proven; a person must decide.
-    NeedsReview,
-    /// A person decided it must not be applied.
-    Discarded,
-}
-
-impl State {
-    pub const ALL: [State; 7] = [
-        State::Pending,
-        State::Sending,
-        State::Ambiguous,
-        State::Applied,
-        State::Rejected,
-        State::NeedsReview,
-        State::Discarded,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Sending => "sending",
-            State::Ambiguous => "ambiguous",
-            State::Applied => "applied",
-            State::Rejected => "rejected",
-            State::NeedsReview => "needs_review",
-            State::Discarded => "discarded",
-        }
-    }
-    pub fn parse(s: &str) -> Option<State> {
-        State::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-    /// Counted in the pending part of the balance: not yet confirmed, still expected to apply.
-    pub fn is_unconfirmed(self) -> bool {
-        matches!(self, State::Pending | State::Sending | State::Ambiguous)
-    }
-}
 
 /// `ids ≤ 64 printable chars`: printable ASCII, no spaces or control characters.
 pub fn is_valid_id(s: &str) -> bool {
@@ -348,100 +272,9 @@ pub fn validate_txn(
     })
 }
 
-/// Points earned for a purchase under the store's rule.
-pub fn points_for_purchase(amount_yen: i64, earn: &EarnConfig) -> i64 {
-    let per = earn.yen_per_point.max(1);
-    match earn.rounding {
-        Rounding::Floor => amount_yen.div_euclid(per),
-        Rounding::Ceil => (amount_yen + per - 1).div_euclid(per),
-        Rounding::Round => (amount_yen + per / 2).div_euclid(per),
-    }
-}
-
-/// `available = confirmed + pending` (DESIGN.md §2.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Balance {
-    pub confirmed: i64,
-    pub pending: i64,
-    pub available: i64,
-}
-
-impl Balance {
-    pub fn new(confirmed: i64, pending: i64) -> Balance {
-        Balance {
-            confirmed,
-            pending,
-            available: confirmed + pending,
-        }
-    }
-}
-
-/// The highest tier whose threshold the balance reaches.
-pub fn tier_for(available: i64, tiers: &[TierConfig]) -> Option<String> {
-    tiers
-        .iter()
-        .filter(|t| available >= t.min_points)
-        .max_by_key(|t| t.min_points)
-        .map(|t| t.name.clone())
-}
-
-/// Why a redeem is refused before anything is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedeemRefusal {
-    Insufficient { requested: i64, spendable: i64 },
-    OfflineDisabled,
-    OfflineLimit { requested: i64, limit: i64 },
-}
-
-/// Is today (`today`, `YYYY-MM-DD` in the store's time) past the upstream expiry date?
-/// Upstream dates look like `2025-12-31` or `2025-12-31 00:00:00`; comparing the date part
-/// as text is exact for that format.
-pub fn is_expired(expires_at: Option<&str>, today: &str) -> bool {
-    match expires_at {
-        Some(e) if e.len() >= 10 => &e[..10] < today,
-        _ => false,
-    }
-}
-
-/// Whether a redeem of `points` may be accepted now.
-///
-/// Online, the upstream has the last word (it expires points before it subtracts), so only the
-/// local balance is checked. Offline, the `[offline]` policy applies and confirmed points past
-/// their upstream expiry date are not spendable (DESIGN.md §2.8).
-pub fn check_redeem(
-    points: i64,
-    balance: Balance,
-    expired: bool,
-    online: bool,
-    policy: &OfflineConfig,
-) -> Result<(), RedeemRefusal> {
-    if !online {
-        if !policy.allow_redeem {
-            return Err(RedeemRefusal::OfflineDisabled);
-        }
-        if points > policy.max_redeem_points {
-            return Err(RedeemRefusal::OfflineLimit {
-                requested: points,
-                limit: policy.max_redeem_points,
-            });
-        }
-    }
-    let spendable = if expired && !online {
-        (balance.available - balance.confirmed).max(0)
-    } else {
-        balance.available
-    };
-    if points > spendable {
-        return Err(RedeemRefusal::Insufficient {
-            requested: points,
-            spendable: spendable.max(0),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::rules::Rounding;
     use super::*;
     use serde_json::json;
 
@@ -599,69 +432,5 @@ mod tests {
         for k in ["txn_id", "customer_id", "kind", "points"] {
             assert!(f.contains(&k.to_string()), "{k} missing in {f:?}");
         }
-    }
-
-    #[test]
-    fn balance_and_tiers() {
-        let b = Balance::new(100, -30);
-        assert_eq!(b.available, 70);
-        let tiers = vec![
-            TierConfig {
-                name: "Silver".into(),
-                min_points: 1000,
-            },
-            TierConfig {
-                name: "Gold".into(),
-                min_points: 5000,
-            },
-        ];
-        assert_eq!(tier_for(999, &tiers), None);
-        assert_eq!(tier_for(1000, &tiers).as_deref(), Some("Silver"));
-        assert_eq!(tier_for(7000, &tiers).as_deref(), Some("Gold"));
-    }
-
-    #[test]
-    fn redeem_policy_online_and_offline() {
-        let policy = OfflineConfig::default();
-        let b = Balance::new(8000, 0);
-        assert!(check_redeem(8000, b, false, true, &policy).is_ok());
-        assert_eq!(
-            check_redeem(8001, b, false, true, &policy),
-            Err(RedeemRefusal::Insufficient {
-                requested: 8001,
-                spendable: 8000
-            })
-        );
-        assert_eq!(
-            check_redeem(6000, b, false, false, &policy),
-            Err(RedeemRefusal::OfflineLimit {
-                requested: 6000,
-                limit: 5000
-            })
-        );
-        let off = OfflineConfig {
-            allow_redeem: false,
-            ..policy.clone()
-        };
-        assert_eq!(
-            check_redeem(1, b, false, false, &off),
-            Err(RedeemRefusal::OfflineDisabled)
-        );
-        // Expired confirmed points are not spendable offline; points earned since still are.
-        let b = Balance::new(500, 40);
-        assert!(check_redeem(40, b, true, false, &policy).is_ok());
-        assert!(check_redeem(41, b, true, false, &policy).is_err());
-        assert!(is_expired(Some("2026-01-01"), "2026-01-02"));
-        assert!(!is_expired(Some("2026-01-02 00:00:00"), "2026-01-02"));
-        assert!(!is_expired(None, "2026-01-02"));
-    }
-
-    #[test]
-    fn states_round_trip() {
-        for s in State::ALL {
-            assert_eq!(State::parse(s.as_str()), Some(s));
-        }
-        assert!(State::Sending.is_unconfirmed());
-        assert!(!State::NeedsReview.is_unconfirmed());
     }
 }

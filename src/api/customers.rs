@@ -1,0 +1,155 @@
+//! `GET /v1/customers/{id}` and `GET /v1/customers?code=|barcode=|q=`: a customer's balance
+//! from the cache, refreshed from upstream first (within a budget) when it is old.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Serialize;
+
+use super::input::{check_id, query_params};
+use super::openapi::{E401, E404, E422, E503};
+use super::{ApiError, AppRef, AppState};
+use crate::clock;
+use crate::ledger::{self, Balance};
+use crate::store::{CustomerRow, LookupColumn};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    pub customer_id: String,
+    pub code: Option<String>,
+    pub barcode: Option<String>,
+    pub name: Option<String>,
+    pub balance: Balance,
+    /// When `confirmed` was last confirmed by the upstream.
+    pub as_of: Option<String>,
+    /// The figure may be out of date: offline, never confirmed, or older than `stale_after_s`.
+    pub stale: bool,
+    pub online: bool,
+    pub expires_at: Option<String>,
+    /// The upstream expiry date has passed: confirmed points are not spendable offline.
+    pub expired: bool,
+    pub tier: Option<String>,
+    /// Created offline; the upstream has not confirmed this customer yet.
+    pub local_only: bool,
+}
+
+pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
+    let now = st.clock.now_ms();
+    let online = st.health.is_online();
+    let stale_after = st.settings.sync.stale_after.as_millis() as i64;
+    let balance = c.balance();
+    CustomerView {
+        stale: ledger::is_stale(online, c.as_of, now, stale_after),
+        online,
+        expired: ledger::is_expired(c.expires_at.as_deref(), &clock::jst_date(now)),
+        tier: ledger::tier_for(balance.available, &st.settings.config.tiers),
+        as_of: c.as_of.map(clock::rfc3339),
+        customer_id: c.customer_id,
+        code: c.code,
+        barcode: c.barcode,
+        name: c.name,
+        balance,
+        expires_at: c.expires_at,
+        local_only: c.local_only,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "pointsd",
+    params(("id" = String, Path, description = "customer id (1-64 printable ASCII)", pattern = "^[!-~]{1,64}$")),
+    responses((status = 200, body = CustomerView), E401, E404, E422, E503))]
+pub(super) async fn get_customer(
+    State(st): State<AppRef>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, ApiError> {
+    check_id("customer_id", &id)?;
+    match st.store.customer(&id).await? {
+        Some(c) => Ok(Json(customer_view(&st, fresher(&st, c).await?))),
+        None => Err(ApiError::NotFound(format!(
+            "No customer with id {id:?} in the local cache."
+        ))),
+    }
+}
+
+/// While online, a look-up of a customer whose cached figure is older than
+/// `api.lookup_refresh_after_s` asks the upstream first, within a short budget; whatever
+/// happens, the cache answers (a hung upstream never blocks a register).
+pub(super) async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError> {
+    let api = &st.settings.api;
+    let age_limit = api.lookup_refresh_after.as_millis() as i64;
+    let old = c.as_of.is_none_or(|t| st.clock.now_ms() - t >= age_limit);
+    if !old || !st.health.is_online() || c.local_only {
+        return Ok(c);
+    }
+    // After a refresh ran out of budget, look-ups answer from the cache at once for a while:
+    // at the start of an outage (before the probe notices) each look-up would otherwise
+    // wait out the whole budget.
+    let now = st.clock.now_ms();
+    if now
+        < st.lookup_refresh_paused_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(c);
+    }
+    let budget = api.lookup_refresh_budget;
+    match tokio::time::timeout(budget, st.sync.refresh_customer(&c.customer_id)).await {
+        Ok(Ok(true)) => Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c)),
+        Ok(Ok(false)) => Ok(c),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, customer_id = %c.customer_id, "look-up refresh failed; answering from the cache");
+            Ok(c)
+        }
+        Err(_) => {
+            let pause = st.settings.config.sync.probe_interval_s as i64 * 2_000;
+            st.lookup_refresh_paused_until
+                .store(now + pause.max(2_000), std::sync::atomic::Ordering::Relaxed);
+            Ok(c)
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/customers", tag = "pointsd",
+    params(
+        ("code" = Option<String>, Query, description = "member code"),
+        ("barcode" = Option<String>, Query, description = "member card barcode"),
+        ("q" = Option<String>, Query, description = "anything typed or scanned: id, code or barcode"),
+    ),
+    responses((status = 200, body = CustomerView), E401, E404, E422, E503))]
+pub(super) async fn find_customer(
+    State(st): State<AppRef>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let mut q = query_params(pairs, &["code", "barcode", "q"])?;
+    let found = match (q.remove("code"), q.remove("barcode"), q.remove("q")) {
+        (Some(code), None, None) => {
+            check_id("code", &code)?;
+            st.store.customer_by(LookupColumn::Code, &code).await?
+        }
+        (None, Some(bc), None) => {
+            check_id("barcode", &bc)?;
+            st.store.customer_by(LookupColumn::Barcode, &bc).await?
+        }
+        (None, None, Some(any)) => {
+            let any = any.trim().to_string();
+            check_id("q", &any)?;
+            match st.store.customer(&any).await? {
+                Some(c) => Some(c),
+                None => match st.store.customer_by(LookupColumn::Code, &any).await? {
+                    Some(c) => Some(c),
+                    None => st.store.customer_by(LookupColumn::Barcode, &any).await?,
+                },
+            }
+        }
+        _ => {
+            return Err(ApiError::field(
+                "(query)",
+                "give exactly one of code=, barcode= or q=",
+            ));
+        }
+    };
+    match found {
+        Some(c) => Ok(Json(customer_view(&st, fresher(&st, c).await?))),
+        None => Err(ApiError::NotFound(
+            "No customer matches that id, code or barcode.".into(),
+        )),
+    }
+}

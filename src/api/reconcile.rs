@@ -1,0 +1,38 @@
+//! `GET /v1/reconcile` (the last report) and `POST /v1/reconcile` (run one now, manager).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::Value;
+
+use super::auth::{Caller, require_manager};
+use super::openapi::{E401, E403, E404, E503};
+use super::{ApiError, AppRef};
+
+#[utoipa::path(get, path = "/v1/reconcile", tag = "pointsd",
+    responses((status = 200, body = crate::sync::ReconcileReport), E401, E404, E503))]
+pub(super) async fn last_reconcile(State(st): State<AppRef>) -> Result<Json<Value>, ApiError> {
+    match st.store.meta("last_reconcile").await? {
+        Some(j) => Ok(Json(serde_json::from_str(&j).unwrap_or(Value::Null))),
+        None => Err(ApiError::NotFound(
+            "No reconciliation has run yet; it runs with every full refresh, or POST /v1/reconcile.".into(),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/reconcile", tag = "pointsd",
+    responses((status = 200, body = crate::sync::ReconcileReport), E401, E403, E503))]
+pub(super) async fn run_reconcile(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    require_manager(&caller, "run a reconciliation")?;
+    match tokio::time::timeout(Duration::from_secs(120), st.sync.refresh_and_reconcile()).await {
+        Ok(Ok(report)) => Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null))),
+        Ok(Err(e)) => Err(ApiError::Upstream(e)),
+        Err(_) => Err(ApiError::Upstream(
+            "the upstream took longer than 120 s".into(),
+        )),
+    }
+}

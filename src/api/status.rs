@@ -1,0 +1,187 @@
+//! `GET /v1/health`, `GET /v1/status` and `GET /metrics`: how the daemon, its queue, cache,
+//! storage and upstream link are doing.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::openapi::{E401, E503};
+use super::{ApiError, AppRef};
+use crate::clock;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "pointsd", security(()),
+    responses((status = 200, body = HealthView)))]
+pub(super) async fn health() -> Json<HealthView> {
+    Json(HealthView { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct StatusView {
+    online: bool,
+    store_id: String,
+    version: &'static str,
+    upstream: UpstreamView,
+    queue: QueueView,
+    cache: CacheView,
+    reconcile: Option<ReconcileSummary>,
+    storage: StorageView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct StorageView {
+    /// False while the database cannot commit (e.g. the disk is full): writes answer 503.
+    ok: bool,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    errors: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ReconcileSummary {
+    last_run_at: String,
+    discrepancies: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct UpstreamView {
+    kind: &'static str,
+    last_ok_at: Option<String>,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    paused_until: Option<String>,
+    auth_failed: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct QueueView {
+    pending: i64,
+    sending: i64,
+    ambiguous: i64,
+    needs_review: i64,
+    rejected: i64,
+    applied: i64,
+    oldest_pending_age_s: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct CacheView {
+    customers: i64,
+    last_full_refresh_at: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "pointsd",
+    responses((status = 200, body = StatusView), E401, E503))]
+pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>, ApiError> {
+    let q = st.store.queue_stats().await?;
+    let customers = st.store.customer_count().await?;
+    let last_refresh = st
+        .store
+        .meta("last_full_refresh_at")
+        .await?
+        .and_then(|v| v.parse::<i64>().ok());
+    let reconcile = st
+        .store
+        .meta("last_reconcile")
+        .await?
+        .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+        .map(|v| ReconcileSummary {
+            last_run_at: v["ran_at"].as_str().unwrap_or_default().to_string(),
+            discrepancies: v["discrepancies"].as_u64().unwrap_or(0),
+        });
+    let h = st.health.snapshot();
+    let now = st.clock.now_ms();
+    let storage = st.store.storage_health();
+    Ok(Json(StatusView {
+        storage: StorageView {
+            ok: storage.ok,
+            last_error: storage.last_error,
+            last_error_at: storage.last_error_at.map(clock::rfc3339),
+            errors: storage.errors,
+        },
+        reconcile,
+        online: h.online && !h.auth_failed,
+        store_id: st.settings.config.agent.store_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        upstream: UpstreamView {
+            kind: st.sync.upstream().kind(),
+            last_ok_at: h.last_ok_at.map(clock::rfc3339),
+            last_error: h.last_error,
+            last_error_at: h.last_error_at.map(clock::rfc3339),
+            paused_until: h.paused_until.filter(|u| *u > now).map(clock::rfc3339),
+            auth_failed: h.auth_failed,
+        },
+        queue: QueueView {
+            pending: q.pending,
+            sending: q.sending,
+            ambiguous: q.ambiguous,
+            needs_review: q.needs_review,
+            rejected: q.rejected,
+            applied: q.applied,
+            oldest_pending_age_s: q
+                .oldest_pending_created_at
+                .map(|t| ((now - t) / 1000).max(0)),
+        },
+        cache: CacheView {
+            customers,
+            last_full_refresh_at: last_refresh.map(clock::rfc3339),
+        },
+    }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "pointsd",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        E401, E503))]
+pub(super) async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
+    let q = st.store.queue_stats().await?;
+    let m = &st.metrics;
+    for (state, n) in [
+        ("pending", q.pending),
+        ("sending", q.sending),
+        ("ambiguous", q.ambiguous),
+        ("applied", q.applied),
+        ("rejected", q.rejected),
+        ("needs_review", q.needs_review),
+        ("discarded", q.discarded),
+    ] {
+        m.queue_depth
+            .get_or_create(&crate::metrics::StateLabels { state })
+            .set(n);
+    }
+    let now = st.clock.now_ms();
+    m.oldest_pending_age.set(
+        q.oldest_pending_created_at
+            .map_or(0, |t| ((now - t) / 1000).max(0)),
+    );
+    m.cache_customers.set(st.store.customer_count().await?);
+    m.online.set(st.health.is_online() as i64);
+    let storage = st.store.storage_health();
+    m.storage_ok.set(storage.ok as i64);
+    // The store keeps running totals; the counters catch up to them.
+    for (counter, now) in [
+        (&m.storage_errors, storage.errors),
+        (&m.db_commits, storage.commits),
+        (&m.db_write_jobs, storage.jobs),
+    ] {
+        let seen = counter.get();
+        if now > seen {
+            counter.inc_by(now - seen);
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response())
+}

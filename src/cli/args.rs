@@ -1,0 +1,247 @@
+//! The command tree (clap): every subcommand and its flags. Dispatch is in `cli::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::service;
+
+#[derive(Parser)]
+#[command(
+    name = "pointsd",
+    version,
+    about = "Offline-first loyalty point agent for Smaregi stores"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon with the built-in upstream simulator and sample customers.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        listen: SocketAddr,
+        /// Where the demo keeps its database (default: your user data folder).
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Sample customers in the simulator.
+        #[arg(long, default_value_t = 1000)]
+        customers: u32,
+    },
+    /// Run the daemon with a config file (what the system service runs).
+    Run {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a config file.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Run the upstream simulator on its own (for tests and trials).
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_listen: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        customers: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "sim-contract")]
+        contract_id: String,
+        #[arg(long, default_value = "sim-client")]
+        client_id: String,
+        #[arg(long, default_value = "sim-secret", env = "POINTSD_SIM_CLIENT_SECRET")]
+        client_secret: String,
+        /// Answer 429 beyond this many requests per second.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Keep the simulator's state in this JSON file.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
+    /// Show the daemon's status: online, queue, cache.
+    Status(ClientArgs),
+    /// Show a customer's balance (by id, member code or barcode).
+    Balance {
+        customer: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Grant points.
+    Earn {
+        customer: String,
+        points: i64,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// Use points.
+    Redeem {
+        customer: String,
+        points: i64,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// The review queue: transactions whose exactly-once delivery could not be proven.
+    Review {
+        #[command(subcommand)]
+        cmd: ReviewCmd,
+    },
+    /// Compare upstream balances with what this store last confirmed, and report differences
+    /// (nothing is corrected upstream).
+    Reconcile {
+        /// Show the last report instead of running a new one.
+        #[arg(long)]
+        last: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Install, remove and control the system service.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+    /// Check this installation: config, files, database, port, upstream, clock.
+    Doctor {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run under the Windows Service Control Manager (what the installed service runs).
+    #[command(hide = true)]
+    ServiceRun {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List transactions in the outbox.
+    Queue {
+        /// pending, sending, ambiguous, applied, rejected, needs_review, discarded
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCmd {
+    /// Install (or update in place) and start the service. Needs admin rights unless --user.
+    Install {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Print exactly what would be written and run, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Show the plan for another platform (with --dry-run).
+        #[arg(long, value_enum)]
+        platform: Option<service::Platform>,
+    },
+    /// Stop and remove the service. Data and config stay unless --purge.
+    Uninstall {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Also delete the config, the database and the logs.
+        #[arg(long)]
+        purge: bool,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    Start {
+        #[arg(long)]
+        user: bool,
+    },
+    Stop {
+        #[arg(long)]
+        user: bool,
+    },
+    Restart {
+        #[arg(long)]
+        user: bool,
+    },
+    Status {
+        #[arg(long)]
+        user: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReviewCmd {
+    /// List transactions waiting for a person's decision.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Decide a review item (needs a manager token): the audit keeps who and why.
+    Resolve {
+        txn_id: String,
+        /// applied: the upstream has it; resend: it does not, send again; discard: drop it.
+        #[arg(long = "as", value_parser = ["applied", "resend", "discard"])]
+        action: String,
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config and print every problem found.
+    Check {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    /// Config file (default: the system location, or the user one with --user).
+    #[arg(long, env = "POINTSD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Use the current user's folders instead of the system service's.
+    #[arg(long)]
+    pub user: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The daemon's URL (default: from the config's api.listen).
+    #[arg(long, env = "POINTSD_URL")]
+    pub url: Option<String>,
+    /// A register token (default: the first token in the config).
+    #[arg(long, env = "POINTSD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct WriteArgs {
+    /// Idempotency key (default: a new random one).
+    #[arg(long)]
+    pub txn_id: Option<String>,
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub register_id: Option<String>,
+    #[arg(long)]
+    pub staff_id: Option<String>,
+    #[command(flatten)]
+    pub c: ClientArgs,
+}

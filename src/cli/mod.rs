@@ -1,0 +1,118 @@
+//! The `pointsd` command line: the binary (`src/main.rs`) parses [`Cli`] and calls [`run`].
+//!
+//! Map of the files:
+//! - [`args`]: the command tree and flags (clap).
+//! - [`paths`]: `Paths::resolve`, the one lookup of config file, data dir and log dir.
+//! - [`serve`]: `run`, `demo`, `service-run` (Windows SCM), `sim`, and the stop signals.
+//! - [`remote`]: the commands that are clients of a running daemon: URL and token, requests.
+//! - [`client`]: the HTTP client those commands use, and how their answers are rendered.
+//! - [`admin`]: `config check`, `doctor`, `service ...` (with `uninstall --purge`).
+
+mod admin;
+pub mod args;
+pub mod client;
+pub mod paths;
+mod remote;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub use args::Cli;
+use args::{Cmd, ConfigCmd, ReviewCmd};
+pub use paths::Paths;
+
+/// Runs one command to its end, on a runtime of its own.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = rt.block_on(dispatch(cli.cmd));
+    // A stop does not wait for tasks the daemon gave up on (e.g. a connection a client holds
+    // open past api.shutdown_grace_s): they are dropped here.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The error and its causes, skipping a cause whose text the message already carries.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Demo {
+            listen,
+            data_dir,
+            customers,
+        } => serve::demo(listen, data_dir, customers).await,
+        Cmd::Run { cfg, data_dir } => serve::run(cfg, data_dir).await,
+        Cmd::ServiceRun { cfg, data_dir } => serve::service_run(cfg, data_dir).await,
+        Cmd::Sim {
+            listen,
+            admin_listen,
+            customers,
+            seed,
+            contract_id,
+            client_id,
+            client_secret,
+            rate_limit,
+            state_file,
+        } => {
+            let opts = crate::sim::SimOptions {
+                customers,
+                seed,
+                contract_id,
+                client_id,
+                client_secret,
+                rate_limit_per_s: rate_limit,
+                state_file,
+                ..Default::default()
+            };
+            serve::sim(listen, admin_listen, opts).await
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { cfg },
+        } => Ok(admin::config_check(&cfg)),
+        Cmd::Doctor {
+            cfg,
+            data_dir,
+            json,
+        } => admin::doctor(cfg, data_dir, json).await,
+        Cmd::Service { cmd } => admin::service_cmd(cmd),
+        Cmd::Status(c) => remote::status(c).await,
+        Cmd::Balance { customer, c } => remote::balance(customer, c).await,
+        Cmd::Earn {
+            customer,
+            points,
+            w,
+        } => remote::write("earn", customer, points, w).await,
+        Cmd::Redeem {
+            customer,
+            points,
+            w,
+        } => remote::write("redeem", customer, points, w).await,
+        Cmd::Review {
+            cmd: ReviewCmd::List { c },
+        } => remote::review_list(c).await,
+        Cmd::Review {
+            cmd:
+                ReviewCmd::Resolve {
+                    txn_id,
+                    action,
+                    note,
+                    c,
+                },
+        } => remote::review_resolve(txn_id, action, note, c).await,
+        Cmd::Reconcile { last, c } => remote::reconcile(last, c).await,
+        Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
+    }
+}

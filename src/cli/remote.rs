@@ -1,0 +1,234 @@
+//! The commands that are clients of a running daemon (`status`, `balance`, `earn`, `redeem`,
+//! `queue`, `review`, `reconcile`): where the daemon is and which token to use, the request,
+//! and the answer rendered for a person or as JSON.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::config::{self, Config};
+
+use super::args::{ClientArgs, WriteArgs};
+use super::client::{self, Client};
+
+pub(super) fn url_component(s: &str) -> String {
+    reqwest::Url::parse_with_params("http://x/", &[("v", s)])
+        .map(|u| u.query().unwrap_or("").trim_start_matches("v=").to_string())
+        .unwrap_or_default()
+}
+
+fn print_out(c: &ClientArgs, v: &Value, human: fn(&Value) -> String) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", human(v));
+    }
+}
+
+/// The daemon's URL for a client: `--url`, else from the config's `api.listen` (an
+/// unspecified address means this machine), else the default port on loopback.
+pub(super) fn daemon_url(flag: Option<&str>, cfg: Option<&Config>) -> Result<String> {
+    Ok(match (flag, cfg) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(cfg)) => {
+            let listen: SocketAddr = cfg
+                .api
+                .listen
+                .parse()
+                .context("api.listen in the config is not an address")?;
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".parse()?
+            } else {
+                listen.ip()
+            };
+            format!("http://{}", SocketAddr::new(host, listen.port()))
+        }
+        (None, None) => "http://127.0.0.1:8765".to_string(),
+    })
+}
+
+/// The token for a client: `--token`, else the config's first plain token (its first
+/// manager token when `manager`).
+pub(super) fn daemon_token(
+    flag: Option<&str>,
+    cfg: Option<&Config>,
+    manager: bool,
+) -> Result<String> {
+    match (flag, cfg) {
+        (Some(t), _) => Ok(t.to_string()),
+        (None, Some(cfg)) => cfg
+            .api
+            .tokens
+            .iter()
+            .filter(|t| !manager || t.role == config::Role::Manager)
+            .chain(cfg.api.tokens.iter())
+            .find_map(|t| t.token.as_ref().map(|s| s.expose().to_string()))
+            .context("the config has no plain token to use; pass --token or set POINTSD_TOKEN"),
+        (None, None) => {
+            bail!("no token: pass --token (the demo prints one) or --config with [[api.tokens]]")
+        }
+    }
+}
+
+fn client_with_role(c: &ClientArgs, manager: bool) -> Result<Client> {
+    // The config is optional for client commands: --url and --token are enough.
+    let env = config::env_map();
+    let path = c.cfg.config_file(&env);
+    let cfg = path
+        .exists()
+        .then(|| Config::load(&path, &env).ok())
+        .flatten();
+    let url = daemon_url(c.url.as_deref(), cfg.as_ref())?;
+    let token = daemon_token(c.token.as_deref(), cfg.as_ref(), manager)?;
+    Ok(Client::new(&url, &token))
+}
+
+fn client_for(c: &ClientArgs) -> Result<Client> {
+    client_with_role(c, false)
+}
+
+/// Like `client_for`, but picks the config's manager token when no --token is given.
+fn manager_client_for(c: &ClientArgs) -> Result<Client> {
+    client_with_role(c, true)
+}
+
+pub(super) async fn status(c: ClientArgs) -> Result<ExitCode> {
+    let v = client_for(&c)?.get("/v1/status").await?;
+    print_out(&c, &v, client::render_status);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn balance(customer: String, c: ClientArgs) -> Result<ExitCode> {
+    let path = format!("/v1/customers?q={}", url_component(&customer));
+    let v = client_for(&c)?.get(&path).await?;
+    print_out(&c, &v, client::render_customer);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn write(
+    kind: &str,
+    customer: String,
+    points: i64,
+    w: WriteArgs,
+) -> Result<ExitCode> {
+    let cl = client_for(&w.c)?;
+    let txn_id = w.txn_id.clone().unwrap_or_else(|| {
+        use rand::Rng;
+        format!("cli-{:016x}", rand::rng().random::<u64>())
+    });
+    let body = json!({
+        "txn_id": txn_id,
+        "customer_id": customer,
+        "kind": kind,
+        "points": points,
+        "reason": w.reason,
+        "register_id": w.register_id,
+        "staff_id": w.staff_id,
+    });
+    let v = cl.post("/v1/transactions", &body, None).await?;
+    print_out(&w.c, &v, client::render_write);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn review_list(c: ClientArgs) -> Result<ExitCode> {
+    let v = client_for(&c)?
+        .get("/v1/transactions?state=needs_review&limit=1000")
+        .await?;
+    print_out(&c, &v, client::render_review);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn review_resolve(
+    txn_id: String,
+    action: String,
+    note: String,
+    c: ClientArgs,
+) -> Result<ExitCode> {
+    let cl = manager_client_for(&c)?;
+    let path = format!("/v1/transactions/{}/resolve", url_component(&txn_id));
+    let v = cl
+        .post(&path, &json!({"as": action, "note": note}), None)
+        .await?;
+    print_out(&c, &v, |v| {
+        format!(
+            "{} is now {} (resolved by {})\n",
+            v["txn_id"].as_str().unwrap_or("?"),
+            v["state"].as_str().unwrap_or("?"),
+            v["resolved_by"].as_str().unwrap_or("?")
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 2 when the report lists discrepancies.
+pub(super) async fn reconcile(last: bool, c: ClientArgs) -> Result<ExitCode> {
+    let v = if last {
+        client_for(&c)?.get("/v1/reconcile").await?
+    } else {
+        manager_client_for(&c)?
+            .post("/v1/reconcile", &json!({}), None)
+            .await?
+    };
+    print_out(&c, &v, client::render_reconcile);
+    let diffs = v["discrepancies"].as_u64().unwrap_or(0);
+    Ok(if diffs > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(super) async fn queue(state: Option<String>, limit: u32, c: ClientArgs) -> Result<ExitCode> {
+    let mut path = format!("/v1/transactions?limit={limit}");
+    if let Some(s) = state {
+        path.push_str(&format!("&state={}", url_component(&s)));
+    }
+    let v = client_for(&c)?.get(&path).await?;
+    print_out(&c, &v, client::render_queue);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_and_token_come_from_the_flag_then_the_config() {
+        let mut cfg = Config::default();
+        cfg.api.listen = "0.0.0.0:9001".into();
+        cfg.api.tokens = vec![
+            config::TokenConfig {
+                name: "r".into(),
+                token: Some(config::Secret::new("register-token-0123")),
+                ..Default::default()
+            },
+            config::TokenConfig {
+                name: "m".into(),
+                token: Some(config::Secret::new("manager-token-0123")),
+                role: config::Role::Manager,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            daemon_url(Some("http://h:1"), Some(&cfg)).unwrap(),
+            "http://h:1"
+        );
+        assert_eq!(
+            daemon_url(None, Some(&cfg)).unwrap(),
+            "http://127.0.0.1:9001"
+        );
+        assert_eq!(daemon_url(None, None).unwrap(), "http://127.0.0.1:8765");
+        assert_eq!(
+            daemon_token(None, Some(&cfg), false).unwrap(),
+            "register-token-0123"
+        );
+        assert_eq!(
+            daemon_token(None, Some(&cfg), true).unwrap(),
+            "manager-token-0123"
+        );
+        assert_eq!(daemon_token(Some("t"), Some(&cfg), true).unwrap(), "t");
+        assert!(daemon_token(None, None, false).is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! Configuration: the TOML file, `POINTSD_SECTION__KEY` environment overrides, default paths,
+//! and validation into typed values before anything is built.
+//!
+//! Map of the files:
+//! - [`sections`]: the config's sections (`Config`, `ApiConfig`, ...), one `Default` each;
+//!   the rule sections are the ledger's types, re-exported here.
+//! - [`load`]: reading a file, environment overrides, secret files; `Problem`, `ConfigError`.
+//! - [`validate`]: every rule checked at once, into `Settings`.
+//! - [`settings`]: `Settings` with typed values (durations, token digests), and the upstream
+//!   adapter's settings built from them (`Settings::smaregi_settings`).
+//! - [`paths`]: default config, data and log locations (`Scope`).
+//! - [`perms`]: permission warnings for a config file that holds secrets.
+
+mod load;
+mod paths;
+mod perms;
+mod sections;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use crate::ledger::{EarnConfig, OfflineConfig, Rounding, TierConfig};
+pub use crate::secret::Secret;
+pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
+pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
+pub use perms::file_mode_warnings;
+#[cfg(unix)]
+pub(crate) use perms::group_id;
+pub use sections::{
+    AgentConfig, ApiConfig, Config, LogConfig, Role, SimConfig, SmaregiConfig, SyncConfig,
+    TokenConfig, UpstreamConfig, UpstreamKind,
+};
+pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
+pub use validate::PLACEHOLDER;

@@ -1,0 +1,213 @@
+//! The config file's sections, each with its one `Default` (the documented defaults in
+//! config/pointsd.example.toml). The rule sections (`[earn]`, `[offline]`, `[[tiers]]`) are
+//! the ledger's own types, embedded here.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{EarnConfig, OfflineConfig, TierConfig};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub api: ApiConfig,
+    pub upstream: UpstreamConfig,
+    pub sync: SyncConfig,
+    pub offline: OfflineConfig,
+    pub earn: EarnConfig,
+    pub tiers: Vec<TierConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// Identifies this store; goes with every transaction upstream. Required.
+    pub store_id: String,
+    /// Where the database and logs live. Default: the OS data directory.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub tokens: Vec<TokenConfig>,
+    /// How long a look-up waits for a one-customer refresh from upstream before answering
+    /// from the cache.
+    pub lookup_refresh_budget_ms: u64,
+    /// A look-up refreshes the customer from upstream (online only) when the cached figure is
+    /// older than this; 0 refreshes on every look-up.
+    pub lookup_refresh_after_s: u64,
+    /// At a stop, how long in-flight requests may take before the daemon goes on without
+    /// them (a client holding a request open cannot keep the process alive).
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8765".into(),
+            tokens: Vec::new(),
+            lookup_refresh_budget_ms: 300,
+            lookup_refresh_after_s: 30,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    pub name: String,
+    pub token: Option<Secret>,
+    /// Hex SHA-256 of the token, so the config need not hold the token itself.
+    pub token_sha256: Option<String>,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Register,
+    /// May also resolve review-queue items.
+    Manager,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// The built-in simulator, started in-process and spoken to over loopback HTTP through
+    /// the Smaregi adapter.
+    #[default]
+    Sim,
+    Smaregi,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    pub kind: UpstreamKind,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Explicit proxy URL; the standard `HTTPS_PROXY`/`NO_PROXY` variables are honoured too.
+    pub proxy: Option<String>,
+    pub smaregi: Option<SmaregiConfig>,
+    pub sim: SimConfig,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            kind: UpstreamKind::Sim,
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 10_000,
+            proxy: None,
+            smaregi: None,
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SmaregiConfig {
+    pub contract_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Read the client secret from this file instead (for fleet tools and secret stores).
+    pub client_secret_file: Option<PathBuf>,
+    /// Production `https://id.smaregi.jp`, sandbox `https://id.smaregi.dev`.
+    pub id_base: String,
+    /// Production `https://api.smaregi.jp`, sandbox `https://api.smaregi.dev`.
+    pub api_base: String,
+}
+
+impl Default for SmaregiConfig {
+    fn default() -> Self {
+        SmaregiConfig {
+            contract_id: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: None,
+            id_base: "https://id.smaregi.jp".into(),
+            api_base: "https://api.smaregi.jp".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Number of sample customers the simulator starts with.
+    pub customers: u32,
+    /// Seed for the sample data, so two runs show the same customers.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            customers: 1_000,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SyncConfig {
+    /// Full refresh of balances and the customer directory.
+    pub pull_interval_s: u64,
+    /// How often the link is checked when nothing else talked to the upstream.
+    pub probe_interval_s: u64,
+    /// A balance older than this is reported `stale` even when online.
+    pub stale_after_s: u64,
+    /// Write-through budget: within it the register hears "confirmed", else "queued".
+    pub online_budget_ms: u64,
+    /// Customers synced in parallel.
+    pub concurrency: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    /// Requests per second to the upstream, shared by push, pull and look-up refreshes.
+    pub max_requests_per_second: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            pull_interval_s: 300,
+            probe_interval_s: 5,
+            stale_after_s: 900,
+            online_budget_ms: 1_500,
+            concurrency: 4,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            backoff_multiplier: 2.0,
+            max_requests_per_second: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `pointsd=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+    /// Daily log files kept in the data dir's `logs/`.
+    pub retention_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            retention_files: 14,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Validation: every rule of a parsed config checked at once, into typed `Settings`.
+
+use std::net::SocketAddr;
+
+use super::load::Problem;
+use super::sections::{Config, UpstreamKind};
+use super::settings::{ApiToken, Settings, sha256};
+
+/// Tokens starting with this (as in config/pointsd.example.toml) are never accepted.
+pub const PLACEHOLDER: &str = "change-me";
+
+impl Config {
+    /// Checks every rule and returns typed settings, or every problem found.
+    pub fn validate(self) -> Result<Settings, Vec<Problem>> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            p.push(Problem {
+                key: key.to_string(),
+                message,
+            })
+        };
+
+        if self.agent.store_id.trim().is_empty() {
+            bad(
+                "agent.store_id",
+                "required; set it to this store's id, e.g. store_id = \"store-001\"".into(),
+            );
+        } else if !crate::ledger::is_valid_id(&self.agent.store_id) {
+            bad(
+                "agent.store_id",
+                "must be 1-64 printable ASCII characters without spaces".into(),
+            );
+        }
+
+        let listen = match self.api.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(
+                    "api.listen",
+                    format!(
+                        "{:?} is not an address:port; use e.g. \"127.0.0.1:8765\" (or \"0.0.0.0:8765\" for the store LAN)",
+                        self.api.listen
+                    ),
+                );
+                None
+            }
+        };
+
+        let mut tokens = Vec::new();
+        let mut placeholders = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let key = format!("api.tokens[{i}]");
+            if t.name.trim().is_empty() {
+                bad(
+                    &format!("{key}.name"),
+                    "required; name the register, e.g. \"register-1\"".into(),
+                );
+            } else if !names.insert(t.name.clone()) {
+                bad(
+                    &format!("{key}.name"),
+                    format!("duplicate token name {:?}; names must be unique", t.name),
+                );
+            }
+            match (&t.token, &t.token_sha256) {
+                (Some(_), Some(_)) => {
+                    bad(&key, "set either token or token_sha256, not both".into())
+                }
+                (None, None) => bad(
+                    &key,
+                    "set token = \"...\" or token_sha256 = \"<hex>\"".into(),
+                ),
+                (Some(tok), None) => {
+                    if tok.expose().len() < 16 {
+                        bad(&format!("{key}.token"), "too short; use at least 16 random characters (e.g. `openssl rand -hex 16`)".into());
+                    } else if tok.expose().starts_with(PLACEHOLDER) {
+                        // The example's placeholder would otherwise be a working, published
+                        // token on every fresh install: keep it switched off.
+                        placeholders.push(Problem {
+                            key: format!("{key}.token"),
+                            message: format!(
+                                "is the example placeholder and is switched off; set a random token (e.g. `openssl rand -hex 16`) for {:?}",
+                                t.name
+                            ),
+                        });
+                    } else {
+                        tokens.push(ApiToken {
+                            name: t.name.clone(),
+                            sha256: sha256(tok.expose().as_bytes()),
+                            role: t.role,
+                        });
+                    }
+                }
+                (None, Some(hexed)) => match hex::decode(hexed.trim()) {
+                    Ok(b) if b.len() == 32 => {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(&b);
+                        tokens.push(ApiToken {
+                            name: t.name.clone(),
+                            sha256: h,
+                            role: t.role,
+                        });
+                    }
+                    _ => bad(
+                        &format!("{key}.token_sha256"),
+                        "must be 64 hex characters (sha256sum of the token)".into(),
+                    ),
+                },
+            }
+        }
+        if self.api.tokens.is_empty() {
+            bad(
+                "api.tokens",
+                "no register token configured; add [[api.tokens]] with name and token".into(),
+            );
+        }
+
+        let u = &self.upstream;
+        if u.connect_timeout_ms == 0 || u.connect_timeout_ms > 60_000 {
+            bad("upstream.connect_timeout_ms", "must be 1..=60000".into());
+        }
+        if u.request_timeout_ms == 0 || u.request_timeout_ms > 300_000 {
+            bad("upstream.request_timeout_ms", "must be 1..=300000".into());
+        }
+        if let Some(proxy) = &u.proxy
+            && reqwest::Url::parse(proxy).is_err()
+        {
+            bad(
+                "upstream.proxy",
+                format!("{proxy:?} is not a URL; use e.g. \"http://proxy.local:3128\""),
+            );
+        }
+        match (u.kind, &u.smaregi) {
+            (UpstreamKind::Smaregi, None) => bad(
+                "upstream.smaregi",
+                "required when upstream.kind = \"smaregi\"; add contract_id, client_id, client_secret".into(),
+            ),
+            (_, Some(s)) => {
+                for (k, v) in [("contract_id", &s.contract_id), ("client_id", &s.client_id)] {
+                    if v.trim().is_empty() && u.kind == UpstreamKind::Smaregi {
+                        bad(&format!("upstream.smaregi.{k}"), "required; find it in the Smaregi developers console".into());
+                    }
+                }
+                if s.client_secret.is_empty() && u.kind == UpstreamKind::Smaregi {
+                    bad("upstream.smaregi.client_secret", "required; or set POINTSD_UPSTREAM__SMAREGI__CLIENT_SECRET".into());
+                }
+                for (k, v) in [("id_base", &s.id_base), ("api_base", &s.api_base)] {
+                    match reqwest::Url::parse(v) {
+                        Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
+                        _ => bad(&format!("upstream.smaregi.{k}"), format!("{v:?} is not an http(s) URL")),
+                    }
+                }
+            }
+            (UpstreamKind::Sim, None) => {}
+        }
+        if u.sim.customers > 1_000_000 {
+            bad("upstream.sim.customers", "must be at most 1000000".into());
+        }
+
+        let s = &self.sync;
+        if s.pull_interval_s < 10 {
+            bad("sync.pull_interval_s", "must be at least 10 seconds".into());
+        }
+        if s.probe_interval_s == 0 || s.probe_interval_s > 3600 {
+            bad("sync.probe_interval_s", "must be 1..=3600".into());
+        }
+        if s.online_budget_ms > 30_000 {
+            bad(
+                "sync.online_budget_ms",
+                "must be at most 30000 (registers should not wait longer)".into(),
+            );
+        }
+        if s.concurrency == 0 || s.concurrency > 64 {
+            bad("sync.concurrency", "must be 1..=64".into());
+        }
+        if s.backoff_initial_ms == 0 {
+            bad("sync.backoff_initial_ms", "must be positive".into());
+        }
+        if s.backoff_max_ms < s.backoff_initial_ms {
+            bad(
+                "sync.backoff_max_ms",
+                "must be at least sync.backoff_initial_ms".into(),
+            );
+        }
+        if !(s.backoff_multiplier >= 1.0 && s.backoff_multiplier <= 10.0) {
+            bad(
+                "sync.backoff_multiplier",
+                "must be between 1.0 and 10.0".into(),
+            );
+        }
+
+        if s.max_requests_per_second == 0 || s.max_requests_per_second > 10_000 {
+            bad("sync.max_requests_per_second", "must be 1..=10000".into());
+        }
+        if self.api.shutdown_grace_s > 300 {
+            bad(
+                "api.shutdown_grace_s",
+                "must be at most 300 (service managers kill a stop that takes longer)".into(),
+            );
+        }
+        if self.api.lookup_refresh_budget_ms > 5_000 {
+            bad(
+                "api.lookup_refresh_budget_ms",
+                "must be at most 5000 (a cashier is waiting)".into(),
+            );
+        }
+
+        if self.offline.max_redeem_points < 0 {
+            bad("offline.max_redeem_points", "must not be negative".into());
+        }
+        if self.earn.yen_per_point <= 0 {
+            bad(
+                "earn.yen_per_point",
+                "must be a positive number of yen".into(),
+            );
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                bad(&format!("tiers[{i}].name"), "required".into());
+            }
+            if t.min_points < 0 {
+                bad(
+                    &format!("tiers[{i}].min_points"),
+                    "must not be negative".into(),
+                );
+            }
+        }
+        if self.log.retention_files == 0 {
+            bad("log.retention_files", "must be at least 1".into());
+        }
+        // A bare word is a target, not a level, to the filter: "inof" would switch every log
+        // line off. Bare words must be levels here.
+        let levels = ["off", "error", "warn", "info", "debug", "trace"];
+        let bare_non_level =
+            self.log.level.split(',').any(|d| {
+                !d.contains('=') && !levels.contains(&d.trim().to_ascii_lowercase().as_str())
+            });
+        if bare_non_level
+            || self
+                .log
+                .level
+                .parse::<tracing_subscriber::filter::Targets>()
+                .is_err()
+        {
+            bad(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter; use e.g. \"info\" or \"pointsd=debug,info\"",
+                    self.log.level
+                ),
+            );
+        }
+
+        match listen {
+            // An unparsable address is one of the problems, so `listen` is set when none is.
+            Some(listen) if p.is_empty() => {
+                let mut settings = Settings::typed(self, listen, tokens);
+                settings.warnings = placeholders;
+                Ok(settings)
+            }
+            _ => Err(p),
+        }
+    }
+
+    /// True when the file holds something that must stay owner-readable.
+    pub fn holds_secret(&self) -> bool {
+        self.api.tokens.iter().any(|t| t.token.is_some())
+            || self
+                .upstream
+                .smaregi
+                .as_ref()
+                .is_some_and(|s| !s.client_secret.is_empty())
+    }
+}

@@ -1,0 +1,22 @@
+//! Domain rules, free of I/O, and importing nothing from the rest of the crate (`config`
+//! embeds the rule types defined here, so the dependency points one way).
+//!
+//! Map of the files:
+//! - [`kinds`]: transaction kinds (`Kind`) and states (`State`, DESIGN.md §3).
+//! - [`validate`]: ids, field errors, and request validation into a `NewTxn`.
+//! - [`rules`]: the earn rule and rounding, tiers, the balance, staleness, the offline redeem
+//!   policy, and their config types (`EarnConfig`, `Rounding`, `OfflineConfig`, `TierConfig`).
+
+mod kinds;
+mod rules;
+mod validate;
+
+pub use kinds::{Kind, State};
+pub use rules::{
+    Balance, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig, check_redeem,
+    is_expired, is_stale, points_for_purchase, tier_for,
+};
+pub use validate::{
+    FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,
+    validate_txn,
+};

@@ -1,0 +1,225 @@
+//! The store's rules, free of I/O: the earn rule and its rounding, VIP tiers, the balance
+//! (`available = confirmed + pending`), staleness, and the offline redeem policy. The rule
+//! types are the `[earn]`, `[offline]` and `[[tiers]]` config sections; `config` embeds them.
+
+use serde::{Deserialize, Serialize};
+
+/// The `[offline]` section: what may be accepted while the upstream is unreachable.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct OfflineConfig {
+    pub allow_redeem: bool,
+    pub max_redeem_points: i64,
+    pub allow_unknown_customers: bool,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig {
+            allow_redeem: true,
+            max_redeem_points: 5_000,
+            allow_unknown_customers: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounding {
+    #[default]
+    Floor,
+    Round,
+    Ceil,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct EarnConfig {
+    pub yen_per_point: i64,
+    pub rounding: Rounding,
+}
+
+impl Default for EarnConfig {
+    fn default() -> Self {
+        EarnConfig {
+            yen_per_point: 100,
+            rounding: Rounding::Floor,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TierConfig {
+    pub name: String,
+    pub min_points: i64,
+}
+
+/// Points earned for a purchase under the store's rule.
+pub fn points_for_purchase(amount_yen: i64, earn: &EarnConfig) -> i64 {
+    let per = earn.yen_per_point.max(1);
+    match earn.rounding {
+        Rounding::Floor => amount_yen.div_euclid(per),
+        Rounding::Ceil => (amount_yen + per - 1).div_euclid(per),
+        Rounding::Round => (amount_yen + per / 2).div_euclid(per),
+    }
+}
+
+/// `available = confirmed + pending` (DESIGN.md §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Balance {
+    pub confirmed: i64,
+    pub pending: i64,
+    pub available: i64,
+}
+
+impl Balance {
+    pub fn new(confirmed: i64, pending: i64) -> Balance {
+        Balance {
+            confirmed,
+            pending,
+            available: confirmed + pending,
+        }
+    }
+}
+
+/// The highest tier whose threshold the balance reaches.
+pub fn tier_for(available: i64, tiers: &[TierConfig]) -> Option<String> {
+    tiers
+        .iter()
+        .filter(|t| available >= t.min_points)
+        .max_by_key(|t| t.min_points)
+        .map(|t| t.name.clone())
+}
+
+/// A cached figure may be out of date: offline, never confirmed, or confirmed longer than
+/// `stale_after_ms` ago (`sync.stale_after_s`).
+pub fn is_stale(online: bool, as_of_ms: Option<i64>, now_ms: i64, stale_after_ms: i64) -> bool {
+    !online || as_of_ms.is_none_or(|t| now_ms - t > stale_after_ms)
+}
+
+/// Why a redeem is refused before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemRefusal {
+    Insufficient { requested: i64, spendable: i64 },
+    OfflineDisabled,
+    OfflineLimit { requested: i64, limit: i64 },
+}
+
+/// Is today (`today`, `YYYY-MM-DD` in the store's time) past the upstream expiry date?
+/// Upstream dates look like `2025-12-31` or `2025-12-31 00:00:00`; comparing the date part
+/// as text is exact for that format.
+pub fn is_expired(expires_at: Option<&str>, today: &str) -> bool {
+    match expires_at {
+        Some(e) if e.len() >= 10 => &e[..10] < today,
+        _ => false,
+    }
+}
+
+/// Whether a redeem of `points` may be accepted now.
+///
+/// Online, the upstream has the last word (it expires points before it subtracts), so only the
+/// local balance is checked. Offline, the `[offline]` policy applies and confirmed points past
+/// their upstream expiry date are not spendable (DESIGN.md §2.8).
+pub fn check_redeem(
+    points: i64,
+    balance: Balance,
+    expired: bool,
+    online: bool,
+    policy: &OfflineConfig,
+) -> Result<(), RedeemRefusal> {
+    if !online {
+        if !policy.allow_redeem {
+            return Err(RedeemRefusal::OfflineDisabled);
+        }
+        if points > policy.max_redeem_points {
+            return Err(RedeemRefusal::OfflineLimit {
+                requested: points,
+                limit: policy.max_redeem_points,
+            });
+        }
+    }
+    let spendable = if expired && !online {
+        (balance.available - balance.confirmed).max(0)
+    } else {
+        balance.available
+    };
+    if points > spendable {
+        return Err(RedeemRefusal::Insufficient {
+            requested: points,
+            spendable: spendable.max(0),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_and_tiers() {
+        let b = Balance::new(100, -30);
+        assert_eq!(b.available, 70);
+        let tiers = vec![
+            TierConfig {
+                name: "Silver".into(),
+                min_points: 1000,
+            },
+            TierConfig {
+                name: "Gold".into(),
+                min_points: 5000,
+            },
+        ];
+        assert_eq!(tier_for(999, &tiers), None);
+        assert_eq!(tier_for(1000, &tiers).as_deref(), Some("Silver"));
+        assert_eq!(tier_for(7000, &tiers).as_deref(), Some("Gold"));
+    }
+
+    #[test]
+    fn redeem_policy_online_and_offline() {
+        let policy = OfflineConfig::default();
+        let b = Balance::new(8000, 0);
+        assert!(check_redeem(8000, b, false, true, &policy).is_ok());
+        assert_eq!(
+            check_redeem(8001, b, false, true, &policy),
+            Err(RedeemRefusal::Insufficient {
+                requested: 8001,
+                spendable: 8000
+            })
+        );
+        assert_eq!(
+            check_redeem(6000, b, false, false, &policy),
+            Err(RedeemRefusal::OfflineLimit {
+                requested: 6000,
+                limit: 5000
+            })
+        );
+        let off = OfflineConfig {
+            allow_redeem: false,
+            ..policy.clone()
+        };
+        assert_eq!(
+            check_redeem(1, b, false, false, &off),
+            Err(RedeemRefusal::OfflineDisabled)
+        );
+        // Expired confirmed points are not spendable offline; points earned since still are.
+        let b = Balance::new(500, 40);
+        assert!(check_redeem(40, b, true, false, &policy).is_ok());
+        assert!(check_redeem(41, b, true, false, &policy).is_err());
+        assert!(is_expired(Some("2026-01-01"), "2026-01-02"));
+        assert!(!is_expired(Some("2026-01-02 00:00:00"), "2026-01-02"));
+        assert!(!is_expired(None, "2026-01-02"));
+    }
+
+    #[test]
+    fn staleness() {
+        assert!(
+            is_stale(false, Some(1_000), 1_000, 60_000),
+            "offline is always stale"
+        );
+        assert!(is_stale(true, None, 1_000, 60_000), "never confirmed");
+        assert!(!is_stale(true, Some(1_000), 61_000, 60_000));
+        assert!(is_stale(true, Some(1_000), 61_001, 60_000));
+    }
+}
