@@ -46,12 +46,7 @@ impl Env {
 
     /// The deltas the simulator applied for one customer, in order.
     fn adds_for(&self, customer: &str) -> Vec<i64> {
-        self.sim
-            .adds()
-            .into_iter()
-            .filter(|a| a.customer_id == customer)
-            .map(|a| a.delta)
-            .collect()
+        common::adds_for(&self.sim, customer)
     }
 
     async fn customer(&self, id: &str) -> Value {

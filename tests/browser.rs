@@ -681,7 +681,7 @@ fn browser_binaries() -> Option<Binaries> {
             let why = "Chromium and chromedriver are not installed (/usr/bin/chromium, /usr/bin/chromedriver, \
                  or POINTSD_CHROMIUM / POINTSD_CHROMEDRIVER); install them with \
                  `apt-get install chromium chromium-driver` (.ci/run does)";
-            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+            if common::under_ci() {
                 panic!("{why}: the browser tests cannot run");
             }
             eprintln!("SKIPPED the browser tests: {why}");

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,86 +14,32 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "durability-test-token-0123456789";
 
-use common::{SimProcess as Sim, free_port};
+use common::{DaemonProcess as Daemon, SimProcess as Sim, free_port};
 
 fn start_sim(customers: u32) -> Sim {
     common::start_sim_process(customers, &[])
 }
 
 fn write_config(dir: &Path, sim: &Sim, port: u16) -> std::path::PathBuf {
-    let p = dir.join("pointsd.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[agent]
-store_id = "store-durability"
-[api]
-listen = "127.0.0.1:{port}"
-[[api.tokens]]
-name = "register-1"
-token = "{TOKEN}"
-[upstream]
-kind = "smaregi"
-connect_timeout_ms = 500
-request_timeout_ms = 2000
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "sim-secret"
-id_base = "{url}"
-api_base = "{url}"
-[sync]
-probe_interval_s = 1
-online_budget_ms = 0
-backoff_initial_ms = 100
-backoff_max_ms = 1000
-max_requests_per_second = 1000
-"#,
-            url = sim.url
-        ),
+    let rest = format!(
+        "{}[sync]\nprobe_interval_s = 1\nonline_budget_ms = 0\nbackoff_initial_ms = 100\n\
+         backoff_max_ms = 1000\nmax_requests_per_second = 1000\n",
+        common::smaregi_upstream(&sim.url, "sim-secret", 2_000)
+    );
+    common::write_config(
+        dir,
+        "pointsd.toml",
+        "store-durability",
+        port,
+        "",
+        TOKEN,
+        &rest,
     )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    p
 }
 
-/// Kills the daemon when dropped, so a failing test leaves no process behind.
-struct Daemon(Child);
-
-impl Daemon {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_daemon(config: &Path, data: &Path) -> Daemon {
-    Daemon(
-        Command::new(env!("CARGO_BIN_EXE_pointsd"))
-            .args(["run", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pointsd run"),
-    )
+/// `pointsd run` on the shared guard (SIGKILLed when dropped).
+fn start_daemon(config: &Path, data: &Path, port: u16) -> Daemon {
+    Daemon::start(config, data, port, "warn")
 }
 
 async fn wait_healthy(http: &reqwest::Client, url: &str) {
@@ -140,7 +86,7 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
     let url = format!("http://127.0.0.1:{port}");
     let config = write_config(dir.path(), &sim, port);
     let data = dir.path().join("data");
-    let mut daemon = start_daemon(&config, &data);
+    let mut daemon = start_daemon(&config, &data, port);
     wait_healthy(&http, &url).await;
     // Wait for the first full refresh, so the customers are known.
     let start = Instant::now();
@@ -197,8 +143,7 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
         assert!(start.elapsed() < Duration::from_secs(60), "load too slow");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    daemon.kill().expect("SIGKILL");
-    daemon.wait().unwrap();
+    daemon.kill();
     for t in tasks {
         t.await.unwrap();
     }
@@ -206,7 +151,7 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
     assert!(acked.len() >= KILL_AFTER);
 
     // Restart on the same data dir.
-    let mut daemon = start_daemon(&config, &data);
+    let mut daemon = start_daemon(&config, &data, port);
     wait_healthy(&http, &url).await;
     let (_, s) = get(&http, &format!("{url}/v1/status")).await;
     eprintln!(
@@ -272,8 +217,7 @@ async fn acknowledged_earns_survive_sigkill_and_sync_exactly_once() {
             "local balance of {c}"
         );
     }
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +227,7 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let port = free_port();
     let config = write_config(dir.path(), &sim, port);
     let data = dir.path().join("data");
-    let mut first = start_daemon(&config, &data);
+    let mut first = start_daemon(&config, &data, port);
     let http = pointsd::http_client_builder().no_proxy().build().unwrap();
     wait_healthy(&http, &format!("http://127.0.0.1:{port}")).await;
     // Same data dir, another port: must refuse because of the data dir lock.
@@ -303,6 +247,5 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
     assert!(err.contains(&data.display().to_string()), "{err}");
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
 }

@@ -9,6 +9,7 @@
 //! codes and stderr of the real binary, and the database file's bytes.
 
 mod common;
+use common::adds_for;
 
 use common::free_port;
 
@@ -31,10 +32,7 @@ use serde_json::{Value, json};
 
 /// Says why a test cannot run here: a notice on a developer machine, a failure on CI.
 fn skip(test: &str, why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} cannot run: {why} (CI is set, so this is a failure, not a skip)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
+    common::skip_or_fail(test, why);
 }
 
 /// A tmpfs mounted on a fresh temp dir; unmounted on drop (lazily if something still holds
@@ -152,14 +150,6 @@ async fn post_txn(d: &TestDaemon, body: &Value) -> (u16, String, Value) {
         ct,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-fn adds_for(sim: &SimHandle, customer: &str) -> Vec<i64> {
-    sim.adds()
-        .into_iter()
-        .filter(|a| a.customer_id == customer)
-        .map(|a| a.delta)
-        .collect()
 }
 
 async fn txn_state(d: &TestDaemon, txn_id: &str) -> (u16, Value) {
@@ -489,34 +479,11 @@ const CUSTOMERS: u32 = 20;
 
 /// A config for the real binary with the built-in simulator.
 fn write_run_config(dir: &Path, name: &str, port: u16) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(
-        &p,
-        format!(
-            r#"[agent]
-store_id = "store-faults"
-[api]
-listen = "127.0.0.1:{port}"
-[[api.tokens]]
-name = "register-1"
-token = "{TOKEN}"
-[upstream]
-kind = "sim"
-[upstream.sim]
-customers = {CUSTOMERS}
-[sync]
-probe_interval_s = 1
-online_budget_ms = 0
-"#
-        ),
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    p
+    let rest = format!(
+        "[upstream]\nkind = \"sim\"\n[upstream.sim]\ncustomers = {CUSTOMERS}\n\
+         [sync]\nprobe_interval_s = 1\nonline_budget_ms = 0\n"
+    );
+    common::write_config(dir, name, "store-faults", port, "", TOKEN, &rest)
 }
 
 fn daemon_command(config: &Path, data: &Path) -> tokio::process::Command {
@@ -533,23 +500,19 @@ fn daemon_command(config: &Path, data: &Path) -> tokio::process::Command {
     c
 }
 
-/// A running `pointsd run`; killed on drop.
+/// A running `pointsd run` (the shared guard: killed on drop).
 struct Daemon {
-    child: tokio::process::Child,
+    process: common::DaemonProcess,
     url: String,
     http: reqwest::Client,
 }
 
 impl Daemon {
     async fn start(config: &Path, data: &Path, port: u16) -> Daemon {
-        let child = daemon_command(config, data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pointsd run");
+        let process = common::DaemonProcess::start(config, data, port, "warn");
         let d = Daemon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: process.url.clone(),
+            process,
             http: pointsd::http_client_builder().no_proxy().build().unwrap(),
         };
         let start = Instant::now();
@@ -605,13 +568,12 @@ impl Daemon {
 
     /// SIGTERM, then wait for a clean exit.
     async fn stop(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(st.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        self.process.terminate();
+        let status = self
+            .process
+            .wait_exit(Duration::from_secs(30))
             .await
-            .expect("pointsd stops within 30 s of SIGTERM")
-            .unwrap();
+            .expect("pointsd stops within 30 s of SIGTERM");
         assert!(
             status.success(),
             "pointsd exited with {status} after SIGTERM"

@@ -12,37 +12,15 @@ use std::process::{Command, Output};
 use pointsd::sim::SimHandle;
 
 fn write_config(dir: &Path, sim_url: &str, secret: &str, port: u16) -> PathBuf {
-    let p = dir.join("pointsd.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"[agent]
-store_id = "store-doctor"
-[api]
-listen = "127.0.0.1:{port}"
-[[api.tokens]]
-name = "register-1"
-token = "doctor-test-token-0123456789"
-[upstream]
-kind = "smaregi"
-connect_timeout_ms = 500
-request_timeout_ms = 2000
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "{secret}"
-id_base = "{sim_url}"
-api_base = "{sim_url}"
-"#
-        ),
+    common::write_config(
+        dir,
+        "pointsd.toml",
+        "store-doctor",
+        port,
+        "",
+        "doctor-test-token-0123456789",
+        &common::smaregi_upstream(sim_url, secret, 2_000),
     )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    p
 }
 
 async fn doctor(config: &Path, data: &Path) -> Output {

@@ -8,6 +8,8 @@
 //! by running the scripts against scratch roots.
 #![cfg(unix)]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ fn fake_binary(dir: &Path) -> PathBuf {
 }
 
 fn ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+    common::under_ci()
 }
 
 /// True when `ok`; otherwise prints a SKIP notice and returns false, or panics under CI.

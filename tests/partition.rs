@@ -8,6 +8,8 @@
 //! Needs root (`ip netns`, `nft`); skipped with a notice otherwise, but fails when `CI` is set.
 //! Only the namespace, veth pair and 10.231.<n>.0/30 addresses created here are touched.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -51,10 +53,10 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
 }
 
 fn skip(why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("partition test cannot run under CI: {why}");
-    }
-    eprintln!("SKIPPED partition test: {why} (needs root, iproute2 and nftables)");
+    common::skip_or_fail(
+        "partition test",
+        &format!("{why} (needs root, iproute2 and nftables)"),
+    );
 }
 
 fn is_root() -> bool {
@@ -209,44 +211,20 @@ impl Lab {
             .unwrap()
             .port();
         lab.url = format!("http://127.0.0.1:{port}");
-        let config = lab.dir.path().join("pointsd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[agent]
-store_id = "store-partition"
-[api]
-listen = "127.0.0.1:{port}"
-lookup_refresh_after_s = {lookup_refresh_after_s}
-[[api.tokens]]
-name = "register-1"
-token = "{TOKEN}"
-[upstream]
-kind = "smaregi"
-connect_timeout_ms = 500
-request_timeout_ms = 1000
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "sim-secret"
-id_base = "{api}"
-api_base = "{api}"
-[sync]
-probe_interval_s = 1
-online_budget_ms = 150
-backoff_initial_ms = 100
-backoff_max_ms = 1000
-max_requests_per_second = 1000
-"#
-            ),
-        )
-        .unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        let rest = format!(
+            "{}[sync]\nprobe_interval_s = 1\nonline_budget_ms = 150\nbackoff_initial_ms = 100\n\
+             backoff_max_ms = 1000\nmax_requests_per_second = 1000\n",
+            common::smaregi_upstream(&api, "sim-secret", 1_000)
+        );
+        let config = common::write_config(
+            lab.dir.path(),
+            "pointsd.toml",
+            "store-partition",
+            port,
+            &format!("lookup_refresh_after_s = {lookup_refresh_after_s}"),
+            TOKEN,
+            &rest,
+        );
         lab.daemon = Some(start_daemon(&config, &lab.dir.path().join("data")));
         lab.wait_ready().await;
         Some(lab)

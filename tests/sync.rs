@@ -5,6 +5,7 @@
 //! `GET /v1/transactions/{id}`, and the queue counts in `/v1/status`.
 
 mod common;
+use common::adds_for;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -54,15 +55,6 @@ fn faults(sim: &SimHandle, f: impl FnOnce(&mut pointsd::sim::Faults)) {
 
 fn clear_faults(sim: &SimHandle) {
     sim.set_faults(pointsd::sim::Faults::default());
-}
-
-/// The deltas the simulator applied for one customer, in order.
-fn adds_for(sim: &SimHandle, customer: &str) -> Vec<i64> {
-    sim.adds()
-        .into_iter()
-        .filter(|a| a.customer_id == customer)
-        .map(|a| a.delta)
-        .collect()
 }
 
 fn balances(sim: &SimHandle, customers: impl IntoIterator<Item = String>) -> HashMap<String, i64> {

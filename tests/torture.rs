@@ -29,7 +29,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,41 +52,12 @@ fn start_sim(customers: u32, seed: u64) -> Sim {
     common::start_sim_process(customers, &["--seed", &seed.to_string()])
 }
 
-/// The daemon process; SIGKILLed when dropped, so a failing run leaves nothing behind.
-struct Daemon(Option<Child>);
+/// The daemon process: the shared guard (SIGKILLed when dropped, so a failing run leaves
+/// nothing behind), logging at `info` into the data dir.
+type Daemon = common::DaemonProcess;
 
-impl Daemon {
-    fn start(config: &Path, data: &Path) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_pointsd"))
-            .args(["run", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pointsd run");
-        Daemon(Some(child))
-    }
-
-    /// SIGKILL (Child::kill on Unix) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_daemon(config: &Path, data: &Path, port: u16) -> Daemon {
+    Daemon::start(config, data, port, "info")
 }
 
 /// The run's config and data dir (database, daemon logs): removed after a clean run, kept
@@ -115,43 +85,20 @@ impl Drop for RunDir {
 }
 
 fn write_config(dir: &Path, upstream: &str, port: u16) -> PathBuf {
-    let p = dir.join("pointsd.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[agent]
-store_id = "store-torture"
-[api]
-listen = "127.0.0.1:{port}"
-lookup_refresh_after_s = 0
-[[api.tokens]]
-name = "register"
-token = "{TOKEN}"
-[upstream]
-kind = "smaregi"
-connect_timeout_ms = 500
-request_timeout_ms = 1000
-[upstream.smaregi]
-contract_id = "sim-contract"
-client_id = "sim-client"
-client_secret = "sim-secret"
-id_base = "{upstream}"
-api_base = "{upstream}"
-[sync]
-pull_interval_s = 10
-probe_interval_s = 1
-online_budget_ms = 200
-backoff_initial_ms = 100
-backoff_max_ms = 1000
-max_requests_per_second = 1000
-"#
-        ),
+    let rest = format!(
+        "{}[sync]\npull_interval_s = 10\nprobe_interval_s = 1\nonline_budget_ms = 200\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 1000\nmax_requests_per_second = 1000\n",
+        common::smaregi_upstream(upstream, "sim-secret", 1_000)
+    );
+    common::write_config(
+        dir,
+        "pointsd.toml",
+        "store-torture",
+        port,
+        "lookup_refresh_after_s = 0",
+        TOKEN,
+        &rest,
     )
-    .expect("write config");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    p
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,7 +741,7 @@ pub async fn run(seed: u64, o: Opts) -> Summary {
     let url = format!("http://127.0.0.1:{port}");
     let config = write_config(dir.path(), &relay.url, port);
     let data = dir.path().join("data");
-    let mut daemon = Daemon::start(&config, &data);
+    let mut daemon = start_daemon(&config, &data, port);
     wait_healthy(&http, &url, &mut daemon, &data).await;
     let start = Instant::now();
     loop {
@@ -873,7 +820,7 @@ pub async fn run(seed: u64, o: Opts) -> Summary {
                 s.kills += 1;
                 s.kills_while_sending += sending as usize;
                 tokio::time::sleep(Duration::from_millis(downtime_ms)).await;
-                daemon = Daemon::start(&config, &data);
+                daemon = start_daemon(&config, &data, port);
                 wait_healthy(&http, &url, &mut daemon, &data).await;
             }
             Event::Flip(mode) => {
@@ -928,7 +875,7 @@ pub async fn run(seed: u64, o: Opts) -> Summary {
                 .await;
                 s.kills += 1;
                 s.kills_while_sending += sending as usize;
-                daemon = Daemon::start(&config, &data);
+                daemon = start_daemon(&config, &data, port);
                 wait_healthy(&http, &url, &mut daemon, &data).await;
                 next_kill = Instant::now() + every;
             }
