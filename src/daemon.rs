@@ -178,9 +178,10 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(clock.clone()));
     let adapter = build_upstream(&settings, sim.as_ref())?;
+    let sc = &settings.config.sync;
     let budget = Arc::new(crate::upstream::budget::Budget::new(
-        settings.config.sync.max_requests_per_second,
-        settings.config.sync.max_requests_per_second,
+        sc.max_reads_per_second.unwrap_or(sc.max_requests_per_second),
+        sc.max_writes_per_second.unwrap_or(sc.max_requests_per_second),
     ));
     let upstream: Arc<dyn Upstream> = Arc::new(Observed::with_budget(
         adapter,
@@ -207,7 +208,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
                 max: Duration::from_millis(sc.backoff_max_ms),
                 multiplier: sc.backoff_multiplier,
             },
-            full_refresh_interval: Duration::from_secs(86_400),
+            full_refresh_interval: Duration::from_secs(sc.full_refresh_interval_s),
             jitter_key: settings.config.agent.store_id.clone(),
             budget: Some(budget),
         },

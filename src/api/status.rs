@@ -34,6 +34,10 @@ pub(super) struct StatusView {
     cache: CacheView,
     reconcile: Option<ReconcileSummary>,
     storage: StorageView,
+    /// The change feed: watermark, last poll, customers marked changed elsewhere.
+    feed: crate::sync::feed::FeedStatus,
+    /// This agent's share of the contract's rate limit: current read/write rates and 429s.
+    budget: Option<crate::upstream::budget::BudgetSnapshot>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -100,7 +104,11 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let h = st.health.snapshot();
     let now = st.clock.now_ms();
     let storage = st.store.storage_health();
+    let feed = st.sync.feed_status().await;
+    let budget = st.sync.budget_snapshot();
     Ok(Json(StatusView {
+        feed,
+        budget,
         storage: StorageView {
             ok: storage.ok,
             last_error: storage.last_error,

@@ -161,8 +161,13 @@ impl Default for SimConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SyncConfig {
-    /// Full refresh of balances and the customer directory.
+    /// The change feed's polling interval (directory and transaction changes since the
+    /// watermark). Without `pos.transactions:read` the agent falls back to full pulls every
+    /// 300 s.
     pub pull_interval_s: u64,
+    /// Full refresh of balances and the directory: the safety net once the feed works
+    /// (spread by a per-store jitter of up to a tenth of it).
+    pub full_refresh_interval_s: u64,
     /// How often the link is checked when nothing else talked to the upstream.
     pub probe_interval_s: u64,
     /// A balance older than this is reported `stale` even when online.
@@ -174,14 +179,21 @@ pub struct SyncConfig {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub backoff_multiplier: f64,
-    /// Requests per second to the upstream, shared by push, pull and look-up refreshes.
+    /// The old single ceiling (reads and writes alike); used for a class whose own key is
+    /// not set.
     pub max_requests_per_second: u32,
+    /// Read requests per second this agent starts at (its ceiling). The contract's limit is
+    /// shared by every store: on a 429 the agent halves its rate and grows back slowly.
+    pub max_reads_per_second: Option<u32>,
+    /// Write requests (`point/add`) per second this agent starts at.
+    pub max_writes_per_second: Option<u32>,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            pull_interval_s: 300,
+            pull_interval_s: 30,
+            full_refresh_interval_s: 86_400,
             probe_interval_s: 5,
             stale_after_s: 900,
             online_budget_ms: 1_500,
@@ -190,6 +202,8 @@ impl Default for SyncConfig {
             backoff_max_ms: 300_000,
             backoff_multiplier: 2.0,
             max_requests_per_second: 20,
+            max_reads_per_second: None,
+            max_writes_per_second: None,
         }
     }
 }

@@ -189,6 +189,20 @@ impl Config {
             );
         }
 
+        for (key, v) in [
+            ("sync.max_reads_per_second", s.max_reads_per_second),
+            ("sync.max_writes_per_second", s.max_writes_per_second),
+        ] {
+            if v.is_some_and(|n| n == 0 || n > 10_000) {
+                bad(key, "must be 1..=10000".into());
+            }
+        }
+        if s.full_refresh_interval_s < 60 {
+            bad(
+                "sync.full_refresh_interval_s",
+                "must be at least 60 seconds (default 86400: once a day)".into(),
+            );
+        }
         if s.max_requests_per_second == 0 || s.max_requests_per_second > 10_000 {
             bad("sync.max_requests_per_second", "must be 1..=10000".into());
         }

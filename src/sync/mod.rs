@@ -103,6 +103,11 @@ impl SyncEngine {
         &self.store
     }
 
+    /// The request budget's rates and 429 counts, when one is set.
+    pub fn budget_snapshot(&self) -> Option<crate::upstream::budget::BudgetSnapshot> {
+        self.opts.budget.as_ref().map(|b| b.snapshot())
+    }
+
     pub fn upstream(&self) -> &Arc<dyn Upstream> {
         &self.upstream
     }
