@@ -180,8 +180,10 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let adapter = build_upstream(&settings, sim.as_ref())?;
     let sc = &settings.config.sync;
     let budget = Arc::new(crate::upstream::budget::Budget::new(
-        sc.max_reads_per_second.unwrap_or(sc.max_requests_per_second),
-        sc.max_writes_per_second.unwrap_or(sc.max_requests_per_second),
+        sc.max_reads_per_second
+            .unwrap_or(sc.max_requests_per_second),
+        sc.max_writes_per_second
+            .unwrap_or(sc.max_requests_per_second),
     ));
     let upstream: Arc<dyn Upstream> = Arc::new(Observed::with_budget(
         adapter,

@@ -111,6 +111,12 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 /// Waits until the daemon's link probe has just succeeded, so the next one is about a
 /// probe interval (1 s) away: a fault switched on now is first met by the push worker.
 async fn after_fresh_probe(d: &TestDaemon) {
+    // The change feed polls once right after the first fill; let that pass first, so the
+    // request that meets the fault is the one the test makes.
+    d.wait_for("the first change-feed poll", Duration::from_secs(10), |s| {
+        s["feed"]["last_poll_at"].is_string()
+    })
+    .await;
     let first = d.status().await["upstream"]["last_ok_at"].clone();
     d.wait_for("a successful probe", Duration::from_secs(10), |s| {
         s["online"] == json!(true) && s["upstream"]["last_ok_at"] != first
@@ -976,8 +982,14 @@ async fn two_stores_share_one_upstream_and_balances_add_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_reports_changes_made_elsewhere_and_writes_nothing() {
-    let env = Env::start(10, |_| {}).await;
+    // The feed would see the change and re-read the customer within seconds; here it polls
+    // only once (after the first fill), so the change is found by the reconcile alone.
+    let env = Env::start(10, |c| c.sync.pull_interval_s = 3600).await;
     let (sim, d) = (&env.sim, &env.d);
+    d.wait_for("the first change-feed poll", Duration::from_secs(10), |s| {
+        s["feed"]["last_poll_at"].is_string()
+    })
+    .await;
     let before = sim.balance("3").unwrap();
     sim.add_elsewhere("3", 50);
 
@@ -1195,13 +1207,20 @@ async fn after_an_outage_the_queue_drains_before_the_full_refresh() {
     );
     assert_eq!(sim.adds().len(), 60);
 
-    // Then the refresh runs by itself.
+    // Then the change feed catches up on the outage by itself (from its watermark: a couple of
+    // requests, not a full pull of every balance).
+    let drained_at = d.status().await["feed"]["last_poll_at"].clone();
     d.wait_for(
-        "the full refresh after the drain",
-        Duration::from_secs(15),
-        |s| s["cache"]["last_full_refresh_at"] != first_refresh,
+        "the change feed after the drain",
+        Duration::from_secs(40),
+        |s| s["feed"]["last_poll_at"] != drained_at && s["feed"]["last_poll_at"].is_string(),
     )
     .await;
-    assert!(balance_pages_requested(d).await > pages_before);
+    assert_eq!(
+        d.status().await["cache"]["last_full_refresh_at"],
+        first_refresh,
+        "an outage is caught up by the feed, not by a full pull"
+    );
+    assert_eq!(balance_pages_requested(d).await, pages_before);
     env.stop().await;
 }

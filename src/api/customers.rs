@@ -31,6 +31,10 @@ pub struct CustomerView {
     pub tier: Option<String>,
     /// Created offline; the upstream has not confirmed this customer yet.
     pub local_only: bool,
+    /// The change feed saw this customer's points move elsewhere (another store, the online
+    /// shop) at this upstream time, and the cache has not re-read them since (`stale` is then
+    /// true; a look-up online re-reads at once).
+    pub changed_elsewhere_at: Option<String>,
 }
 
 pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
@@ -39,7 +43,9 @@ pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
     let stale_after = st.settings.sync.stale_after.as_millis() as i64;
     let balance = c.balance();
     CustomerView {
-        stale: ledger::is_stale(online, c.as_of, now, stale_after),
+        stale: ledger::is_stale(online, c.as_of, now, stale_after)
+            || c.changed_elsewhere_at.is_some(),
+        changed_elsewhere_at: c.changed_elsewhere_at.clone(),
         online,
         expired: ledger::is_expired(c.expires_at.as_deref(), &clock::jst_date(now)),
         tier: ledger::tier_for(balance.available, &st.settings.config.tiers),

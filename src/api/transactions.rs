@@ -193,6 +193,13 @@ pub(super) async fn write_transaction(
                     "Redeem not allowed offline",
                     "The upstream is unreachable and this store does not allow redeeming points offline (offline.allow_redeem = false). Try again when the store is online.".to_string(),
                 ),
+                RedeemRefusal::ChangedElsewhere { at } => (
+                    "changed_elsewhere_offline",
+                    "Points changed elsewhere",
+                    format!(
+                        "The upstream is unreachable and this customer's points changed in another store or online at {at}, after this store last read them; they cannot be spent offline (offline.changed_elsewhere = \"refuse\"). Earning still works."
+                    ),
+                ),
                 RedeemRefusal::OfflineLimit { requested, limit } => (
                     "offline_redeem_limit",
                     "Offline redeem limit",

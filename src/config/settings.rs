@@ -113,6 +113,7 @@ impl Settings {
             request_timeout: self.request_timeout,
             proxy,
             page_limit: PAGE_LIMIT,
+            store_id: self.config.agent.store_id.clone(),
         })
     }
 }

@@ -13,8 +13,8 @@ mod validate;
 
 pub use kinds::{Kind, State};
 pub use rules::{
-    Balance, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig, check_redeem,
-    is_expired, is_stale, points_for_purchase, tier_for,
+    Balance, ChangedElsewhere, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig,
+    check_changed_elsewhere, check_redeem, is_expired, is_stale, points_for_purchase, tier_for,
 };
 pub use validate::{
     FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,

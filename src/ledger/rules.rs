@@ -11,6 +11,33 @@ pub struct OfflineConfig {
     pub allow_redeem: bool,
     pub max_redeem_points: i64,
     pub allow_unknown_customers: bool,
+    /// Offline, the points of a customer the change feed saw move elsewhere (and who was not
+    /// re-read since): `refuse` (default) lets nobody spend them — the cross-store double
+    /// spend during an outage is exactly this case; earns still queue.
+    pub changed_elsewhere: ChangedElsewhere,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangedElsewhere {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+/// Offline, may a customer marked changed elsewhere at `marked_at` (an upstream stamp)
+/// redeem? (DESIGN.md §9.)
+pub fn check_changed_elsewhere(
+    marked_at: Option<&str>,
+    online: bool,
+    policy: &OfflineConfig,
+) -> Result<(), RedeemRefusal> {
+    match marked_at {
+        Some(at) if !online && policy.changed_elsewhere == ChangedElsewhere::Refuse => {
+            Err(RedeemRefusal::ChangedElsewhere { at: at.to_string() })
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Default for OfflineConfig {
@@ -19,6 +46,7 @@ impl Default for OfflineConfig {
             allow_redeem: true,
             max_redeem_points: 5_000,
             allow_unknown_customers: false,
+            changed_elsewhere: ChangedElsewhere::Refuse,
         }
     }
 }
@@ -101,9 +129,20 @@ pub fn is_stale(online: bool, as_of_ms: Option<i64>, now_ms: i64, stale_after_ms
 /// Why a redeem is refused before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedeemRefusal {
-    Insufficient { requested: i64, spendable: i64 },
+    Insufficient {
+        requested: i64,
+        spendable: i64,
+    },
     OfflineDisabled,
-    OfflineLimit { requested: i64, limit: i64 },
+    OfflineLimit {
+        requested: i64,
+        limit: i64,
+    },
+    /// Offline, and the customer's points moved in another store (or online) since the cache
+    /// last read them.
+    ChangedElsewhere {
+        at: String,
+    },
 }
 
 /// Is today (`today`, `YYYY-MM-DD` in the store's time) past the upstream expiry date?
@@ -156,6 +195,29 @@ pub fn check_redeem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_elsewhere_points_are_not_spendable_offline_unless_allowed() {
+        let refuse = OfflineConfig::default();
+        let allow = OfflineConfig {
+            changed_elsewhere: ChangedElsewhere::Allow,
+            ..OfflineConfig::default()
+        };
+        let at = Some("2026-12-01T10:00:00+09:00");
+        for (marked, online, policy, ok) in [
+            (at, false, &refuse, false),
+            (at, true, &refuse, true),
+            (at, false, &allow, true),
+            (None, false, &refuse, true),
+        ] {
+            assert_eq!(
+                check_changed_elsewhere(marked, online, policy).is_ok(),
+                ok,
+                "{marked:?} online={online} {:?}",
+                policy.changed_elsewhere
+            );
+        }
+    }
 
     #[test]
     fn balance_and_tiers() {

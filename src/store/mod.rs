@@ -1440,13 +1440,20 @@ fn accept_in(c: &Connection, new: &NewTxn, ctx: &AcceptCtx) -> Result<AcceptOutc
     if new.kind == ledger::Kind::Redeem || delta < 0 {
         let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
         let res = if new.kind == ledger::Kind::Redeem {
-            ledger::check_redeem(
-                -delta,
-                customer.balance(),
-                expired,
+            ledger::check_changed_elsewhere(
+                customer.changed_elsewhere_at.as_deref(),
                 ctx.online,
                 &ctx.offline,
             )
+            .and_then(|()| {
+                ledger::check_redeem(
+                    -delta,
+                    customer.balance(),
+                    expired,
+                    ctx.online,
+                    &ctx.offline,
+                )
+            })
         } else {
             // A negative adjustment is a correction by staff: it may not overdraw either.
             ledger::check_redeem(-delta, customer.balance(), false, true, &ctx.offline)

@@ -40,6 +40,8 @@ pub struct SmaregiSettings {
     pub request_timeout: Duration,
     pub proxy: Option<String>,
     pub page_limit: u32,
+    /// Named in the User-Agent, so the merchant (and Smaregi) can tell a chain's stores apart.
+    pub store_id: String,
 }
 
 pub struct Smaregi {
@@ -201,7 +203,11 @@ impl Smaregi {
         let mut b = crate::http_client_builder()
             .connect_timeout(s.connect_timeout)
             .timeout(s.request_timeout)
-            .user_agent(concat!("pointsd/", env!("CARGO_PKG_VERSION")));
+            .user_agent(format!(
+                "pointsd/{} (store {})",
+                env!("CARGO_PKG_VERSION"),
+                s.store_id
+            ));
         // A request that timed out may still sit in the kernel's send queue and be
         // retransmitted when the link returns — after the read-back said "nothing moved" and
         // the agent resent it: applied twice. TCP_USER_TIMEOUT makes the kernel drop such a
