@@ -229,6 +229,9 @@ fn every_key_config() -> Config {
         ..TokenConfig::default()
     }];
     c.tiers = vec![TierConfig::default()];
+    // Optional keys (no default value) are documented commented out.
+    c.sync.max_reads_per_second = Some(50);
+    c.sync.max_writes_per_second = Some(20);
     c
 }
 
