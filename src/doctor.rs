@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::OpenFlags;
 use serde::Serialize;
 
 use crate::config::{ConfigError, Settings, UpstreamKind};
@@ -163,23 +162,29 @@ fn database_checks(db: &Path) -> Vec<Check> {
             ),
         )];
     }
-    let conn = match rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) {
-        Ok(c) => c,
+    let ins = match crate::store::inspect::inspect_readonly(db) {
+        Ok(i) => i,
+        Err(e) if e.starts_with("cannot open") => {
+            return vec![Check::fail(
+                "database",
+                format!(
+                    "cannot open {}: {}",
+                    db.display(),
+                    e.trim_start_matches("cannot open: ")
+                ),
+                "check the file's owner and mode (the service user must own it)",
+            )];
+        }
         Err(e) => {
             return vec![Check::fail(
                 "database",
-                format!("cannot open {}: {e}", db.display()),
-                "check the file's owner and mode (the service user must own it)",
+                format!("{} is not a readable pointsd database: {e}", db.display()),
+                "stop pointsd, keep the file for support, restore a backup",
             )];
         }
     };
     let mut out = Vec::new();
-    let version: rusqlite::Result<i64> = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
-    let check: rusqlite::Result<String> = conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
-    let check = match (version, check) {
-        (Err(e), _) => Err(e),
-        (Ok(v), c) => c.map(|c| (v, c)),
-    };
+    let check: Result<(i64, String), String> = Ok((ins.schema_version, ins.quick_check.clone()));
     match check {
         Ok((v, _)) if v > crate::store::schema::known_version() => out.push(Check::fail(
             "database",
@@ -209,12 +214,7 @@ fn database_checks(db: &Path) -> Vec<Check> {
     }
     let now = crate::clock::SystemClock;
     let now = crate::clock::Clock::now_ms(&now);
-    let q: rusqlite::Result<(Option<i64>, i64)> = conn.query_row(
-        "SELECT (SELECT MIN(created_at) FROM txns WHERE state IN ('pending','sending','ambiguous')), \
-                (SELECT COUNT(*) FROM txns WHERE state = 'needs_review')",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    );
+    let q = ins.queue;
     match q {
         Ok((oldest, review)) => {
             let age = oldest.map(|t| (now - t) / 1000);

@@ -609,7 +609,7 @@ async fn a_request_lost_in_the_partition_is_resent_only_after_read_back() {
     eprintln!("part-req-1 log:\n{}", lines.join("\n"));
     let resent_after = lines
         .iter()
-        .position(|l| l.contains("read-back shows nothing changed upstream"));
+        .position(|l| l.contains("read-back shows the send did not land"));
     let sent_ok = lines.iter().position(|l| l.contains("applied upstream"));
     let verified_applied = lines
         .iter()

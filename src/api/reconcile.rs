@@ -1,5 +1,6 @@
 //! `GET /v1/reconcile` (the last report) and `POST /v1/reconcile` (run one now, manager).
 
+use crate::store::Meta;
 use std::time::Duration;
 
 use axum::Json;
@@ -13,7 +14,7 @@ use super::{ApiError, AppRef};
 #[utoipa::path(get, path = "/v1/reconcile", tag = "pointsd",
     responses((status = 200, body = crate::sync::ReconcileReport), E401, E404, E503))]
 pub(super) async fn last_reconcile(State(st): State<AppRef>) -> Result<Json<Value>, ApiError> {
-    match st.store.meta("last_reconcile").await? {
+    match st.store.meta(Meta::LastReconcile).await? {
         Some(j) => Ok(Json(serde_json::from_str(&j).unwrap_or(Value::Null))),
         None => Err(ApiError::NotFound(
             "No reconciliation has run yet; it runs with every full refresh, or POST /v1/reconcile.".into(),

@@ -1,6 +1,7 @@
 //! `GET /v1/health`, `GET /v1/status` and `GET /metrics`: how the daemon, its queue, cache,
 //! storage and upstream link are doing.
 
+use crate::store::Meta;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -89,12 +90,12 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let customers = st.store.customer_count().await?;
     let last_refresh = st
         .store
-        .meta("last_full_refresh_at")
+        .meta(Meta::LastFullRefreshAt)
         .await?
         .and_then(|v| v.parse::<i64>().ok());
     let reconcile = st
         .store
-        .meta("last_reconcile")
+        .meta(Meta::LastReconcile)
         .await?
         .and_then(|j| serde_json::from_str::<Value>(&j).ok())
         .map(|v| ReconcileSummary {

@@ -61,7 +61,7 @@ pub(super) fn txn_view(t: TxnRow) -> TxnView {
             .map(|s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))),
         txn_id: t.txn_id,
         customer_id: t.customer_id,
-        kind: t.kind,
+        kind: t.kind.as_str().to_string(),
         delta: t.delta,
         purchase_amount: t.purchase_amount,
         state: t.state,

@@ -82,6 +82,22 @@ impl Store {
         .await
     }
 
+    /// Whether one of this agent's sends for the customer is on the wire or unverified: a
+    /// transaction the feed lists for them may then be that send's, not another store's.
+    pub async fn has_unsettled(&self, customer_id: &str) -> Result<bool, StoreError> {
+        let id = customer_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(concat!(
+                "SELECT EXISTS (SELECT 1 FROM txns t INDEXED BY txns_open_by_customer \
+                 WHERE t.customer_id = ?1 AND ",
+                open_rows!("t"),
+                " AND t.state <> 'pending')"
+            ))?
+            .query_row([id], |r| r.get(0))
+        })
+        .await
+    }
+
     /// Marked customers, oldest mark first (the background re-read's queue).
     pub async fn marked_customers(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         self.read(move |c| {

@@ -5,6 +5,7 @@
 //! one would cost N stores × R changes a second, so re-reads are budgeted: at once when a
 //! cashier looks the customer up online, otherwise in the background, oldest mark first.
 
+use crate::store::Meta;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::SyncEngine;
-use super::pull::FEED_WATERMARK;
 use crate::store::SeenChange;
 use crate::upstream::budget::{Priority, with_priority};
 use crate::upstream::{ChangedQuery, TxnQuery, UpstreamError};
@@ -73,7 +73,7 @@ impl SyncEngine {
             |e: crate::store::StoreError| UpstreamError::Malformed(format!("store: {e}"));
         let Some(wm) = self
             .store
-            .meta(FEED_WATERMARK)
+            .meta(Meta::FeedWatermark)
             .await
             .map_err(store_err)?
             .and_then(|v| v.parse::<i64>().ok())
@@ -127,7 +127,6 @@ impl SyncEngine {
         }
         // The transaction list: a change of points by anyone.
         let mut page = 1;
-        let mut own: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
         loop {
             let q = TxnQuery {
                 from: from.clone(),
@@ -151,21 +150,27 @@ impl SyncEngine {
                 let Some(ms) = crate::clock::parse_stamp(stamp) else {
                     continue;
                 };
-                {
-                    let mut fs = self.feed.lock().expect("feed");
-                    if fs.seen.insert(t.id.clone(), now).is_some() {
-                        continue;
-                    }
+                if self.feed.lock().expect("feed").seen.contains_key(&t.id) {
+                    continue;
                 }
-                if !own.contains_key(cid) {
-                    let ids = self
-                        .store
-                        .own_upstream_txn_ids(cid, 200)
-                        .await
-                        .unwrap_or_default();
-                    own.insert(cid.clone(), ids.into_iter().collect());
+                // A send of ours for this customer is unsettled: the transaction may be its own
+                // (its id is learnt when the send settles). Left for the next poll, whose
+                // window overlaps this one, rather than marked as another store's change.
+                if self.store.has_unsettled(cid).await.unwrap_or(true) {
+                    continue;
                 }
-                if own[cid].contains(&t.id) {
+                self.feed
+                    .lock()
+                    .expect("feed")
+                    .seen
+                    .insert(t.id.clone(), now);
+                // Read after the settled check: a send that settled meanwhile has its ids here.
+                let own = self
+                    .store
+                    .own_upstream_txn_ids(cid, 200)
+                    .await
+                    .unwrap_or_default();
+                if own.contains(&t.id) {
                     continue;
                 }
                 changes.push(SeenChange {
@@ -188,7 +193,7 @@ impl SyncEngine {
             .map_err(store_err)?;
         // Advanced only now that the window's changes are stored.
         self.store
-            .set_meta(FEED_WATERMARK, now.to_string())
+            .set_meta(Meta::FeedWatermark, now.to_string())
             .await
             .map_err(store_err)?;
         {
@@ -269,7 +274,7 @@ impl SyncEngine {
         let (marked, oldest) = self.store.marked_stats().await.unwrap_or((0, None));
         let wm = self
             .store
-            .meta(FEED_WATERMARK)
+            .meta(Meta::FeedWatermark)
             .await
             .ok()
             .flatten()

@@ -1,6 +1,7 @@
 //! The pull worker: the link probe, the full refresh (the first fill and the rare safety
 //! net; it resumes after a 429 instead of starting over) and the change feed in between.
 
+use crate::store::Meta;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,6 @@ use tokio_util::sync::CancellationToken;
 use super::{REPORT_ITEMS, ReconcileReport, SyncEngine};
 use crate::upstream::budget::{Priority, with_priority};
 
-/// Meta key: the change feed has stored every change up to this time (unix ms).
-pub(crate) const FEED_WATERMARK: &str = "feed_watermark_ms";
 /// Without the change feed (no `pos.transactions:read`), full pulls run this often.
 const LEGACY_FULL_INTERVAL: Duration = Duration::from_secs(300);
 /// Transient failures in a row after which a reconcile gives up.
@@ -173,7 +172,7 @@ impl SyncEngine {
                 let no_feed = self.feed.lock().expect("feed").unavailable.is_some();
                 if full.page > 0 || no_feed {
                     next_full = Instant::now();
-                    if matches!(self.store.meta("last_full_refresh_at").await, Ok(Some(_))) {
+                    if matches!(self.store.meta(Meta::LastFullRefreshAt).await, Ok(Some(_))) {
                         backlog_first_since = Some(next_full);
                     }
                 }
@@ -186,7 +185,7 @@ impl SyncEngine {
     async fn last_full_age(&self) -> Option<Duration> {
         let at = self
             .store
-            .meta("last_full_refresh_at")
+            .meta(Meta::LastFullRefreshAt)
             .await
             .ok()
             .flatten()?
@@ -196,7 +195,7 @@ impl SyncEngine {
     }
 
     async fn has_watermark(&self) -> bool {
-        matches!(self.store.meta(FEED_WATERMARK).await, Ok(Some(_)))
+        matches!(self.store.meta(Meta::FeedWatermark).await, Ok(Some(_)))
     }
 
     /// The full-pull interval: the configured one with the feed, the old pull interval
@@ -347,24 +346,24 @@ impl SyncEngine {
         }
         let json = serde_json::to_string(&report).unwrap_or_default();
         self.store
-            .set_meta("last_reconcile", json)
+            .set_meta(Meta::LastReconcile, json)
             .await
             .map_err(store_err)?;
         self.store
-            .set_meta("last_full_refresh_at", now.to_string())
+            .set_meta(Meta::LastFullRefreshAt, now.to_string())
             .await
             .map_err(store_err)?;
         // The feed goes on from the start of this pull: everything before is in the cache.
         if self
             .store
-            .meta(FEED_WATERMARK)
+            .meta(Meta::FeedWatermark)
             .await
             .ok()
             .flatten()
             .is_none()
         {
             self.store
-                .set_meta(FEED_WATERMARK, st.started_at.to_string())
+                .set_meta(Meta::FeedWatermark, st.started_at.to_string())
                 .await
                 .map_err(store_err)?;
         }

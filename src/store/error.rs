@@ -1,0 +1,63 @@
+//! The store's error type: what went wrong with the database, and what to do about it.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the database {path}: {source}. Check that the data dir exists and is writable by the pointsd user"
+    )]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this pointsd knows ({known}). Install the newer pointsd again, or restore a backup made by this version"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "the database {path} failed its integrity check ({detail}). Stop pointsd, keep the file for support, and restore a backup; it will not be repaired automatically"
+    )]
+    Corrupt { path: String, detail: String },
+    #[error(
+        "storage is full: the transaction was not saved. Free disk space in the data dir; writes resume by themselves"
+    )]
+    Full,
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("database error: {0}")]
+    Batch(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DiskFull) => StoreError::Full,
+            Some(DatabaseCorrupt) | Some(NotADatabase) => StoreError::Corrupt {
+                path: "(open database)".into(),
+                detail: e.to_string(),
+            },
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// A copy for each caller of a failed group commit.
+    pub(super) fn for_batch(&self) -> StoreError {
+        match self {
+            StoreError::Full => StoreError::Full,
+            StoreError::WriterGone => StoreError::WriterGone,
+            other => StoreError::Batch(other.to_string()),
+        }
+    }
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full)
+    }
+}

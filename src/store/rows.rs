@@ -1,0 +1,148 @@
+//! Row types and their mapping from SQL: a cached customer, an outbox row.
+
+use super::*;
+
+/// A cached customer with its balance parts.
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerRow {
+    pub customer_id: String,
+    pub code: Option<String>,
+    pub barcode: Option<String>,
+    pub name: Option<String>,
+    pub confirmed: i64,
+    pub pending: i64,
+    pub expires_at: Option<String>,
+    pub upstream_updated_at: Option<String>,
+    pub as_of: Option<i64>,
+    pub local_only: bool,
+    /// The change feed saw this customer's points move elsewhere at this upstream stamp, and
+    /// the balance has not been re-read since: `confirmed` may be out of date.
+    pub changed_elsewhere_at: Option<String>,
+    /// When the agent marked it (unix ms).
+    pub marked_at: Option<i64>,
+}
+
+impl CustomerRow {
+    pub fn balance(&self) -> Balance {
+        Balance::new(self.confirmed, self.pending)
+    }
+}
+
+/// One outbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxnRow {
+    pub seq: i64,
+    pub txn_id: String,
+    pub request: String,
+    pub customer_id: String,
+    pub kind: ledger::Kind,
+    pub delta: i64,
+    pub points: Option<i64>,
+    pub purchase_amount: Option<i64>,
+    pub reason: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub token_name: String,
+    pub created_at: i64,
+    pub state: State,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub before_balance: Option<i64>,
+    pub before_updated_at: Option<String>,
+    pub upstream_balance: Option<i64>,
+    pub upstream_result: Option<String>,
+    pub updated_at: i64,
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
+    /// JSON array of the upstream's transaction ids this send created, when known.
+    pub upstream_txn_ids: Option<String>,
+}
+
+pub(super) const TXN_COLS: &str = "seq, txn_id, request, customer_id, kind, delta, points, purchase_amount, reason, \
+    register_id, staff_id, token_name, created_at, state, attempts, next_attempt_at, last_error, \
+    before_balance, before_updated_at, upstream_balance, upstream_result, updated_at, resolved_by, \
+    resolution_note, upstream_txn_ids";
+
+pub(super) fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
+    let state: String = r.get(13)?;
+    Ok(TxnRow {
+        seq: r.get(0)?,
+        txn_id: r.get(1)?,
+        request: r.get(2)?,
+        customer_id: r.get(3)?,
+        kind: {
+            let k: String = r.get(4)?;
+            ledger::Kind::parse(&k).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    format!("unknown transaction kind {k:?}").into(),
+                )
+            })?
+        },
+        delta: r.get(5)?,
+        points: r.get(6)?,
+        purchase_amount: r.get(7)?,
+        reason: r.get(8)?,
+        register_id: r.get(9)?,
+        staff_id: r.get(10)?,
+        token_name: r.get(11)?,
+        created_at: r.get(12)?,
+        state: State::parse(&state).unwrap_or(State::NeedsReview),
+        attempts: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+        last_error: r.get(16)?,
+        before_balance: r.get(17)?,
+        before_updated_at: r.get(18)?,
+        upstream_balance: r.get(19)?,
+        upstream_result: r.get(20)?,
+        updated_at: r.get(21)?,
+        resolved_by: r.get(22)?,
+        resolution_note: r.get(23)?,
+        upstream_txn_ids: r.get(24)?,
+    })
+}
+
+pub(super) const CUSTOMER_SELECT: &str = concat!(
+    "SELECT c.customer_id, c.code, c.barcode, c.name, c.confirmed, \
+    (SELECT COALESCE(SUM(t.delta), 0) FROM txns t INDEXED BY txns_open_by_customer \
+       WHERE t.customer_id = c.customer_id AND ",
+    open_rows!("t"),
+    "), c.expires_at, c.upstream_updated_at, c.as_of, c.local_only, c.changed_elsewhere_at, \
+    c.marked_at FROM customers c"
+);
+
+pub(super) fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
+    Ok(CustomerRow {
+        customer_id: r.get(0)?,
+        code: r.get(1)?,
+        barcode: r.get(2)?,
+        name: r.get(3)?,
+        confirmed: r.get(4)?,
+        pending: r.get(5)?,
+        expires_at: r.get(6)?,
+        upstream_updated_at: r.get(7)?,
+        as_of: r.get(8)?,
+        local_only: r.get::<_, i64>(9)? != 0,
+        changed_elsewhere_at: r.get(10)?,
+        marked_at: r.get(11)?,
+    })
+}
+
+pub fn customer_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<CustomerRow>> {
+    conn.prepare_cached(&format!("{CUSTOMER_SELECT} WHERE c.customer_id = ?1"))?
+        .query_row([id], customer_from_row)
+        .optional()
+}
+
+pub fn txn_by_id(conn: &Connection, txn_id: &str) -> rusqlite::Result<Option<TxnRow>> {
+    conn.prepare_cached(&format!("SELECT {TXN_COLS} FROM txns WHERE txn_id = ?1"))?
+        .query_row([txn_id], txn_from_row)
+        .optional()
+}
+
+pub(super) fn txn_by_seq(conn: &Connection, seq: i64) -> rusqlite::Result<TxnRow> {
+    conn.prepare_cached(&format!("SELECT {TXN_COLS} FROM txns WHERE seq = ?1"))?
+        .query_row([seq], txn_from_row)
+}
