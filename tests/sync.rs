@@ -500,7 +500,12 @@ async fn rejected_credentials_pause_sync_without_burning_attempts() {
         .await;
     assert_eq!(st["online"], json!(false), "{st:#}");
 
-    let t1 = txn(d, "auth-fail-1").await;
+    // Another request (the probe) may meet the refusal first while the send is on the wire;
+    // that send then comes back refused as well and waits, pending.
+    let t1 = wait_txn(d, "auth-fail-1", Duration::from_secs(10), |t| {
+        t["state"] != json!("sending")
+    })
+    .await;
     assert_eq!(t1["state"], json!("pending"), "{t1:#}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t2 = txn(d, "auth-fail-1").await;
