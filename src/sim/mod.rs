@@ -376,6 +376,111 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_feed_lists_are_strict_and_follow_changes() {
+        let s = sim(SimOptions {
+            customers: 20,
+            ..SimOptions::default()
+        })
+        .await;
+        let http = client("pointsd/t (store a)");
+        let tok: serde_json::Value = token(&http, &s).await.json().await.unwrap();
+        let bearer = tok["access_token"].as_str().unwrap().to_string();
+        let get = |path: &'static str, q: Vec<(&'static str, String)>| {
+            let (http, url, bearer) = (http.clone(), s.url(), bearer.clone());
+            async move {
+                let r = http
+                    .get(format!("{url}/sim-contract{path}"))
+                    .bearer_auth(bearer)
+                    .query(&q)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            }
+        };
+        let now = state::now_ms();
+        let from = crate::clock::smaregi_stamp(now - 3_600_000);
+        let to = crate::clock::smaregi_stamp(now + 3_600_000);
+        let window = |extra: Vec<(&'static str, String)>| {
+            let mut q = vec![
+                ("upd_date_time-from", from.clone()),
+                ("upd_date_time-to", to.clone()),
+            ];
+            q.extend(extra);
+            q
+        };
+        // The sample members signed up long ago: no recent window lists them.
+        let (st, v) = get("/pos/customers", window(vec![])).await;
+        assert_eq!((st, v.as_array().unwrap().len()), (200, 0), "{v}");
+        // A directory edit does; a point change does not (it is a transaction).
+        s.edit_customer("7", "伊藤").unwrap();
+        s.online_change("8", 5).unwrap();
+        s.sale_elsewhere("9", 3).unwrap();
+        let (_, v) = get("/pos/customers", window(vec![])).await;
+        assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v[0]["customerId"], "7");
+        assert_eq!(v[0]["lastName"], "伊藤");
+        let (st, v) = get(
+            "/pos/transactions",
+            window(vec![("sort", "updDateTime".into())]),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let ids: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["customerId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["8", "9"]);
+        assert_eq!(v[1]["transactionHeadDivision"], "1");
+        let (_, v) = get(
+            "/pos/transactions",
+            window(vec![("sort", "updDateTime:desc".into())]),
+        )
+        .await;
+        assert_eq!(v[0]["customerId"], "9");
+        // Refused: no window, a window over 31 days, one end only, a filter the list lacks, a
+        // page size over 1000, an unknown sort.
+        let long_from = crate::clock::smaregi_stamp(now - 32 * 24 * 3_600_000);
+        for (path, q) in [
+            ("/pos/transactions", vec![]),
+            (
+                "/pos/transactions",
+                vec![
+                    ("upd_date_time-from", long_from.clone()),
+                    ("upd_date_time-to", to.clone()),
+                ],
+            ),
+            (
+                "/pos/customers",
+                vec![
+                    ("upd_date_time-from", long_from.clone()),
+                    ("upd_date_time-to", to.clone()),
+                ],
+            ),
+            ("/pos/customers", vec![("upd_date_time-from", from.clone())]),
+            (
+                "/pos/transactions",
+                window(vec![("customer_id", "8".into())]),
+            ),
+            ("/pos/transactions", window(vec![("limit", "1001".into())])),
+            ("/pos/transactions", window(vec![("sort", "total".into())])),
+        ] {
+            let (st, v) = get(path, q.clone()).await;
+            assert_eq!(st, 400, "{path} {q:?}: {v}");
+            assert!(v["detail"].is_string(), "{v}");
+        }
+        // The feed reads were counted as such.
+        let c = &s.requests_by_agent()["pointsd/t (store a)"];
+        assert_eq!(c.feed, 11);
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn shutdown_ends_open_connections() {
         let s = sim(SimOptions {
             customers: 1,

@@ -411,6 +411,10 @@ struct TxnListQuery {
     customer_code: Option<String>,
     transaction_head_division: Option<String>,
     store_id: Option<String>,
+    /// Not a filter of this list (DESIGN.md §4: `customer_code`, not `customer_id`); taken
+    /// only to refuse it, so a client relying on it learns at once instead of reading every
+    /// customer's transactions as one's own.
+    customer_id: Option<String>,
 }
 
 /// A date window filter: both ends, ISO 8601 with an offset, from <= to, at most 31 days
@@ -484,6 +488,13 @@ async fn list_transactions(
             Err(r) => return r,
         },
     };
+    if q.customer_id.is_some() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "customer_id is not a filter of /pos/transactions; use customer_code",
+        );
+    }
     if upd.is_none() && tran.is_none() {
         return problem(
             StatusCode::BAD_REQUEST,
