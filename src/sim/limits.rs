@@ -38,8 +38,9 @@ pub struct AgentCounts {
     pub writes: u64,
     /// Token requests (also counted in `reads`).
     pub tokens: u64,
-    /// Change-feed reads (also counted in `reads`): `GET /pos/transactions`, and
-    /// `GET /pos/customers` with an `upd_date_time` window.
+    /// Change-feed reads (also counted in `reads`): `GET /pos/transactions` other than one
+    /// customer's (`customer_code`, a read-back), and `GET /pos/customers` with an
+    /// `upd_date_time` window.
     #[serde(default)]
     pub feed: u64,
     /// Requests answered 429, by a limit or by the `throttle_rate` fault.

@@ -443,6 +443,13 @@ mod tests {
         )
         .await;
         assert_eq!(v[0]["customerId"], "9");
+        // One customer's transactions: a read-back, not counted as the feed.
+        let (_, v) = get(
+            "/pos/transactions",
+            window(vec![("customer_code", "M000008".into())]),
+        )
+        .await;
+        assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
         // Refused: no window, a window over 31 days, one end only, a filter the list lacks, a
         // page size over 1000, an unknown sort.
         let long_from = crate::clock::smaregi_stamp(now - 32 * 24 * 3_600_000);
