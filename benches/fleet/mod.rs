@@ -222,7 +222,7 @@ async fn start_agent(
         .stderr(log)
         .spawn()
         .expect("start pointsd");
-    let p = Proc(child);
+    let mut p = Proc(child);
     let url = format!("http://127.0.0.1:{port}");
     let t0 = Instant::now();
     loop {
@@ -230,6 +230,17 @@ async fn start_agent(
             && r.status().is_success()
         {
             break;
+        }
+        if let Ok(Some(status)) = p.0.try_wait() {
+            let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+            panic!(
+                "store {store}: pointsd exited ({status}) before it was ready{}:\n{log}",
+                if o.new_keys {
+                    " (--new-keys: does this build know the chain config keys?)"
+                } else {
+                    ""
+                }
+            );
         }
         assert!(
             t0.elapsed() < Duration::from_secs(60),
