@@ -11,6 +11,12 @@
 //! Options (after `--`): `--customers N` (1000000), `--queued Q` (100000), `--rate R` (1000),
 //! `--seconds S` per load run (10). Results: `target/bench/latest.json` and a timestamped copy;
 //! a Markdown table on stdout, as pasted into the README.
+//!
+//! Selectors (after `--`): `suite` runs the table above alone, `fleet` the fleet simulation
+//! alone (a chain on one contract: `fleet/mod.rs`, its own options); neither runs both, the
+//! suite first. `--customers` applies to whichever runs.
+
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -465,11 +471,31 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
-    let o = opts();
-    // POINTSD_BENCH_BIN runs another build, e.g. target/profiling/pointsd (symbols, for perf).
-    let bin = std::env::var_os("POINTSD_BENCH_BIN")
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only_suite = args.iter().any(|a| a == "suite");
+    let only_fleet = args.iter().any(|a| a == "fleet");
+    if !only_fleet || only_suite {
+        suite().await;
+    }
+    if !only_suite || only_fleet {
+        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("bench");
+        fleet::run(&bench_bin(), &out_dir, fleet::opts(&args)).await;
+    }
+}
+
+/// POINTSD_BENCH_BIN runs another build, e.g. target/profiling/pointsd (symbols, for perf).
+fn bench_bin() -> PathBuf {
+    std::env::var_os("POINTSD_BENCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pointsd")));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pointsd")))
+}
+
+async fn suite() {
+    let o = opts();
+    let bin = bench_bin();
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
