@@ -66,7 +66,7 @@ pub fn opts(args: &[String]) -> FleetOpts {
         online_per_minute: 30.0,
         drop_rate: 0.1,
         fill_minutes: 10.0,
-        new_keys: false,
+        new_keys: true,
     };
     let mut i = 0;
     while i < args.len() {
@@ -86,6 +86,12 @@ pub fn opts(args: &[String]) -> FleetOpts {
             "--fill-minutes" => o.fill_minutes = val(),
             "--new-keys" => {
                 o.new_keys = true;
+                i += 1;
+                continue;
+            }
+            // For comparing against an agent built before the chain keys existed.
+            "--no-new-keys" => {
+                o.new_keys = false;
                 i += 1;
                 continue;
             }

@@ -105,11 +105,14 @@ impl Store {
                 if out.len() == limit {
                     break;
                 }
+                // A customer marked changed elsewhere has no trustworthy cached figure: the send
+                // reads the balance first, so a lost answer's read-back starts from a fresh one
+                // (fewer foreign transactions in its window, fewer reviews in a chain).
                 c.prepare_cached("UPDATE txns SET state = 'sending', attempts = attempts + 1, updated_at = ?2, \
                        before_balance = (SELECT confirmed FROM customers WHERE customer_id = txns.customer_id \
-                           AND as_of IS NOT NULL), \
+                           AND as_of IS NOT NULL AND marked_at IS NULL), \
                        before_updated_at = (SELECT upstream_updated_at FROM customers WHERE customer_id = txns.customer_id \
-                           AND as_of IS NOT NULL) \
+                           AND as_of IS NOT NULL AND marked_at IS NULL) \
                      WHERE seq = ?1 AND state = 'pending'")?.execute(params![seq, now_ms])?;
                 out.push(txn_by_seq(c, seq)?);
             }

@@ -106,6 +106,10 @@ impl SyncEngine {
                         now,
                     )
                     .await?;
+                // The figure read back is the resend's starting point (the cache's may predate
+                // another store's change): a second lost answer is then judged from it.
+                let rev = self.store.apply_counter().await?;
+                self.store.upsert_balances(vec![b], rev, now).await?;
             }
             readback::Verdict::NeedsReview { why } => {
                 self.needs_review(txn, why, evidence, now).await?;
