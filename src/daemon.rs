@@ -226,7 +226,6 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         health,
         metrics,
         clock,
-        lookup_refresh_paused_until: std::sync::atomic::AtomicI64::new(0),
         tasks: tracker.clone(),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;

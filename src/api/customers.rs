@@ -12,6 +12,7 @@ use super::{ApiError, AppRef, AppState};
 use crate::clock;
 use crate::ledger::{self, Balance};
 use crate::store::{CustomerRow, LookupColumn};
+use crate::sync::LookupRefresh;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
@@ -82,34 +83,18 @@ pub(super) async fn get_customer(
 pub(super) async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError> {
     let api = &st.settings.api;
     let age_limit = api.lookup_refresh_after.as_millis() as i64;
-    let old = c.as_of.is_none_or(|t| st.clock.now_ms() - t >= age_limit);
+    // A customer the change feed marked is re-read at once, whatever the figure's age.
+    let old = c.as_of.is_none_or(|t| st.clock.now_ms() - t >= age_limit) || c.marked_at.is_some();
     if !old || !st.health.is_online() || c.local_only {
         return Ok(c);
     }
-    // After a refresh ran out of budget, look-ups answer from the cache at once for a while:
-    // at the start of an outage (before the probe notices) each look-up would otherwise
-    // wait out the whole budget.
-    let now = st.clock.now_ms();
-    if now
-        < st.lookup_refresh_paused_until
-            .load(std::sync::atomic::Ordering::Relaxed)
+    match st
+        .sync
+        .lookup_refresh(&c.customer_id, api.lookup_refresh_budget)
+        .await
     {
-        return Ok(c);
-    }
-    let budget = api.lookup_refresh_budget;
-    match tokio::time::timeout(budget, st.sync.refresh_customer(&c.customer_id)).await {
-        Ok(Ok(true)) => Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c)),
-        Ok(Ok(false)) => Ok(c),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, customer_id = %c.customer_id, "look-up refresh failed; answering from the cache");
-            Ok(c)
-        }
-        Err(_) => {
-            let pause = st.settings.config.sync.probe_interval_s as i64 * 2_000;
-            st.lookup_refresh_paused_until
-                .store(now + pause.max(2_000), std::sync::atomic::Ordering::Relaxed);
-            Ok(c)
-        }
+        LookupRefresh::Refreshed => Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c)),
+        _ => Ok(c),
     }
 }
 

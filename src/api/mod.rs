@@ -64,7 +64,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     /// Until when (unix ms) look-ups skip the upstream refresh after one ran out of budget.
-    pub lookup_refresh_paused_until: std::sync::atomic::AtomicI64,
     /// The daemon's tracker: a task a request starts in the background (the refresh after a
     /// review resolution) is awaited at stop like every other task.
     pub tasks: tokio_util::task::TaskTracker,

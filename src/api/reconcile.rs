@@ -31,7 +31,7 @@ pub(super) async fn run_reconcile(
     require_manager(&caller, "run a reconciliation")?;
     match tokio::time::timeout(Duration::from_secs(120), st.sync.refresh_and_reconcile()).await {
         Ok(Ok(report)) => Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null))),
-        Ok(Err(e)) => Err(ApiError::Upstream(e)),
+        Ok(Err(e)) => Err(ApiError::Upstream(e.to_string())),
         Err(_) => Err(ApiError::Upstream(
             "the upstream took longer than 120 s".into(),
         )),

@@ -13,10 +13,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::SyncEngine;
+use super::{SyncEngine, SyncError};
 use crate::store::SeenChange;
 use crate::upstream::budget::{Priority, with_priority};
-use crate::upstream::{ChangedQuery, TxnQuery, UpstreamError};
+use crate::upstream::{ChangedQuery, TxnQuery};
 
 /// Windows overlap by this much: clock skew between agent and upstream, and changes committed
 /// late within a second. Results are de-duplicated by transaction id.
@@ -68,14 +68,11 @@ pub(super) struct FeedState {
 impl SyncEngine {
     /// One poll of the feed from the watermark to now. `Ok(None)`: no watermark yet, or one
     /// older than the list's 31-day window — a full pull is due instead.
-    pub(super) async fn poll_feed(&self) -> Result<Option<FeedPoll>, UpstreamError> {
-        let store_err =
-            |e: crate::store::StoreError| UpstreamError::Malformed(format!("store: {e}"));
+    pub(super) async fn poll_feed(&self) -> Result<Option<FeedPoll>, SyncError> {
         let Some(wm) = self
             .store
             .meta(Meta::FeedWatermark)
-            .await
-            .map_err(store_err)?
+            .await?
             .and_then(|v| v.parse::<i64>().ok())
         else {
             return Ok(None);
@@ -116,10 +113,7 @@ impl SyncEngine {
                     });
                 }
             }
-            self.store
-                .upsert_customers(p.items)
-                .await
-                .map_err(store_err)?;
+            self.store.upsert_customers(p.items).await?;
             if !p.more || page >= FEED_MAX_PAGES {
                 break;
             }
@@ -134,11 +128,7 @@ impl SyncEngine {
                 customer_code: None,
                 page,
             };
-            let p = match with_priority(Priority::Feed, self.upstream.list_transactions(&q)).await {
-                Ok(p) => p,
-                Err(e @ UpstreamError::MissingScope { .. }) => return Err(e),
-                Err(e) => return Err(e),
-            };
+            let p = with_priority(Priority::Feed, self.upstream.list_transactions(&q)).await?;
             out.requests += 1;
             for t in &p.items {
                 let (Some(cid), Some(stamp)) = (&t.customer_id, &t.updated_at) else {
@@ -186,16 +176,11 @@ impl SyncEngine {
             page += 1;
         }
         out.changed = changes.len();
-        out.newly_marked = self
-            .store
-            .mark_changed(changes, now)
-            .await
-            .map_err(store_err)?;
+        out.newly_marked = self.store.mark_changed(changes, now).await?;
         // Advanced only now that the window's changes are stored.
         self.store
             .set_meta(Meta::FeedWatermark, now.to_string())
-            .await
-            .map_err(store_err)?;
+            .await?;
         {
             let mut fs = self.feed.lock().expect("feed");
             fs.last_poll_at = Some(now);

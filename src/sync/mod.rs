@@ -5,6 +5,8 @@
 //! where the last run stopped (DESIGN.md §3).
 
 pub mod feed;
+mod lookup;
+pub use lookup::LookupRefresh;
 mod pull;
 mod push;
 pub mod readback;
@@ -46,6 +48,33 @@ pub struct SyncOptions {
     pub budget: Option<Arc<crate::upstream::budget::Budget>>,
 }
 
+/// What a sync operation the API asks for (a reconcile, a customer's refresh) can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+}
+
+impl SyncError {
+    /// Worth trying again after a pause (a 429, a 5xx, a dropped link).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Upstream(e) => e.class() == crate::upstream::FailureClass::Transient,
+            SyncError::Store(_) => false,
+        }
+    }
+
+    /// The pause the upstream asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SyncError::Upstream(e) => e.retry_after(),
+            SyncError::Store(_) => None,
+        }
+    }
+}
+
 /// Shared by the workers and the API (which waits on write-through results and wakes the
 /// push worker).
 pub struct SyncEngine {
@@ -61,6 +90,9 @@ pub struct SyncEngine {
     unrecorded: Mutex<Vec<i64>>,
     feed: Mutex<feed::FeedState>,
     reread_wake: Notify,
+    /// Look-ups answer from the cache alone until then (unix ms): set when a look-up's
+    /// refresh ran out of its budget (the start of an outage, before the probe notices).
+    lookup_paused_until: std::sync::atomic::AtomicI64,
 }
 
 /// Discrepancies kept in a report (the count covers all).
@@ -96,11 +128,8 @@ impl SyncEngine {
             unrecorded: Mutex::new(Vec::new()),
             feed: Mutex::new(feed::FeedState::default()),
             reread_wake: Notify::new(),
+            lookup_paused_until: std::sync::atomic::AtomicI64::new(0),
         })
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The request budget's rates and 429 counts, when one is set.
@@ -115,11 +144,6 @@ impl SyncEngine {
     /// Wakes the push worker: something new is in the outbox.
     pub fn kick(&self) {
         self.wake.notify_one();
-    }
-
-    /// Asks the pull worker for a full refresh now.
-    pub fn request_refresh(&self) {
-        self.refresh_now.notify_one();
     }
 
     /// Registers interest in a transaction's next final outcome (applied, rejected,

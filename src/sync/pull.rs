@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{REPORT_ITEMS, ReconcileReport, SyncEngine};
+use super::{REPORT_ITEMS, ReconcileReport, SyncEngine, SyncError};
 use crate::upstream::budget::{Priority, with_priority};
 
 /// Without the change feed (no `pos.transactions:read`), full pulls run this often.
@@ -126,7 +126,9 @@ impl SyncEngine {
                         }
                     }
                     Ok(None) => next_full = Instant::now().min(next_full),
-                    Err(e @ crate::upstream::UpstreamError::MissingScope { .. }) => {
+                    Err(SyncError::Upstream(
+                        e @ crate::upstream::UpstreamError::MissingScope { .. },
+                    )) => {
                         let first = self.feed.lock().expect("feed").unavailable.is_none();
                         if first {
                             tracing::warn!(error = %e, "no change feed: falling back to full pulls every {} s", LEGACY_FULL_INTERVAL.as_secs());
@@ -236,40 +238,18 @@ impl SyncEngine {
         self.store.has_open().await.unwrap_or(false)
     }
 
-    /// Refreshes the customer directory and every balance. Returns false if it did not finish.
-    pub async fn full_refresh(&self) -> bool {
-        match self.refresh_and_reconcile().await {
-            Ok(r) => {
-                tracing::info!(
-                    customers = r.customers,
-                    balances = r.checked,
-                    discrepancies = r.discrepancies,
-                    "full refresh done"
-                );
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "full refresh failed; the cache keeps its last figures");
-                false
-            }
-        }
-    }
-
     /// A full refresh that also reconciles: every customer whose upstream balance differs from
     /// the figure the cache last confirmed (with nothing of ours in flight) is reported. The
     /// report is kept as `last_reconcile`; nothing is ever corrected upstream (DESIGN.md §2.5).
     /// A 429 or 5xx on page 57 of 400 waits (the pause the upstream asked for, or a short
     /// backoff) and resumes at page 57; it gives up after [`FULL_MAX_FAILURES`] in a row.
-    pub async fn refresh_and_reconcile(&self) -> Result<ReconcileReport, String> {
+    pub async fn refresh_and_reconcile(&self) -> Result<ReconcileReport, SyncError> {
         let mut st = FullPull::default();
         let mut failures = 0;
         loop {
             match self.full_pull_step(&mut st).await {
                 Ok(r) => return Ok(r),
-                Err(e)
-                    if e.class() == crate::upstream::FailureClass::Transient
-                        && failures + 1 < FULL_MAX_FAILURES =>
-                {
+                Err(e) if e.is_transient() && failures + 1 < FULL_MAX_FAILURES => {
                     failures += 1;
                     let wait = e
                         .retry_after()
@@ -277,20 +257,14 @@ impl SyncEngine {
                     tracing::info!(error = %e, page = st.page, "full refresh paused; resuming where it stopped");
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
     }
 
     /// Runs (or resumes) a full pull until it finishes or a request fails; `st` keeps the
     /// place, so the next call goes on from the page that failed.
-    async fn full_pull_step(
-        &self,
-        st: &mut FullPull,
-    ) -> Result<ReconcileReport, crate::upstream::UpstreamError> {
-        use crate::upstream::UpstreamError;
-        let store_err =
-            |e: crate::store::StoreError| UpstreamError::Malformed(format!("store: {e}"));
+    async fn full_pull_step(&self, st: &mut FullPull) -> Result<ReconcileReport, SyncError> {
         let _one_at_a_time = self.refresh_lock.lock().await;
         if let Some(ms) = self.health.pause_remaining_ms() {
             tokio::time::sleep(Duration::from_millis(ms as u64)).await;
@@ -298,7 +272,7 @@ impl SyncEngine {
         if st.page == 0 {
             st.page = 1;
             st.started_at = self.now();
-            st.started_rev = self.store.apply_counter().await.map_err(store_err)?;
+            st.started_rev = self.store.apply_counter().await?;
         }
         // Balances first: they are what a register needs; names and codes follow.
         while !st.balances_done {
@@ -307,8 +281,7 @@ impl SyncEngine {
             let (_, diffs) = self
                 .store
                 .upsert_balances(p.items, st.started_rev, self.now())
-                .await
-                .map_err(store_err)?;
+                .await?;
             st.items.extend(diffs);
             if p.more {
                 st.page += 1;
@@ -320,10 +293,7 @@ impl SyncEngine {
         loop {
             let p = with_priority(Priority::Full, self.upstream.list_customers(st.page)).await?;
             st.customers += p.items.len();
-            self.store
-                .upsert_customers(p.items)
-                .await
-                .map_err(store_err)?;
+            self.store.upsert_customers(p.items).await?;
             if !p.more {
                 break;
             }
@@ -345,14 +315,10 @@ impl SyncEngine {
             );
         }
         let json = serde_json::to_string(&report).unwrap_or_default();
-        self.store
-            .set_meta(Meta::LastReconcile, json)
-            .await
-            .map_err(store_err)?;
+        self.store.set_meta(Meta::LastReconcile, json).await?;
         self.store
             .set_meta(Meta::LastFullRefreshAt, now.to_string())
-            .await
-            .map_err(store_err)?;
+            .await?;
         // The feed goes on from the start of this pull: everything before is in the cache.
         if self
             .store
@@ -364,29 +330,24 @@ impl SyncEngine {
         {
             self.store
                 .set_meta(Meta::FeedWatermark, st.started_at.to_string())
-                .await
-                .map_err(store_err)?;
+                .await?;
         }
         Ok(report)
     }
 
-    /// Refreshes one customer from upstream (look-up while online). Errors are the caller's
-    /// to ignore: the cache answers instead.
-    pub async fn refresh_customer(&self, customer_id: &str) -> Result<bool, String> {
-        let started_rev = self
-            .store
-            .apply_counter()
-            .await
-            .map_err(|e| e.to_string())?;
-        match self.upstream.get_balance(customer_id).await {
-            Ok(Some(b)) => self
-                .store
-                .upsert_balances(vec![b], started_rev, self.now())
-                .await
-                .map(|(n, _)| n > 0)
-                .map_err(|e| e.to_string()),
-            Ok(None) => Ok(false),
-            Err(e) => Err(e.to_string()),
+    /// Refreshes one customer from upstream (a look-up, a re-read). `Ok(true)` when the cache
+    /// took the figure. Errors are the caller's to ignore: the cache answers instead.
+    pub async fn refresh_customer(&self, customer_id: &str) -> Result<bool, SyncError> {
+        let started_rev = self.store.apply_counter().await?;
+        match self.upstream.get_balance(customer_id).await? {
+            Some(b) => {
+                let (n, _) = self
+                    .store
+                    .upsert_balances(vec![b], started_rev, self.now())
+                    .await?;
+                Ok(n > 0)
+            }
+            None => Ok(false),
         }
     }
 }
