@@ -391,10 +391,10 @@ async fn wait_healthy(base: &str, p: &mut WinProc, limit: Duration) {
 }
 
 /// Waits until the daemon has filled its cache from the upstream once.
-async fn wait_full_cache(base: &str) {
+async fn wait_full_cache(base: &str, token: &str) {
     let start = Instant::now();
     loop {
-        let (_, s) = get(&format!("{base}/v1/status"), TOKEN).await;
+        let (_, s) = get(&format!("{base}/v1/status"), token).await;
         if s["online"] == json!(true) && s["cache"]["last_full_refresh_at"].is_string() {
             return;
         }
@@ -513,6 +513,8 @@ async fn demo_answers_lookups_and_earns_from_linux_and_stops_cleanly() {
         on_disk.display()
     );
     assert!(!prefix.profile().join("AppData/Roaming/pointsd").exists());
+    // Health answers before the built-in simulator's first fill is in the cache.
+    wait_full_cache(&base, &token).await;
 
     let (s, v) = get(&format!("{base}/v1/customers/1"), &token).await;
     assert_eq!(s, 200, "{v}");
@@ -572,7 +574,7 @@ async fn run_without_data_dir_uses_program_data_and_keeps_acknowledged_earns_aft
     let mut d = WinProc::start(prefix, &exe, &args, "run-system");
     wait_healthy(&base, &mut d, Duration::from_secs(60)).await;
     assert!(data.join("pointsd.db").is_file(), "{}", data.display());
-    wait_full_cache(&base).await;
+    wait_full_cache(&base, TOKEN).await;
     // Earns acknowledged while the upstream is down stay queued on disk.
     common::set_faults(&sim, |f| f.refuse = true);
     let before = available(&base, TOKEN, "3").await;
@@ -631,7 +633,7 @@ async fn run_user_keeps_config_data_and_logs_in_local_app_data() {
     run_config(&home, port, &sim.url());
     let mut d = WinProc::start(prefix, &exe, &["run", "--user"], "run-user");
     wait_healthy(&base, &mut d, Duration::from_secs(60)).await;
-    wait_full_cache(&base).await;
+    wait_full_cache(&base, TOKEN).await;
     let (s, v) = earn(&base, TOKEN, "win-user-1", "2", 5).await;
     assert!(s < 300, "{s} {v}");
     assert!(home.join("data/pointsd.db").is_file());
