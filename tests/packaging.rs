@@ -810,7 +810,6 @@ fn windows_wxs_is_well_formed_and_installs_the_service() {
         .arg(repo().join("installers/windows/pointsd.wxs")));
     let elems: Vec<Value> = serde_json::from_str(&text(&out)).unwrap();
     const WIX: &str = "http://wixtoolset.org/schemas/v4/wxs";
-    const UTIL: &str = "http://wixtoolset.org/schemas/v4/wxs/util";
     let all = |ns: &str, name: &str| -> Vec<&Value> {
         elems
             .iter()
@@ -847,15 +846,24 @@ fn windows_wxs_is_well_formed_and_installs_the_service() {
     assert_eq!(ctl["Start"], "install");
     assert_eq!(ctl["Stop"], "both");
     assert_eq!(ctl["Remove"], "uninstall");
-    let cfg = one(UTIL, "ServiceConfig");
-    for k in [
-        "FirstFailureActionType",
-        "SecondFailureActionType",
-        "ThirdFailureActionType",
-    ] {
-        assert_eq!(cfg[k], "restart", "{k}");
+    // Failure actions are core Windows Installer 5.0 tables (no WiX extension): restart after
+    // 5 s three times, count reset after a day, also after an error exit.
+    let fa = one(WIX, "ServiceConfigFailureActions");
+    assert_eq!(fa["ResetPeriod"], "86400");
+    assert_eq!(fa["OnInstall"], "yes");
+    let failures = all(WIX, "Failure");
+    assert_eq!(failures.len(), 3);
+    for f in failures {
+        assert_eq!(f["Action"], "restartService");
+        assert_eq!(f["Delay"], "5000");
     }
-    assert_eq!(cfg["RestartServiceDelayInSeconds"], "5");
+    let sc = one(WIX, "ServiceConfig");
+    assert_eq!(sc["FailureActionsWhen"], "failedToStopOrReturnedError");
+    assert_eq!(sc["DelayedAutoStart"], "yes");
+    assert!(
+        elems.iter().all(|e| e["ns"] == WIX),
+        "no extension namespaces: wixl and plain `wix build` read it"
+    );
 
     // ProgramData\pointsd survives uninstall and upgrade, and only SYSTEM and Administrators
     // may read it (protected DACL, no Users/Everyone entry).

@@ -4,7 +4,8 @@
 
 .DESCRIPTION
     Needs the .NET SDK and the wix tool:  dotnet tool install --global wix
-    The Util extension (service failure actions) is added in the version matching the wix tool.
+    No WiX extension is needed: the service failure actions are Windows Installer 5.0 tables.
+    On Linux, installers/windows/build-msi.sh builds the MSI from the same pointsd.wxs with wixl.
 
 .EXAMPLE
     cargo build --release
@@ -46,19 +47,9 @@ if (-not (Get-Command wix -ErrorAction SilentlyContinue)) {
     throw 'wix not found: install it with "dotnet tool install --global wix"'
 }
 
-# The extension's major version must match the wix tool's ("5.0.2+abc" -> 5.0.2).
-$wixVersion = ((& wix --version) -split '\+')[0].Trim()
-$extension = "WixToolset.Util.wixext/$wixVersion"
-$installed = (& wix extension list -g) -join "`n"
-if ($installed -notmatch [regex]::Escape("WixToolset.Util.wixext $wixVersion")) {
-    & wix extension add -g $extension
-    if ($LASTEXITCODE -ne 0) { throw "wix extension add $extension failed" }
-}
-
 $wixArgs = @(
     'build', (Join-Path $PSScriptRoot 'pointsd.wxs'),
     '-arch', 'x64',
-    '-ext', $extension,
     '-d', "Version=$msiVersion",
     '-d', "BinaryPath=$Binary",
     '-d', ("ConfigSource=" + (Join-Path $repo 'config\pointsd.example.toml')),

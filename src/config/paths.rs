@@ -1,5 +1,11 @@
 //! Default paths: config file, data dir and log dir, for the system service or the current
 //! user, honouring systemd's `$CONFIGURATION_DIRECTORY`, `$STATE_DIRECTORY`, `$LOGS_DIRECTORY`.
+//!
+//! Windows, per user: everything under Local AppData (`%LOCALAPPDATA%\pointsd\pointsd.toml`,
+//! `...\pointsd\data`), not `directories`' `ProjectDirs` layout (`%APPDATA%\pointsd\pointsd\data`:
+//! the name doubled, and in the roaming profile, which domain logons copy to a server and back).
+//! A SQLite cache and a config holding register tokens and the Smaregi secret belong to this
+//! machine. The service's `%ProgramData%\pointsd` is unchanged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,34 @@ pub enum Scope {
 
 fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("jp", "pointsd", "pointsd")
+}
+
+/// The per-user folder on Windows: `<Local AppData>\pointsd` (FOLDERID_LocalAppData).
+fn windows_user_base() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|d| windows_user_base_in(d.data_local_dir()))
+}
+
+fn windows_user_base_in(local_app_data: &Path) -> PathBuf {
+    local_app_data.join("pointsd")
+}
+
+/// User config file: Windows `<Local AppData>\pointsd\pointsd.toml`, else `ProjectDirs`'
+/// config dir (`~/.config/pointsd`, macOS `~/Library/Application Support/jp.pointsd.pointsd`).
+fn user_config_file() -> Option<PathBuf> {
+    if cfg!(windows) {
+        windows_user_base().map(|b| b.join("pointsd.toml"))
+    } else {
+        project_dirs().map(|d| d.config_dir().join("pointsd.toml"))
+    }
+}
+
+/// User data dir: Windows `<Local AppData>\pointsd\data`, else `ProjectDirs`' data dir.
+fn user_data_dir() -> Option<PathBuf> {
+    if cfg!(windows) {
+        windows_user_base().map(|b| b.join("data"))
+    } else {
+        project_dirs().map(|d| d.data_dir().to_path_buf())
+    }
 }
 
 fn env_dir(env: &BTreeMap<String, String>, name: &str) -> Option<PathBuf> {
@@ -37,9 +71,7 @@ fn system_base() -> PathBuf {
 /// Default config file: systemd's `$CONFIGURATION_DIRECTORY`, then the OS location.
 pub fn default_config_file(scope: Scope, env: &BTreeMap<String, String>) -> PathBuf {
     match scope {
-        Scope::User => project_dirs()
-            .map(|d| d.config_dir().join("pointsd.toml"))
-            .unwrap_or_else(|| PathBuf::from("pointsd.toml")),
+        Scope::User => user_config_file().unwrap_or_else(|| PathBuf::from("pointsd.toml")),
         Scope::System => {
             if let Some(d) = env_dir(env, "CONFIGURATION_DIRECTORY") {
                 d.join("pointsd.toml")
@@ -55,9 +87,7 @@ pub fn default_config_file(scope: Scope, env: &BTreeMap<String, String>) -> Path
 /// Default data dir: systemd's `$STATE_DIRECTORY`, then the OS location.
 pub fn default_data_dir(scope: Scope, env: &BTreeMap<String, String>) -> PathBuf {
     match scope {
-        Scope::User => project_dirs()
-            .map(|d| d.data_dir().to_path_buf())
-            .unwrap_or_else(|| PathBuf::from("pointsd-data")),
+        Scope::User => user_data_dir().unwrap_or_else(|| PathBuf::from("pointsd-data")),
         Scope::System => env_dir(env, "STATE_DIRECTORY").unwrap_or_else(|| {
             if cfg!(windows) || cfg!(target_os = "macos") {
                 system_base().join("data")
@@ -81,6 +111,18 @@ pub fn default_log_dir(scope: Scope, data_dir: &Path, env: &BTreeMap<String, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_user_folders_are_in_local_app_data_without_a_doubled_name() {
+        let base = windows_user_base_in(Path::new(r"C:\Users\clerk\AppData\Local"));
+        let s = base.to_string_lossy().replace('/', "\\");
+        assert_eq!(s, r"C:\Users\clerk\AppData\Local\pointsd");
+        assert!(!s.contains("Roaming") && !s.contains(r"pointsd\pointsd"));
+        // Off Windows the user folders stay `ProjectDirs`'.
+        if !cfg!(windows) {
+            assert_eq!(user_data_dir(), project_dirs().map(|d| d.data_dir().into()));
+        }
+    }
 
     #[test]
     fn systemd_directories_win_in_system_scope() {
