@@ -8,9 +8,14 @@
 //! connections on the blocking thread pool, so a slow disk never stalls the async runtime.
 
 mod feed;
+mod sales;
 pub mod schema;
 
 pub use feed::SeenChange;
+pub use sales::{
+    NewReturn, NewSale, PriceRefusal, QuoteOutcome, Receipt, ReturnOutcome, ReturnRecord,
+    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1097,7 +1102,8 @@ impl Store {
         self.write(move |c| {
             c.prepare_cached("UPDATE txns SET state = 'rejected', last_error = ?2, upstream_result = ?3, updated_at = ?4 \
                  WHERE seq = ?1")?.execute(params![seq, error, upstream_result, now_ms])?;
-            Ok(())
+            // A return's refused take-back is followed by a smaller one, never dropped.
+            sales::after_rejected(c, seq, now_ms)
         })
         .await
     }
