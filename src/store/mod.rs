@@ -14,7 +14,7 @@ pub mod schema;
 pub use feed::SeenChange;
 pub use sales::{
     NewReturn, NewSale, PriceRefusal, QuoteOutcome, Receipt, ReturnOutcome, ReturnRecord,
-    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats,
+    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats, return_txn_id, sale_txn_id,
 };
 
 use std::path::{Path, PathBuf};
