@@ -569,6 +569,17 @@ mod tests {
                 &sat_in,
                 107,
             ),
+            // The README's worked example: 2800 yen → 28 × 1.5 × 2 = 84.
+            (
+                3000,
+                200,
+                AfterPoints,
+                Floor,
+                vec![weekend_double()],
+                true,
+                &sat_in,
+                84,
+            ),
             // All paid with points earns nothing on after_points, but the bonus still comes.
             (
                 500,
@@ -711,5 +722,54 @@ mod tests {
         assert_eq!(settle_take_back(9, 5, 3, false), (8, 1));
         assert_eq!(settle_take_back(9, 0, 3, true), (9, 0));
         assert_eq!(settle_take_back(9, 0, -4, false), (0, 9));
+    }
+
+    proptest::proptest! {
+        /// For any sale and any sequence of partial returns: the cumulative rule holds after
+        /// each, nothing more than earned is taken back or more than used given back, and
+        /// returning everything reverses the sale exactly.
+        #[test]
+        fn the_cumulative_rule_holds_for_any_partial_returns(
+            amount in 1i64..2_000_000,
+            earned in 0i64..50_000,
+            used in 0i64..50_000,
+            cuts in proptest::collection::vec(1i64..1_000_000, 0..8),
+        ) {
+            let mut before = 0;
+            let (mut taken, mut given) = (0, 0);
+            let mut parts: Vec<i64> = Vec::new();
+            for c in cuts {
+                let left = amount - before - parts.iter().sum::<i64>();
+                if left <= 1 { break; }
+                parts.push(1 + c % (left - 1));
+            }
+            parts.push(amount - parts.iter().sum::<i64>());
+            for part in parts {
+                let s = return_split(amount, earned, used, before, part);
+                proptest::prop_assert!(s.take_due >= 0 && s.give_back >= 0);
+                before += part;
+                taken += s.take_due;
+                given += s.give_back;
+                proptest::prop_assert_eq!(taken as i128, earned as i128 * before as i128 / amount as i128);
+                proptest::prop_assert_eq!(given as i128, used as i128 * before as i128 / amount as i128);
+                proptest::prop_assert!(taken <= earned && given <= used);
+            }
+            proptest::prop_assert_eq!((taken, given), (earned, used));
+        }
+
+        /// Unless negative balances are allowed, a return never leaves the balance below zero
+        /// (when it was not already), and taken + shortfall is always what was due.
+        #[test]
+        fn take_backs_never_overdraw(
+            due in 0i64..10_000,
+            give in 0i64..10_000,
+            available in 0i64..10_000,
+        ) {
+            let (taken, short) = settle_take_back(due, give, available, false);
+            proptest::prop_assert_eq!(taken + short, due);
+            proptest::prop_assert!(taken >= 0 && short >= 0);
+            proptest::prop_assert!(available + give - taken >= 0);
+            proptest::prop_assert_eq!(settle_take_back(due, give, available, true), (due, 0));
+        }
     }
 }
