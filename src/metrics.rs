@@ -37,6 +37,9 @@ pub struct Metrics {
     pub storage_errors: Counter,
     pub db_commits: Counter,
     pub db_write_jobs: Counter,
+    pub sales: Gauge,
+    pub returns: Gauge,
+    pub return_shortfall_points: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +70,16 @@ impl Metrics {
         let storage_errors = Counter::default();
         let db_commits = Counter::default();
         let db_write_jobs = Counter::default();
+        let sales = Gauge::default();
+        let returns = Gauge::default();
+        let return_shortfall_points = Gauge::default();
+        registry.register("sales", "Sales recorded by this store", sales.clone());
+        registry.register("returns", "Returns recorded by this store", returns.clone());
+        registry.register(
+            "return_shortfall_points",
+            "Earned points returns could not take back (the customer no longer had them)",
+            return_shortfall_points.clone(),
+        );
         registry.register(
             "db_commits",
             "Group commits (one fsync each)",
@@ -135,6 +148,9 @@ impl Metrics {
             storage_errors,
             db_commits,
             db_write_jobs,
+            sales,
+            returns,
+            return_shortfall_points,
         }
     }
 

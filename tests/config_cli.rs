@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pointsd::config::{Config, Secret, SmaregiConfig, TierConfig, TokenConfig};
+use pointsd::config::{
+    CampaignConfig, Config, Secret, SmaregiConfig, TierConfig, TokenConfig, Weekday,
+};
 
 const TOKEN: &str = "config-cli-test-token-0123456789";
 
@@ -197,6 +199,10 @@ fn example_with_commented_keys() -> toml::Value {
         .lines()
         .map(|line| {
             let rest = line.trim_start().strip_prefix("# ").unwrap_or("");
+            // A commented-out array-of-tables entry (`# [[earn.campaigns]]`) is switched on too.
+            if rest.starts_with("[[") && rest.ends_with("]]") && !rest.contains(' ') {
+                return rest.to_string();
+            }
             let ident = rest.split(" = ").next().filter(|k| {
                 rest.contains(" = ")
                     && !k.is_empty()
@@ -229,6 +235,14 @@ fn every_key_config() -> Config {
         ..TokenConfig::default()
     }];
     c.tiers = vec![TierConfig::default()];
+    c.earn.campaigns = vec![CampaignConfig {
+        from: Some("2026-12-01".into()),
+        to: Some("2026-12-31".into()),
+        weekdays: vec![Weekday::Sat],
+        multiplier: Some(2.0),
+        bonus_points: Some(50),
+        ..CampaignConfig::default()
+    }];
     // Optional keys (no default value) are documented commented out.
     c.sync.max_reads_per_second = Some(50);
     c.sync.max_writes_per_second = Some(20);
@@ -259,6 +273,7 @@ fn example_config_documents_every_key_with_its_default() {
     let deliberate = [
         "agent",
         "api.tokens",
+        "earn.campaigns",
         "tiers",
         "upstream.kind",
         "upstream.proxy",

@@ -6,6 +6,7 @@
 //! - [`auth`]: bearer auth middleware, `Caller`, the manager check, `/v1/whoami`.
 //! - [`customers`]: look-ups by id, code or barcode, with the refresh-on-look-up.
 //! - [`transactions`]: the write path, listing, detail, review resolution.
+//! - [`sales`]: sales (quote, sale, detail) and returns, each one write with its split.
 //! - [`status`]: `/v1/health`, `/v1/status`, `/metrics`.
 //! - [`reconcile`]: the last reconciliation report, and running one.
 //! - [`input`]: ids, query parameters and JSON bodies, checked the same way everywhere.
@@ -21,6 +22,7 @@ pub mod openapi;
 pub mod page;
 pub mod problem;
 mod reconcile;
+mod sales;
 mod status;
 mod transactions;
 mod watch;
@@ -50,6 +52,7 @@ pub use transactions::TxnView;
 use auth::{auth, whoami};
 use customers::{find_customer, get_customer};
 use reconcile::{last_reconcile, run_reconcile};
+use sales::{get_sale, post_return, post_sale, quote};
 use status::{health, metrics, status};
 use transactions::{get_transaction, list_transactions, post_transaction, resolve_transaction};
 
@@ -86,6 +89,10 @@ pub fn router(state: AppRef) -> Router {
             "/v1/transactions/{txn_id}/resolve",
             post(resolve_transaction),
         )
+        .route("/v1/sales", post(post_sale))
+        .route("/v1/sales/quote", post(quote))
+        .route("/v1/sales/{sale_id}", get(get_sale))
+        .route("/v1/returns", post(post_return))
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));

@@ -11,6 +11,10 @@ use super::auth::__path_whoami;
 use super::customers::{__path_find_customer, __path_get_customer};
 use super::problem::Problem;
 use super::reconcile::{__path_last_reconcile, __path_run_reconcile};
+use super::sales::{
+    __path_get_sale, __path_post_return, __path_post_sale, __path_quote, QuoteRequest,
+    ReturnRequest, SaleRequest,
+};
 use super::status::{__path_health, __path_metrics, __path_status};
 use super::transactions::{
     __path_get_transaction, __path_list_transactions, __path_post_transaction,
@@ -32,10 +36,10 @@ problem_responses! {
     E400 = 400, "the body is not JSON";
     E401 = 401, "missing or unknown bearer token";
     E403 = 403, "needs a manager token";
-    E404 = 404, "unknown customer or transaction";
-    E409 = 409, "insufficient points, offline policy, key reused, refused upstream, or nothing to resolve";
+    E404 = 404, "unknown customer, transaction or sale (`unknown_sale`)";
+    E409 = 409, "insufficient points, offline policy, key reused, refused upstream, a return beyond its sale, or nothing to resolve";
     E413 = 413, "body over 64 KiB";
-    E422 = 422, "invalid field; `errors` names it";
+    E422 = 422, "invalid field, or against a spend rule (`spend_rule`, `rule` names it); `errors` names the field";
     E503 = 503, "storage failing (e.g. disk full) or upstream unavailable; nothing was saved";
 }
 
@@ -92,9 +96,10 @@ impl Modify for BearerAuth {
     info(title = "pointsd local API", description = "Loyalty point look-ups and transactions for registers, online or offline."),
     paths(
         health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
-        get_transaction, resolve_transaction, last_reconcile, run_reconcile, metrics
+        get_transaction, resolve_transaction, quote, post_sale, get_sale, post_return,
+        last_reconcile, run_reconcile, metrics
     ),
-    components(schemas(Problem, TxnRequest, ResolveRequest)),
+    components(schemas(Problem, TxnRequest, ResolveRequest, QuoteRequest, SaleRequest, ReturnRequest)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

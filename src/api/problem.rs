@@ -23,6 +23,9 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub txn_id: Option<String>,
+    /// The store rule a request went against, e.g. `spend.min_points` (with `spend_rule`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,16 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A 404 with its own code, e.g. `unknown_sale`.
+    #[error("{detail}")]
+    Missing { code: &'static str, detail: String },
+    /// Against one of the store's rules (422, `spend_rule`): names the rule and the field.
+    #[error("{rule}: {message}")]
+    Rule {
+        rule: &'static str,
+        field: &'static str,
+        message: String,
+    },
     #[error("{detail}")]
     Conflict {
         code: &'static str,
@@ -90,6 +103,19 @@ impl ApiError {
             ),
             ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", d.clone()),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", "Not found", d.clone()),
+            ApiError::Missing { code, detail } => {
+                (StatusCode::NOT_FOUND, code, "Not found", detail.clone())
+            }
+            ApiError::Rule {
+                rule,
+                field,
+                message,
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "spend_rule",
+                "Against the store's spend rule",
+                format!("{field}: {rule}: {message}"),
+            ),
             ApiError::Conflict {
                 code,
                 title,
@@ -142,10 +168,22 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code, %detail, "request failed");
         }
-        let (errors, txn_id) = match self {
-            ApiError::Validation(e) => (e, None),
-            ApiError::Conflict { txn_id, .. } => (Vec::new(), txn_id),
-            _ => (Vec::new(), None),
+        let (errors, txn_id, rule) = match self {
+            ApiError::Validation(e) => (e, None, None),
+            ApiError::Conflict { txn_id, .. } => (Vec::new(), txn_id, None),
+            ApiError::Rule {
+                rule,
+                field,
+                message,
+            } => (
+                vec![FieldError {
+                    field: field.into(),
+                    message: format!("{rule}: {message}"),
+                }],
+                None,
+                Some(rule.to_string()),
+            ),
+            _ => (Vec::new(), None, None),
         };
         let body = Problem {
             type_: format!("urn:pointsd:problem:{code}"),
@@ -155,6 +193,7 @@ impl IntoResponse for ApiError {
             code,
             errors,
             txn_id,
+            rule,
         };
         let mut r = (status, Json(body)).into_response();
         r.headers_mut().insert(

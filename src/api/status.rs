@@ -39,6 +39,16 @@ pub(super) struct StatusView {
     feed: crate::sync::feed::FeedStatus,
     /// This agent's share of the contract's rate limit: current read/write rates and 429s.
     budget: Option<crate::upstream::budget::BudgetSnapshot>,
+    /// Sales and returns recorded here, and the points returns could not take back.
+    sales: SalesView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct SalesView {
+    sales: i64,
+    returns: i64,
+    shortfall_points: i64,
+    returns_with_shortfall: i64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -107,7 +117,14 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let storage = st.store.storage_health();
     let feed = st.sync.feed_status().await;
     let budget = st.sync.budget_snapshot();
+    let ss = st.store.sales_stats().await?;
     Ok(Json(StatusView {
+        sales: SalesView {
+            sales: ss.sales,
+            returns: ss.returns,
+            shortfall_points: ss.shortfall_points,
+            returns_with_shortfall: ss.returns_with_shortfall,
+        },
         feed,
         budget,
         storage: StorageView {
@@ -171,6 +188,10 @@ pub(super) async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiErr
             .map_or(0, |t| ((now - t) / 1000).max(0)),
     );
     m.cache_customers.set(st.store.customer_count().await?);
+    let ss = st.store.sales_stats().await?;
+    m.sales.set(ss.sales);
+    m.returns.set(ss.returns);
+    m.return_shortfall_points.set(ss.shortfall_points);
     m.online.set(st.health.is_online() as i64);
     let storage = st.store.storage_health();
     m.storage_ok.set(storage.ok as i64);

@@ -156,10 +156,12 @@ pub(super) async fn demo(
         config::TierConfig {
             name: "Silver".into(),
             min_points: 1000,
+            ..Default::default()
         },
         config::TierConfig {
             name: "Gold".into(),
             min_points: 5000,
+            ..Default::default()
         },
     ];
     let settings = cfg

@@ -20,7 +20,10 @@ mod settings;
 mod tests;
 mod validate;
 
-pub use crate::ledger::{EarnConfig, OfflineConfig, Rounding, TierConfig};
+pub use crate::ledger::{
+    CampaignConfig, EarnBasis, EarnConfig, OfflineConfig, ReturnsConfig, Rounding, SpendConfig,
+    TierConfig, Weekday,
+};
 pub use crate::secret::Secret;
 pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
 pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};

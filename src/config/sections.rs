@@ -1,12 +1,12 @@
 //! The config file's sections, each with its one `Default` (the documented defaults in
-//! config/pointsd.example.toml). The rule sections (`[earn]`, `[offline]`, `[[tiers]]`) are
-//! the ledger's own types, embedded here.
+//! config/pointsd.example.toml). The rule sections (`[earn]`, `[spend]`, `[returns]`,
+//! `[offline]`, `[[tiers]]`) are the ledger's own types, embedded here.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{EarnConfig, OfflineConfig, TierConfig};
+use crate::ledger::{EarnConfig, OfflineConfig, ReturnsConfig, SpendConfig, TierConfig};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -18,17 +18,32 @@ pub struct Config {
     pub sync: SyncConfig,
     pub offline: OfflineConfig,
     pub earn: EarnConfig,
+    pub spend: SpendConfig,
+    pub returns: ReturnsConfig,
     pub tiers: Vec<TierConfig>,
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AgentConfig {
     /// Identifies this store; goes with every transaction upstream. Required.
     pub store_id: String,
     /// Where the database and logs live. Default: the OS data directory.
     pub data_dir: Option<PathBuf>,
+    /// The store's time zone, where campaign dates and weekdays are counted: `Asia/Tokyo`,
+    /// `UTC`, or a fixed offset such as `+09:00`.
+    pub timezone: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            store_id: String::new(),
+            data_dir: None,
+            timezone: "Asia/Tokyo".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -53,6 +53,35 @@ fn table_of_invalid_configs_names_the_key() {
         ("[upstream]\nkind = \"smaregi\"", "upstream.smaregi"),
         ("[[tiers]]\nname = \"\"\nmin_points = 5", "tiers[0].name"),
         ("[log]\nretention_files = 0", "log.retention_files"),
+        (
+            "[agent]\nstore_id = \"s\"\ntimezone = \"Mars/Olympus\"",
+            "agent.timezone",
+        ),
+        ("[spend]\nmax_share = 1.5", "spend.max_share"),
+        ("[spend]\nunit = 0", "spend.unit"),
+        ("[spend]\nmin_points = 0", "spend.min_points"),
+        ("[spend]\nyen_per_point = 0", "spend.yen_per_point"),
+        (
+            "[[earn.campaigns]]\nname = \"x\"\nfrom = \"2026-13-01\"\nmultiplier = 2.0",
+            "earn.campaigns[0].from",
+        ),
+        (
+            "[[earn.campaigns]]\nname = \"x\"\nfrom = \"2026-12-31\"\nto = \"2026-12-01\"\nbonus_points = 5",
+            "earn.campaigns[0].to",
+        ),
+        ("[[earn.campaigns]]\nname = \"x\"", "earn.campaigns[0]"),
+        (
+            "[[earn.campaigns]]\nname = \"x\"\nweekdays = [\"sat\"]\nmultiplier = 0.0",
+            "earn.campaigns[0].multiplier",
+        ),
+        (
+            "[[tiers]]\nname = \"G\"\nmin_points = 5\nearn_multiplier = 0.0",
+            "tiers[0].earn_multiplier",
+        ),
+        (
+            "[returns]\nallow_negative_balanse = true",
+            "returns.allow_negative_balanse",
+        ),
         ("[log]\nlevel = \"inof\"", "log.level"),
         ("[log]\nlevel = \"pointsd=loud\"", "log.level"),
     ];

@@ -228,9 +228,94 @@ impl Config {
                 "must be a positive number of yen".into(),
             );
         }
+        if crate::ledger::parse_timezone(&self.agent.timezone).is_none() {
+            bad(
+                "agent.timezone",
+                format!(
+                    "{:?} is not a known time zone; use \"Asia/Tokyo\", \"UTC\" or a fixed offset such as \"+09:00\"",
+                    self.agent.timezone
+                ),
+            );
+        }
+        let is_date = |s: &str| {
+            time::Date::parse(
+                s,
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .is_ok()
+        };
+        for (i, c) in self.earn.campaigns.iter().enumerate() {
+            let key = format!("earn.campaigns[{i}]");
+            if c.name.trim().is_empty() {
+                bad(
+                    &format!("{key}.name"),
+                    "required; it is shown in applied_rules".into(),
+                );
+            }
+            for (k, v) in [("from", &c.from), ("to", &c.to)] {
+                if let Some(d) = v
+                    && !is_date(d)
+                {
+                    bad(
+                        &format!("{key}.{k}"),
+                        format!("{d:?} is not a date; write YYYY-MM-DD, e.g. \"2026-12-01\""),
+                    );
+                }
+            }
+            if let (Some(f), Some(t)) = (&c.from, &c.to)
+                && f > t
+            {
+                bad(&format!("{key}.to"), "must not be before from".into());
+            }
+            match (c.multiplier, c.bonus_points) {
+                (None, None) => bad(
+                    &key,
+                    "set multiplier (e.g. 2.0) or bonus_points (e.g. 50), or both".into(),
+                ),
+                (m, b) => {
+                    if m.is_some_and(|m| !(m > 0.0 && m <= 100.0)) {
+                        bad(
+                            &format!("{key}.multiplier"),
+                            "must be above 0 and at most 100".into(),
+                        );
+                    }
+                    if b.is_some_and(|b| !(0..=crate::ledger::MAX_POINTS).contains(&b)) {
+                        bad(
+                            &format!("{key}.bonus_points"),
+                            format!("must be 0..={}", crate::ledger::MAX_POINTS),
+                        );
+                    }
+                }
+            }
+        }
+        let sp = &self.spend;
+        if sp.min_points < 1 {
+            bad("spend.min_points", "must be at least 1".into());
+        }
+        if sp.unit < 1 {
+            bad("spend.unit", "must be at least 1".into());
+        }
+        if !(sp.max_share >= 0.0 && sp.max_share <= 1.0) {
+            bad(
+                "spend.max_share",
+                "must be between 0.0 and 1.0 (1.0: points may pay the whole amount)".into(),
+            );
+        }
+        if sp.yen_per_point < 1 {
+            bad(
+                "spend.yen_per_point",
+                "must be a positive number of yen".into(),
+            );
+        }
         for (i, t) in self.tiers.iter().enumerate() {
             if t.name.trim().is_empty() {
                 bad(&format!("tiers[{i}].name"), "required".into());
+            }
+            if !(t.earn_multiplier > 0.0 && t.earn_multiplier <= 100.0) {
+                bad(
+                    &format!("tiers[{i}].earn_multiplier"),
+                    "must be above 0 and at most 100 (1.0: no change)".into(),
+                );
             }
             if t.min_points < 0 {
                 bad(

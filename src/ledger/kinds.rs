@@ -28,6 +28,56 @@ impl Kind {
     }
 }
 
+/// What an outbox row is: a register's earn, redeem or adjustment ([`Kind`], the only kinds
+/// `POST /v1/transactions` takes), or the net delta of a sale or a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxKind {
+    Earn,
+    Redeem,
+    Adjust,
+    Sale,
+    Return,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Earn => "earn",
+            OutboxKind::Redeem => "redeem",
+            OutboxKind::Adjust => "adjust",
+            OutboxKind::Sale => "sale",
+            OutboxKind::Return => "return",
+        }
+    }
+    pub fn parse(s: &str) -> Option<OutboxKind> {
+        match s {
+            "earn" => Some(OutboxKind::Earn),
+            "redeem" => Some(OutboxKind::Redeem),
+            "adjust" => Some(OutboxKind::Adjust),
+            "sale" => Some(OutboxKind::Sale),
+            "return" => Some(OutboxKind::Return),
+            _ => None,
+        }
+    }
+}
+
+impl From<Kind> for OutboxKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Earn => OutboxKind::Earn,
+            Kind::Redeem => OutboxKind::Redeem,
+            Kind::Adjust => OutboxKind::Adjust,
+        }
+    }
+}
+
+impl std::fmt::Display for OutboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -6,15 +6,25 @@
 //! - [`validate`]: ids, field errors, and request validation into a `NewTxn`.
 //! - [`rules`]: the earn rule and rounding, tiers, the balance, staleness, the offline redeem
 //!   policy, and their config types (`EarnConfig`, `Rounding`, `OfflineConfig`, `TierConfig`).
+//! - [`sales`]: a sale's spend and earn rules (basis, tier multiplier, campaigns), the
+//!   proportional return, and their config types (`SpendConfig`, `CampaignConfig`,
+//!   `ReturnsConfig`); the store's day (`agent.timezone`).
 
 mod kinds;
 mod rules;
+mod sales;
 mod validate;
 
-pub use kinds::{Kind, State};
+pub use kinds::{Kind, OutboxKind, State};
 pub use rules::{
     Balance, ChangedElsewhere, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig,
-    check_changed_elsewhere, check_redeem, is_expired, is_stale, points_for_purchase, tier_for,
+    check_changed_elsewhere, check_redeem, is_expired, is_stale, points_for_purchase,
+    tier_config_for, tier_for,
+};
+pub use sales::{
+    AppliedRule, CampaignConfig, EarnBasis, ReturnSplit, ReturnsConfig, SaleQuote, SaleRules,
+    SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale, max_points_for,
+    parse_timezone, quote_sale, return_split, settle_take_back, store_day,
 };
 pub use validate::{
     FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sales::{CampaignConfig, EarnBasis};
+
 /// The `[offline]` section: what may be accepted while the upstream is unreachable.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -65,6 +67,11 @@ pub enum Rounding {
 pub struct EarnConfig {
     pub yen_per_point: i64,
     pub rounding: Rounding,
+    /// Which amount of a sale earns points (an `earn` transaction with `purchase_amount` has
+    /// no points used, so it earns on the whole amount either way).
+    pub basis: EarnBasis,
+    /// Date and weekday windows with a multiplier or a bonus, for sales (`[[earn.campaigns]]`).
+    pub campaigns: Vec<CampaignConfig>,
 }
 
 impl Default for EarnConfig {
@@ -72,15 +79,37 @@ impl Default for EarnConfig {
         EarnConfig {
             yen_per_point: 100,
             rounding: Rounding::Floor,
+            basis: EarnBasis::AfterPoints,
+            campaigns: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TierConfig {
     pub name: String,
     pub min_points: i64,
+    /// Points a sale earns are multiplied by this for members of the tier (1.0: no change).
+    pub earn_multiplier: f64,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            name: String::new(),
+            min_points: 0,
+            earn_multiplier: 1.0,
+        }
+    }
+}
+
+/// The tier a balance falls in (the highest whose threshold it reaches), whole.
+pub fn tier_config_for(available: i64, tiers: &[TierConfig]) -> Option<&TierConfig> {
+    tiers
+        .iter()
+        .filter(|t| available >= t.min_points)
+        .max_by_key(|t| t.min_points)
 }
 
 /// Points earned for a purchase under the store's rule.
@@ -113,11 +142,7 @@ impl Balance {
 
 /// The highest tier whose threshold the balance reaches.
 pub fn tier_for(available: i64, tiers: &[TierConfig]) -> Option<String> {
-    tiers
-        .iter()
-        .filter(|t| available >= t.min_points)
-        .max_by_key(|t| t.min_points)
-        .map(|t| t.name.clone())
+    tier_config_for(available, tiers).map(|t| t.name.clone())
 }
 
 /// A cached figure may be out of date: offline, never confirmed, or confirmed longer than
@@ -227,10 +252,12 @@ mod tests {
             TierConfig {
                 name: "Silver".into(),
                 min_points: 1000,
+                ..TierConfig::default()
             },
             TierConfig {
                 name: "Gold".into(),
                 min_points: 5000,
+                ..TierConfig::default()
             },
         ];
         assert_eq!(tier_for(999, &tiers), None);

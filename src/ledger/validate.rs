@@ -326,13 +326,13 @@ mod tests {
         .unwrap();
         assert_eq!(t.delta(&earn()), 19);
         let ceil = EarnConfig {
-            yen_per_point: 100,
             rounding: Rounding::Ceil,
+            ..EarnConfig::default()
         };
         assert_eq!(points_for_purchase(1901, &ceil), 20);
         let round = EarnConfig {
-            yen_per_point: 100,
             rounding: Rounding::Round,
+            ..EarnConfig::default()
         };
         assert_eq!(points_for_purchase(1950, &round), 20);
         assert_eq!(points_for_purchase(1949, &round), 19);

@@ -38,6 +38,7 @@ mod outbox;
 mod queries;
 mod review;
 mod rows;
+mod sales;
 pub mod schema;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,10 @@ pub use outbox::*;
 pub use queries::*;
 pub use review::*;
 pub use rows::*;
+pub use sales::{
+    NewReturn, NewSale, PriceRefusal, QuoteOutcome, Receipt, ReturnOutcome, ReturnRecord,
+    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats, return_txn_id, sale_txn_id,
+};
 pub use writer::*;
 
 use std::path::{Path, PathBuf};

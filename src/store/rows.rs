@@ -35,7 +35,7 @@ pub struct TxnRow {
     pub txn_id: String,
     pub request: String,
     pub customer_id: String,
-    pub kind: ledger::Kind,
+    pub kind: ledger::OutboxKind,
     pub delta: i64,
     pub points: Option<i64>,
     pub purchase_amount: Option<i64>,
@@ -73,7 +73,7 @@ pub(super) fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
         customer_id: r.get(3)?,
         kind: {
             let k: String = r.get(4)?;
-            ledger::Kind::parse(&k).ok_or_else(|| {
+            ledger::OutboxKind::parse(&k).ok_or_else(|| {
                 rusqlite::Error::FromSqlConversionFailure(
                     4,
                     rusqlite::types::Type::Text,

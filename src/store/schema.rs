@@ -212,6 +212,118 @@ ALTER TABLE customers ADD COLUMN changed_elsewhere_ms INTEGER;
 ALTER TABLE customers ADD COLUMN marked_at INTEGER;
 CREATE INDEX customers_marked ON customers(marked_at) WHERE marked_at IS NOT NULL;
 "#,
+    // 7: sales and returns (DESIGN.md §10). A sale is one row here and, when its net delta
+    // (earned − used) is not zero, one outbox row of kind 'sale' carrying that delta; a return
+    // likewise, kind 'return'. The split (points used, earned, taken back, given back, the
+    // shortfall) is kept here for returns and reports. The outbox's kind CHECK cannot be
+    // altered in place, so txns is rebuilt as in 4 (rows, seq's high-water mark, indexes and
+    // the count triggers carried over).
+    r#"
+CREATE TABLE txns_v7 (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    txn_id           TEXT NOT NULL UNIQUE,
+    request          TEXT NOT NULL,
+    customer_id      TEXT NOT NULL REFERENCES customers(customer_id),
+    kind             TEXT NOT NULL CHECK (kind = 'earn' OR kind = 'redeem' OR kind = 'adjust'
+                       OR kind = 'sale' OR kind = 'return'),
+    delta            INTEGER NOT NULL,
+    points           INTEGER,
+    purchase_amount  INTEGER,
+    reason           TEXT,
+    register_id      TEXT,
+    staff_id         TEXT,
+    token_name       TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    state            TEXT NOT NULL CHECK (state = 'pending' OR state = 'sending'
+                       OR state = 'ambiguous' OR state = 'applied' OR state = 'rejected'
+                       OR state = 'needs_review' OR state = 'discarded'),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    before_balance   INTEGER,
+    before_updated_at TEXT,
+    upstream_balance INTEGER,
+    upstream_result  TEXT,
+    updated_at       INTEGER NOT NULL,
+    resolved_by      TEXT,
+    resolution_note  TEXT,
+    upstream_txn_ids TEXT
+) STRICT;
+INSERT INTO txns_v7 SELECT seq, txn_id, request, customer_id, kind, delta, points,
+    purchase_amount, reason, register_id, staff_id, token_name, created_at, state, attempts,
+    next_attempt_at, last_error, before_balance, before_updated_at, upstream_balance,
+    upstream_result, updated_at, resolved_by, resolution_note, upstream_txn_ids FROM txns;
+INSERT INTO sqlite_sequence(name, seq)
+    SELECT 'txns_v7', seq FROM sqlite_sequence WHERE name = 'txns'
+      AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'txns_v7');
+UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'txns'))
+    WHERE name = 'txns_v7' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'txns');
+DROP TABLE txns;
+ALTER TABLE txns_v7 RENAME TO txns;
+CREATE INDEX txns_open_by_customer ON txns(customer_id, seq, state, delta)
+    WHERE state = 'pending' OR state = 'sending' OR state = 'ambiguous';
+CREATE INDEX txns_closed_by_customer ON txns(customer_id, seq)
+    WHERE state = 'applied' OR state = 'rejected' OR state = 'needs_review' OR state = 'discarded';
+CREATE INDEX txns_state ON txns(state, seq);
+CREATE INDEX txns_due ON txns(seq) WHERE state IN ('pending','ambiguous');
+CREATE INDEX txns_due_at ON txns(next_attempt_at) WHERE state IN ('pending','ambiguous');
+CREATE INDEX txns_open_seq ON txns(seq)
+    WHERE state = 'pending' OR state = 'sending' OR state = 'ambiguous';
+CREATE TRIGGER txn_counts_insert AFTER INSERT ON txns BEGIN
+    UPDATE txn_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER txn_counts_update AFTER UPDATE OF state ON txns WHEN OLD.state <> NEW.state BEGIN
+    UPDATE txn_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE txn_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER txn_counts_delete AFTER DELETE ON txns BEGIN
+    UPDATE txn_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+
+CREATE TABLE sales (
+    sale_id       TEXT PRIMARY KEY NOT NULL,
+    -- Canonical request, for idempotent replays.
+    request       TEXT NOT NULL,
+    customer_id   TEXT NOT NULL REFERENCES customers(customer_id),
+    amount        INTEGER NOT NULL CHECK (amount > 0),
+    points_used   INTEGER NOT NULL CHECK (points_used >= 0),
+    points_earned INTEGER NOT NULL CHECK (points_earned >= 0),
+    net_delta     INTEGER NOT NULL,
+    -- JSON array of {rule, detail}.
+    applied_rules TEXT NOT NULL,
+    -- The outbox row; NULL when the net delta is zero (nothing to send).
+    txn_id        TEXT,
+    -- Recorded from a receipt for a return of a sale this store never recorded.
+    external      INTEGER NOT NULL DEFAULT 0,
+    register_id   TEXT,
+    staff_id      TEXT,
+    token_name    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX sales_customer ON sales(customer_id, created_at);
+
+CREATE TABLE returns (
+    return_id         TEXT PRIMARY KEY NOT NULL,
+    request           TEXT NOT NULL,
+    sale_id           TEXT NOT NULL REFERENCES sales(sale_id),
+    amount            INTEGER NOT NULL CHECK (amount > 0),
+    -- Earned points actually taken back, and used points given back.
+    points_taken_back INTEGER NOT NULL CHECK (points_taken_back >= 0),
+    points_given_back INTEGER NOT NULL CHECK (points_given_back >= 0),
+    -- Earned points due back but not taken (the customer no longer had them, here or
+    -- upstream). taken + shortfall is what the cumulative rule says is due.
+    shortfall         INTEGER NOT NULL DEFAULT 0 CHECK (shortfall >= 0),
+    net_delta         INTEGER NOT NULL,
+    -- The current outbox row (a refused take-back is followed by a smaller one).
+    txn_id            TEXT,
+    register_id       TEXT,
+    staff_id          TEXT,
+    token_name        TEXT NOT NULL,
+    created_at        INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX returns_sale ON returns(sale_id, created_at);
+CREATE INDEX returns_txn ON returns(txn_id) WHERE txn_id IS NOT NULL;
+"#,
 ];
 
 pub fn known_version() -> i64 {

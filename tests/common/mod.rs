@@ -72,10 +72,12 @@ pub fn test_config(sim: &SimHandle, store_id: &str) -> Config {
         TierConfig {
             name: "Silver".into(),
             min_points: 1000,
+            ..Default::default()
         },
         TierConfig {
             name: "Gold".into(),
             min_points: 5000,
+            ..Default::default()
         },
     ];
     c

@@ -1,0 +1,896 @@
+//! Sales and returns (DESIGN.md §10; schema 7): each is one local write, idempotent by its id,
+//! that records its split (points used and earned; taken back, given back and the shortfall)
+//! and, when its net delta is not zero, one outbox row carrying that net delta upstream.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{CustomerRow, Store, StoreError, TxnRow, customer_by_id, txn_by_id, txn_by_seq};
+use crate::ledger::{
+    self, AppliedRule, OfflineConfig, RedeemRefusal, ReturnsConfig, SaleQuote, SaleRules,
+    SpendRefusal, State, StoreDay,
+};
+
+/// A sale request that passed validation; its canonical JSON is what replays are compared to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSale {
+    pub sale_id: String,
+    pub customer_id: String,
+    pub amount: i64,
+    pub points_used: i64,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+}
+
+/// Figures from a receipt, for a return of a sale this store never recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub customer_id: String,
+    pub points_earned: i64,
+    pub points_used: i64,
+}
+
+/// A return request that passed validation. `amount` as sent (none: all still returnable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewReturn {
+    pub return_id: String,
+    pub sale_id: Option<String>,
+    pub amount: Option<i64>,
+    pub receipt: Option<Receipt>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+}
+
+fn canonical<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain struct serializes")
+}
+
+/// What pricing a sale needs besides the request.
+#[derive(Debug, Clone)]
+pub struct SaleCtx {
+    pub now_ms: i64,
+    /// Today where the upstream counts expiry (JST), `YYYY-MM-DD`.
+    pub today: String,
+    /// The store's day, for campaigns.
+    pub day: StoreDay,
+    pub online: bool,
+    pub token_name: String,
+    pub rules: SaleRules,
+    pub offline: OfflineConfig,
+    pub returns: ReturnsConfig,
+}
+
+/// Why a sale (or its quote) is refused before anything is written.
+#[derive(Debug, Clone)]
+pub enum PriceRefusal {
+    /// Against a spend rule (422, naming the rule).
+    Spend(SpendRefusal),
+    /// Not enough points, or the offline policy (409, as for a redeem).
+    Redeem(RedeemRefusal),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaleRow {
+    pub sale_id: String,
+    pub request: String,
+    pub customer_id: String,
+    pub amount: i64,
+    pub points_used: i64,
+    pub points_earned: i64,
+    pub net_delta: i64,
+    pub applied_rules: Vec<AppliedRule>,
+    pub txn_id: Option<String>,
+    pub external: bool,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub token_name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReturnRow {
+    pub return_id: String,
+    pub request: String,
+    pub sale_id: String,
+    pub amount: i64,
+    pub points_taken_back: i64,
+    pub points_given_back: i64,
+    pub shortfall: i64,
+    pub net_delta: i64,
+    pub txn_id: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+    pub token_name: String,
+    pub created_at: i64,
+}
+
+/// A return with its current outbox row.
+#[derive(Debug, Clone)]
+pub struct ReturnRecord {
+    pub ret: ReturnRow,
+    pub txn: Option<TxnRow>,
+}
+
+impl ReturnRecord {
+    /// Where its net delta is: its outbox row's state, or applied when there was nothing to send.
+    pub fn state(&self) -> State {
+        self.txn.as_ref().map_or(State::Applied, |t| t.state)
+    }
+}
+
+/// A sale with its outbox row, its returns and its customer as read together.
+#[derive(Debug, Clone)]
+pub struct SaleRecord {
+    pub sale: SaleRow,
+    pub txn: Option<TxnRow>,
+    pub returns: Vec<ReturnRecord>,
+    pub customer: CustomerRow,
+}
+
+impl SaleRecord {
+    pub fn state(&self) -> State {
+        self.txn.as_ref().map_or(State::Applied, |t| t.state)
+    }
+    pub fn returned_amount(&self) -> i64 {
+        self.returns.iter().map(|r| r.ret.amount).sum()
+    }
+    pub fn returnable_amount(&self) -> i64 {
+        self.sale.amount - self.returned_amount()
+    }
+}
+
+#[derive(Debug)]
+pub enum SaleOutcome {
+    Created(SaleRecord),
+    /// The same id with the same body was seen before.
+    Replay(SaleRecord),
+    /// The same id with a different body.
+    Conflict {
+        existing: SaleRow,
+    },
+    /// The id's outbox name is held by an ordinary transaction.
+    IdTaken {
+        txn_id: String,
+    },
+    UnknownCustomer,
+    Refused(PriceRefusal),
+}
+
+#[derive(Debug)]
+pub enum ReturnOutcome {
+    Created {
+        ret: ReturnRecord,
+        customer: CustomerRow,
+    },
+    Replay {
+        ret: ReturnRecord,
+        customer: CustomerRow,
+    },
+    Conflict {
+        existing: ReturnRow,
+    },
+    IdTaken {
+        id: String,
+    },
+    UnknownSale,
+    UnknownCustomer,
+    /// More than is still returnable (`returnable` yen).
+    Exceeds {
+        returnable: i64,
+        asked: i64,
+    },
+    /// The sale's own delta does not count (refused upstream or discarded).
+    SaleNotCounted {
+        state: State,
+    },
+}
+
+/// Totals for `status` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SalesStats {
+    pub sales: i64,
+    pub returns: i64,
+    /// Earned points returns could not take back (summed over all returns).
+    pub shortfall_points: i64,
+    pub returns_with_shortfall: i64,
+}
+
+const SALE_COLS: &str = "sale_id, request, customer_id, amount, points_used, points_earned, \
+    net_delta, applied_rules, txn_id, external, register_id, staff_id, token_name, created_at";
+const RETURN_COLS: &str = "return_id, request, sale_id, amount, points_taken_back, \
+    points_given_back, shortfall, net_delta, txn_id, register_id, staff_id, token_name, created_at";
+
+fn sale_from_row(r: &Row<'_>) -> rusqlite::Result<SaleRow> {
+    let rules: String = r.get(7)?;
+    Ok(SaleRow {
+        sale_id: r.get(0)?,
+        request: r.get(1)?,
+        customer_id: r.get(2)?,
+        amount: r.get(3)?,
+        points_used: r.get(4)?,
+        points_earned: r.get(5)?,
+        net_delta: r.get(6)?,
+        applied_rules: serde_json::from_str(&rules).unwrap_or_default(),
+        txn_id: r.get(8)?,
+        external: r.get::<_, i64>(9)? != 0,
+        register_id: r.get(10)?,
+        staff_id: r.get(11)?,
+        token_name: r.get(12)?,
+        created_at: r.get(13)?,
+    })
+}
+
+fn return_from_row(r: &Row<'_>) -> rusqlite::Result<ReturnRow> {
+    Ok(ReturnRow {
+        return_id: r.get(0)?,
+        request: r.get(1)?,
+        sale_id: r.get(2)?,
+        amount: r.get(3)?,
+        points_taken_back: r.get(4)?,
+        points_given_back: r.get(5)?,
+        shortfall: r.get(6)?,
+        net_delta: r.get(7)?,
+        txn_id: r.get(8)?,
+        register_id: r.get(9)?,
+        staff_id: r.get(10)?,
+        token_name: r.get(11)?,
+        created_at: r.get(12)?,
+    })
+}
+
+fn sale_row(c: &Connection, id: &str) -> rusqlite::Result<Option<SaleRow>> {
+    c.prepare_cached(&format!("SELECT {SALE_COLS} FROM sales WHERE sale_id = ?1"))?
+        .query_row([id], sale_from_row)
+        .optional()
+}
+
+fn return_row(c: &Connection, id: &str) -> rusqlite::Result<Option<ReturnRow>> {
+    c.prepare_cached(&format!(
+        "SELECT {RETURN_COLS} FROM returns WHERE return_id = ?1"
+    ))?
+    .query_row([id], return_from_row)
+    .optional()
+}
+
+fn return_record(c: &Connection, ret: ReturnRow) -> rusqlite::Result<ReturnRecord> {
+    let txn = match &ret.txn_id {
+        Some(t) => txn_by_id(c, t)?,
+        None => None,
+    };
+    Ok(ReturnRecord { ret, txn })
+}
+
+fn sale_record(c: &Connection, id: &str) -> rusqlite::Result<Option<SaleRecord>> {
+    let Some(sale) = sale_row(c, id)? else {
+        return Ok(None);
+    };
+    let txn = match &sale.txn_id {
+        Some(t) => txn_by_id(c, t)?,
+        None => None,
+    };
+    let rows: Vec<ReturnRow> = c
+        .prepare_cached(&format!(
+            "SELECT {RETURN_COLS} FROM returns WHERE sale_id = ?1 ORDER BY created_at, return_id"
+        ))?
+        .query_map([id], return_from_row)?
+        .collect::<Result<_, _>>()?;
+    let returns = rows
+        .into_iter()
+        .map(|r| return_record(c, r))
+        .collect::<Result<_, _>>()?;
+    let Some(customer) = customer_by_id(c, &sale.customer_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(SaleRecord {
+        sale,
+        txn,
+        returns,
+        customer,
+    }))
+}
+
+/// The figures of a sale for this customer now, or why it would be refused.
+fn price(
+    customer: &CustomerRow,
+    amount: i64,
+    points_used: i64,
+    ctx: &SaleCtx,
+) -> Result<SaleQuote, PriceRefusal> {
+    let balance = customer.balance();
+    let tier = ledger::tier_config_for(balance.available, &ctx.rules.tiers);
+    let quote = ledger::quote_sale(amount, points_used, &ctx.rules, tier, &ctx.day)
+        .map_err(PriceRefusal::Spend)?;
+    if points_used > 0 {
+        let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+        ledger::check_changed_elsewhere(
+            customer.changed_elsewhere_at.as_deref(),
+            ctx.online,
+            &ctx.offline,
+        )
+        .and_then(|()| {
+            ledger::check_redeem(points_used, balance, expired, ctx.online, &ctx.offline)
+        })
+        .map_err(PriceRefusal::Redeem)?;
+    }
+    Ok(quote)
+}
+
+/// Inserts one outbox row; returns it.
+#[allow(clippy::too_many_arguments)]
+fn insert_txn(
+    c: &Connection,
+    txn_id: &str,
+    request: &str,
+    customer_id: &str,
+    kind: &str,
+    delta: i64,
+    amount: i64,
+    register_id: Option<&str>,
+    staff_id: Option<&str>,
+    token_name: &str,
+    now_ms: i64,
+) -> Result<TxnRow, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO txns(txn_id, request, customer_id, kind, delta, purchase_amount, \
+           register_id, staff_id, token_name, created_at, state, next_attempt_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?10, ?10)",
+    )?
+    .execute(params![
+        txn_id,
+        request,
+        customer_id,
+        kind,
+        delta,
+        amount,
+        register_id,
+        staff_id,
+        token_name,
+        now_ms
+    ])?;
+    Ok(txn_by_seq(c, c.last_insert_rowid())?)
+}
+
+/// The outbox row names of a sale and a return.
+pub fn sale_txn_id(sale_id: &str) -> String {
+    format!("sale:{sale_id}")
+}
+pub fn return_txn_id(return_id: &str) -> String {
+    format!("return:{return_id}")
+}
+
+fn accept_sale_in(c: &Connection, new: &NewSale, ctx: &SaleCtx) -> Result<SaleOutcome, StoreError> {
+    let request = canonical(new);
+    if let Some(existing) = sale_row(c, &new.sale_id)? {
+        if existing.request == request {
+            let rec = sale_record(c, &new.sale_id)?
+                .ok_or_else(|| StoreError::Batch("sale without customer".into()))?;
+            return Ok(SaleOutcome::Replay(rec));
+        }
+        return Ok(SaleOutcome::Conflict { existing });
+    }
+    let txn_id = sale_txn_id(&new.sale_id);
+    if txn_by_id(c, &txn_id)?.is_some() {
+        return Ok(SaleOutcome::IdTaken { txn_id });
+    }
+    let customer = match customer_by_id(c, &new.customer_id)? {
+        Some(cu) => cu,
+        // As for an earn: offline, a sale without points used for a customer the cache has
+        // not seen may be kept when the store allows it; the upstream decides later.
+        None if !ctx.online && ctx.offline.allow_unknown_customers && new.points_used == 0 => {
+            c.prepare_cached("INSERT INTO customers(customer_id, local_only) VALUES (?1, 1)")?
+                .execute([&new.customer_id])?;
+            customer_by_id(c, &new.customer_id)?.expect("just inserted")
+        }
+        None => return Ok(SaleOutcome::UnknownCustomer),
+    };
+    let q = match price(&customer, new.amount, new.points_used, ctx) {
+        Ok(q) => q,
+        Err(r) => return Ok(SaleOutcome::Refused(r)),
+    };
+    let outbox = if q.net_delta != 0 {
+        insert_txn(
+            c,
+            &txn_id,
+            &request,
+            &new.customer_id,
+            "sale",
+            q.net_delta,
+            new.amount,
+            new.register_id.as_deref(),
+            new.staff_id.as_deref(),
+            &ctx.token_name,
+            ctx.now_ms,
+        )?;
+        Some(txn_id)
+    } else {
+        None
+    };
+    c.prepare_cached(&format!(
+        "INSERT INTO sales({SALE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        new.sale_id,
+        request,
+        new.customer_id,
+        new.amount,
+        q.points_used,
+        q.points_earned,
+        q.net_delta,
+        serde_json::to_string(&q.applied_rules).expect("serializes"),
+        outbox,
+        new.register_id,
+        new.staff_id,
+        ctx.token_name,
+        ctx.now_ms,
+    ])?;
+    let rec = sale_record(c, &new.sale_id)?.expect("just inserted");
+    Ok(SaleOutcome::Created(rec))
+}
+
+fn accept_return_in(
+    c: &Connection,
+    new: &NewReturn,
+    ctx: &SaleCtx,
+) -> Result<ReturnOutcome, StoreError> {
+    let request = canonical(new);
+    if let Some(existing) = return_row(c, &new.return_id)? {
+        if existing.request == request {
+            let sale = sale_row(c, &existing.sale_id)?
+                .ok_or_else(|| StoreError::Batch("return without sale".into()))?;
+            let customer = customer_by_id(c, &sale.customer_id)?
+                .ok_or_else(|| StoreError::Batch("sale without customer".into()))?;
+            let ret = return_record(c, existing)?;
+            return Ok(ReturnOutcome::Replay { ret, customer });
+        }
+        return Ok(ReturnOutcome::Conflict { existing });
+    }
+    let txn_id = return_txn_id(&new.return_id);
+    if txn_by_id(c, &txn_id)?.is_some() {
+        return Ok(ReturnOutcome::IdTaken { id: txn_id });
+    }
+    let sale_id = match (&new.sale_id, &new.receipt) {
+        (Some(id), _) => id.clone(),
+        (None, Some(receipt)) => {
+            // A sale this store never recorded: its figures come from the receipt, and it is
+            // recorded (not pushed: it reached the upstream where it was sold) to be returned.
+            let id = format!("receipt:{}", new.return_id);
+            if sale_row(c, &id)?.is_some() {
+                return Ok(ReturnOutcome::IdTaken { id });
+            }
+            if customer_by_id(c, &receipt.customer_id)?.is_none() {
+                return Ok(ReturnOutcome::UnknownCustomer);
+            }
+            let amount = new.amount.unwrap_or(0);
+            let rules = vec![AppliedRule {
+                rule: "receipt".into(),
+                detail: format!(
+                    "figures from the receipt of a sale not recorded here: {amount} yen, {} points earned, {} used",
+                    receipt.points_earned, receipt.points_used
+                ),
+            }];
+            c.prepare_cached(&format!(
+                "INSERT INTO sales({SALE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 1, ?9, ?10, ?11, ?12)"
+            ))?
+            .execute(params![
+                id,
+                request,
+                receipt.customer_id,
+                amount,
+                receipt.points_used,
+                receipt.points_earned,
+                receipt.points_earned - receipt.points_used,
+                serde_json::to_string(&rules).expect("serializes"),
+                new.register_id,
+                new.staff_id,
+                ctx.token_name,
+                ctx.now_ms,
+            ])?;
+            id
+        }
+        (None, None) => return Ok(ReturnOutcome::UnknownSale),
+    };
+    let Some(sale) = sale_record(c, &sale_id)? else {
+        return Ok(ReturnOutcome::UnknownSale);
+    };
+    let state = sale.state();
+    if matches!(state, State::Rejected | State::Discarded) {
+        return Ok(ReturnOutcome::SaleNotCounted { state });
+    }
+    let returnable = sale.returnable_amount();
+    let amount = new.amount.unwrap_or(returnable);
+    if amount <= 0 || amount > returnable {
+        return Ok(ReturnOutcome::Exceeds {
+            returnable,
+            asked: amount,
+        });
+    }
+    let s = &sale.sale;
+    let split = ledger::return_split(
+        s.amount,
+        s.points_earned,
+        s.points_used,
+        sale.returned_amount(),
+        amount,
+    );
+    let (taken, shortfall) = ledger::settle_take_back(
+        split.take_due,
+        split.give_back,
+        sale.customer.balance().available,
+        ctx.returns.allow_negative_balance,
+    );
+    let net = split.give_back - taken;
+    let outbox = if net != 0 {
+        insert_txn(
+            c,
+            &txn_id,
+            &request,
+            &s.customer_id,
+            "return",
+            net,
+            amount,
+            new.register_id.as_deref(),
+            new.staff_id.as_deref(),
+            &ctx.token_name,
+            ctx.now_ms,
+        )?;
+        Some(txn_id)
+    } else {
+        None
+    };
+    c.prepare_cached(&format!(
+        "INSERT INTO returns({RETURN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        new.return_id,
+        request,
+        sale_id,
+        amount,
+        taken,
+        split.give_back,
+        shortfall,
+        net,
+        outbox,
+        new.register_id,
+        new.staff_id,
+        ctx.token_name,
+        ctx.now_ms,
+    ])?;
+    let ret = return_record(c, return_row(c, &new.return_id)?.expect("just inserted"))?;
+    let customer = customer_by_id(c, &s.customer_id)?.expect("exists");
+    Ok(ReturnOutcome::Created { ret, customer })
+}
+
+/// Called in the same transaction that marks an outbox row rejected. A return's take-back the
+/// upstream refused (for lack of points: any refusal but an unknown customer) is not a lost
+/// return: a smaller take-back follows — what the upstream had before the send, as far as the
+/// evidence says, or half when the evidence claimed enough — and the difference is recorded
+/// as the return's shortfall. Each follow-up is strictly smaller, so this ends.
+pub(super) fn after_rejected(c: &Connection, seq: i64, now_ms: i64) -> Result<(), StoreError> {
+    let t = txn_by_seq(c, seq)?;
+    if t.kind != crate::ledger::OutboxKind::Return || t.delta >= 0 {
+        return Ok(());
+    }
+    let status = t
+        .upstream_result
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .and_then(|v| v["status"].as_i64());
+    if status == Some(404) {
+        return Ok(());
+    }
+    let Some(ret) = c
+        .prepare_cached(&format!(
+            "SELECT {RETURN_COLS} FROM returns INDEXED BY returns_txn WHERE txn_id = ?1"
+        ))?
+        .query_row([&t.txn_id], return_from_row)
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let owed = -t.delta;
+    let had = t.before_balance.unwrap_or(0).max(0);
+    let take = if had < owed { had } else { owed / 2 };
+    let short = owed - take;
+    let next = if take > 0 {
+        let id = format!("{}:{seq}", return_txn_id(&ret.return_id));
+        insert_txn(
+            c,
+            &id,
+            &ret.request,
+            &t.customer_id,
+            "return",
+            -take,
+            ret.amount,
+            ret.register_id.as_deref(),
+            ret.staff_id.as_deref(),
+            &ret.token_name,
+            now_ms,
+        )?;
+        Some(id)
+    } else {
+        None
+    };
+    c.prepare_cached(
+        "UPDATE returns SET points_taken_back = points_taken_back - ?2, shortfall = shortfall + ?2, \
+           net_delta = net_delta + ?2, txn_id = ?3 WHERE return_id = ?1",
+    )?
+    .execute(params![ret.return_id, short, next])?;
+    tracing::warn!(return_id = %ret.return_id, refused = owed, follow_up = take, shortfall = short,
+        "the upstream refused a return's take-back; taking back what it has, the rest is shortfall");
+    Ok(())
+}
+
+/// A quote: the figures of a sale, or why it would be refused (`None`: unknown customer).
+pub type QuoteOutcome = Option<(Result<SaleQuote, PriceRefusal>, CustomerRow)>;
+
+impl Store {
+    /// The figures a sale would have now, without writing anything.
+    pub async fn quote_sale(
+        &self,
+        customer_id: &str,
+        amount: i64,
+        points_used: i64,
+        ctx: &SaleCtx,
+    ) -> Result<QuoteOutcome, StoreError> {
+        let Some(customer) = self.customer(customer_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((price(&customer, amount, points_used, ctx), customer)))
+    }
+
+    /// The sale rule, atomically: idempotency, customer, spend and balance checks, one outbox
+    /// row for the net delta, the sale's row.
+    pub async fn accept_sale(&self, new: NewSale, ctx: SaleCtx) -> Result<SaleOutcome, StoreError> {
+        self.write(move |c| accept_sale_in(c, &new, &ctx)).await
+    }
+
+    /// The return rule, atomically: idempotency, the sale (or the receipt), what is still
+    /// returnable, the cumulative split, the take-back policy, one outbox row, the return's row.
+    pub async fn accept_return(
+        &self,
+        new: NewReturn,
+        ctx: SaleCtx,
+    ) -> Result<ReturnOutcome, StoreError> {
+        self.write(move |c| accept_return_in(c, &new, &ctx)).await
+    }
+
+    pub async fn sale(&self, sale_id: &str) -> Result<Option<SaleRecord>, StoreError> {
+        let id = sale_id.to_string();
+        self.read(move |c| sale_record(c, &id)).await
+    }
+
+    /// A return with its current outbox row and the customer's balance.
+    pub async fn return_of(
+        &self,
+        return_id: &str,
+    ) -> Result<Option<(ReturnRecord, CustomerRow)>, StoreError> {
+        let id = return_id.to_string();
+        self.read(move |c| {
+            let Some(ret) = return_row(c, &id)? else {
+                return Ok(None);
+            };
+            let Some(sale) = sale_row(c, &ret.sale_id)? else {
+                return Ok(None);
+            };
+            let Some(customer) = customer_by_id(c, &sale.customer_id)? else {
+                return Ok(None);
+            };
+            Ok(Some((return_record(c, ret)?, customer)))
+        })
+        .await
+    }
+
+    pub async fn sales_stats(&self) -> Result<SalesStats, StoreError> {
+        self.read(|c| {
+            let sales = c.query_row("SELECT COUNT(*) FROM sales WHERE external = 0", [], |r| {
+                r.get(0)
+            })?;
+            let (returns, shortfall_points, returns_with_shortfall) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(shortfall), 0), COUNT(*) FILTER (WHERE shortfall > 0) \
+                 FROM returns",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(SalesStats {
+                sales,
+                returns,
+                shortfall_points,
+                returns_with_shortfall,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{SpendConfig, Weekday};
+    use crate::upstream::UpstreamBalance;
+
+    fn ctx(online: bool) -> SaleCtx {
+        SaleCtx {
+            now_ms: 1_000,
+            today: "2026-11-23".into(),
+            day: StoreDay {
+                date: "2026-11-23".into(),
+                weekday: Weekday::Mon,
+            },
+            online,
+            token_name: "t".into(),
+            rules: SaleRules {
+                spend: SpendConfig::default(),
+                ..SaleRules::default()
+            },
+            offline: OfflineConfig::default(),
+            returns: ReturnsConfig::default(),
+        }
+    }
+
+    fn sale(id: &str, amount: i64, used: i64) -> NewSale {
+        NewSale {
+            sale_id: id.into(),
+            customer_id: "c1".into(),
+            amount,
+            points_used: used,
+            register_id: None,
+            staff_id: None,
+        }
+    }
+
+    fn ret(id: &str, sale_id: &str, amount: Option<i64>) -> NewReturn {
+        NewReturn {
+            return_id: id.into(),
+            sale_id: Some(sale_id.into()),
+            amount,
+            receipt: None,
+            register_id: None,
+            staff_id: None,
+        }
+    }
+
+    async fn store_with(dir: &std::path::Path, confirmed: i64) -> Store {
+        let s = Store::open(&dir.join("t.db")).unwrap();
+        s.upsert_balances(
+            vec![UpstreamBalance {
+                customer_id: "c1".into(),
+                point: confirmed,
+                expires_at: None,
+                updated_at: None,
+            }],
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn a_sale_is_one_outbox_row_and_returns_reverse_it_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with(dir.path(), 500).await;
+        let SaleOutcome::Created(r) = s
+            .accept_sale(sale("s1", 1000, 100), ctx(true))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        // 900 yen after points earns 9; net −91 in one row.
+        assert_eq!((r.sale.points_earned, r.sale.net_delta), (9, -91));
+        assert_eq!(r.txn.as_ref().unwrap().delta, -91);
+        assert_eq!(
+            r.txn.as_ref().unwrap().kind,
+            crate::ledger::OutboxKind::Sale
+        );
+        assert_eq!(r.customer.balance().available, 409);
+        assert_eq!(s.queue_stats().await.unwrap().pending, 1);
+        assert!(matches!(
+            s.accept_sale(sale("s1", 1000, 100), ctx(true))
+                .await
+                .unwrap(),
+            SaleOutcome::Replay(_)
+        ));
+        assert!(matches!(
+            s.accept_sale(sale("s1", 1000, 0), ctx(true)).await.unwrap(),
+            SaleOutcome::Conflict { .. }
+        ));
+        // Returned in two parts; the whole reverses the sale.
+        let mut net = 0;
+        for (id, amount) in [("r1", Some(400)), ("r2", None)] {
+            let ReturnOutcome::Created { ret: rr, .. } = s
+                .accept_return(ret(id, "s1", amount), ctx(false))
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            net += rr.ret.net_delta;
+        }
+        assert_eq!(net, 91);
+        let rec = s.sale("s1").await.unwrap().unwrap();
+        assert_eq!(rec.returnable_amount(), 0);
+        assert_eq!(rec.customer.balance().available, 500);
+        assert!(matches!(
+            s.accept_return(ret("r3", "s1", Some(1)), ctx(true))
+                .await
+                .unwrap(),
+            ReturnOutcome::Exceeds { returnable: 0, .. }
+        ));
+        assert!(matches!(
+            s.accept_return(ret("r4", "nope", None), ctx(true))
+                .await
+                .unwrap(),
+            ReturnOutcome::UnknownSale
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_zero_net_sale_writes_no_outbox_row_and_refusals_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with(dir.path(), 50).await;
+        // 1100 yen with 10 points used: 1090 yen earns 10, so the net is zero.
+        let SaleOutcome::Created(r) = s.accept_sale(sale("z", 1100, 10), ctx(true)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((r.sale.net_delta, r.txn.is_none()), (0, true));
+        assert_eq!(r.state(), State::Applied);
+        assert!(matches!(
+            s.accept_sale(sale("big", 1000, 51), ctx(true))
+                .await
+                .unwrap(),
+            SaleOutcome::Refused(PriceRefusal::Redeem(RedeemRefusal::Insufficient { .. }))
+        ));
+        assert!(s.sale("big").await.unwrap().is_none());
+        assert_eq!(s.queue_stats().await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_take_back_is_followed_by_what_the_upstream_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with(dir.path(), 0).await;
+        let SaleOutcome::Created(_) = s.accept_sale(sale("s", 5000, 0), ctx(true)).await.unwrap()
+        else {
+            panic!()
+        };
+        let ReturnOutcome::Created { ret: r, .. } = s
+            .accept_return(ret("r", "s", None), ctx(true))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        // Locally 50 are available (the sale is pending), so all 50 are taken back.
+        assert_eq!((r.ret.points_taken_back, r.ret.shortfall), (50, 0));
+        let row = r.txn.unwrap();
+        // Pretend the upstream had only 20 when it refused the take-back.
+        s.write(move |c| {
+            c.execute(
+                "UPDATE txns SET before_balance = 20 WHERE seq = ?1",
+                [row.seq],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.mark_rejected(
+            row.seq,
+            "insufficient".into(),
+            r#"{"status":400}"#.into(),
+            2_000,
+        )
+        .await
+        .unwrap();
+        let (rr, _) = s.return_of("r").await.unwrap().unwrap();
+        assert_eq!(
+            (rr.ret.points_taken_back, rr.ret.shortfall, rr.ret.net_delta),
+            (20, 30, -20)
+        );
+        let follow = rr.txn.unwrap();
+        assert_eq!((follow.delta, follow.state), (-20, State::Pending));
+        let st = s.sales_stats().await.unwrap();
+        assert_eq!((st.shortfall_points, st.returns_with_shortfall), (30, 1));
+    }
+}
