@@ -212,6 +212,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             },
             full_refresh_interval: Duration::from_secs(sc.full_refresh_interval_s),
             jitter_key: settings.config.agent.store_id.clone(),
+            reread_per_second: sc.reread_per_second,
             budget: Some(budget),
         },
     );

@@ -202,6 +202,9 @@ pub struct SyncConfig {
     pub max_reads_per_second: Option<u32>,
     /// Write requests (`point/add`) per second this agent starts at.
     pub max_writes_per_second: Option<u32>,
+    /// Background re-reads of customers the change feed marked, per second at most. Each store
+    /// re-reads what changed everywhere else, so this is what a chain's size multiplies.
+    pub reread_per_second: f64,
 }
 
 impl Default for SyncConfig {
@@ -219,6 +222,7 @@ impl Default for SyncConfig {
             max_requests_per_second: 20,
             max_reads_per_second: None,
             max_writes_per_second: None,
+            reread_per_second: 0.2,
         }
     }
 }

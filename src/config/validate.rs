@@ -197,6 +197,12 @@ impl Config {
                 bad(key, "must be 1..=10000".into());
             }
         }
+        if !(0.01..=100.0).contains(&s.reread_per_second) {
+            bad(
+                "sync.reread_per_second",
+                "must be 0.01..=100 (background re-reads per second; default 0.2)".into(),
+            );
+        }
         if s.full_refresh_interval_s < 60 {
             bad(
                 "sync.full_refresh_interval_s",

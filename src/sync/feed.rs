@@ -233,7 +233,9 @@ impl SyncEngine {
         if due.is_empty() {
             return true;
         }
+        let spacing = Duration::from_secs_f64(1.0 / self.opts.reread_per_second.max(0.01));
         for id in due {
+            let started = tokio::time::Instant::now();
             let r = with_priority(Priority::Reread, self.refresh_customer(&id)).await;
             let still_marked = matches!(
                 self.store.customer(&id).await,
@@ -250,6 +252,9 @@ impl SyncEngine {
                 tracing::debug!(error = %e, customer_id = %id, "background re-read failed");
                 return true;
             }
+            // Re-reads are what a chain's size multiplies (every store re-reads every other
+            // store's changes): they keep to their own small rate, whatever the budget has.
+            tokio::time::sleep_until(started + spacing).await;
         }
         false
     }

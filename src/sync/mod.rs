@@ -44,6 +44,8 @@ pub struct SyncOptions {
     pub full_refresh_interval: Duration,
     /// Spreads the full pulls of a chain's stores (the store id).
     pub jitter_key: String,
+    /// Background re-reads per second at most (the rest waits, marked, oldest first).
+    pub reread_per_second: f64,
     /// The request budget, when one is set (for the feed's interval and `status`).
     pub budget: Option<Arc<crate::upstream::budget::Budget>>,
 }

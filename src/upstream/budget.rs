@@ -56,8 +56,13 @@ pub fn current_priority() -> Priority {
 pub const FULL_SHARE: f64 = 0.25;
 /// The rate never falls below this (requests per second): an agent keeps making progress.
 const FLOOR: f64 = 0.2;
-/// Additive increase, as a share of the ceiling per second of limited, refusal-free sending.
-const GROW_PER_S: f64 = 0.02;
+/// Additive increase (requests per second, per second of limited, refusal-free sending). Small
+/// and absolute: fifty agents growing together add 2.5 requests a second to the contract.
+const GROW_PER_S: f64 = 0.05;
+/// A lane that was not the bottleneck for this long forgets its rate (RFC 7661's rule for an
+/// idle TCP window): it restarts from twice what it used, in slow start, instead of bursting
+/// at a rate the other stores have since taken — a chain's drain after an outage.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// A cut counts once per this span: the refusals of one burst are one signal.
 const CUT_SPAN: Duration = Duration::from_secs(1);
 
@@ -76,6 +81,12 @@ struct Lane {
     limited_at: Option<Instant>,
     granted: u64,
     throttled: u64,
+    /// Doubling each second of limited sending until a 429 or `ssthresh` (TCP's slow start).
+    slow_start: bool,
+    ssthresh: f64,
+    /// Slots granted since `window_start` (for the idle rule).
+    window_start: Instant,
+    window_grants: u32,
 }
 
 impl Lane {
@@ -93,7 +104,32 @@ impl Lane {
             limited_at: None,
             granted: 0,
             throttled: 0,
+            slow_start: false,
+            ssthresh: ceiling,
+            window_start: now,
+            window_grants: 0,
         }
+    }
+
+    /// The idle rule: at the end of a window in which the pacer held nothing back, the rate
+    /// falls to twice what was used (at least the floor) and slow start takes it up again.
+    fn forget_unused_rate(&mut self, now: Instant) {
+        let span = now.duration_since(self.window_start);
+        if span < IDLE_WINDOW {
+            return;
+        }
+        let limited = self.limited_at.is_some_and(|t| t >= self.window_start);
+        if !limited {
+            let used = self.window_grants as f64 / span.as_secs_f64();
+            let start = (2.0 * used).max(FLOOR);
+            if start < self.rate {
+                self.ssthresh = self.rate;
+                self.rate = start;
+                self.slow_start = true;
+            }
+        }
+        self.window_start = now;
+        self.window_grants = 0;
     }
 
     /// The spacing of slots and the credit idle time may build up. Limits are counted per
@@ -111,6 +147,7 @@ impl Lane {
 
     /// A slot now, or how long to wait for one.
     fn try_take(&mut self, prio: Priority, now: Instant) -> Result<(), Duration> {
+        self.forget_unused_rate(now);
         let (interval, credit) = self.interval();
         let earliest = self.next_at.max(now.checked_sub(credit).unwrap_or(now));
         let higher_waiting = self.waiting[..prio as usize].iter().any(|&n| n > 0);
@@ -125,6 +162,7 @@ impl Lane {
                 self.full_next_at = now.max(self.full_next_at) + interval.div_f64(FULL_SHARE);
             }
             self.granted += 1;
+            self.window_grants += 1;
             return Ok(());
         }
         self.limited_at = Some(now);
@@ -144,6 +182,8 @@ impl Lane {
             .is_none_or(|t| now.duration_since(t) >= CUT_SPAN)
         {
             self.rate = (self.rate / 2.0).max(FLOOR);
+            self.ssthresh = self.rate;
+            self.slow_start = false;
             self.last_cut = Some(now);
             self.last_grow = now;
         }
@@ -155,8 +195,19 @@ impl Lane {
         let limited = self
             .limited_at
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2));
-        if limited {
-            self.rate = (self.rate + GROW_PER_S * self.ceiling * dt.min(1.0)).min(self.ceiling);
+        if !limited {
+            return;
+        }
+        let dt = dt.min(1.0);
+        if self.slow_start {
+            self.rate = (self.rate * 2f64.powf(dt))
+                .min(self.ssthresh)
+                .min(self.ceiling);
+            if self.rate >= self.ssthresh {
+                self.slow_start = false;
+            }
+        } else {
+            self.rate = (self.rate + GROW_PER_S * dt).min(self.ceiling);
         }
     }
 }
@@ -273,24 +324,69 @@ mod tests {
         // Idle successes (the pacer never held anything back) do not grow the rate.
         l.succeeded(t0 + Duration::from_secs(3));
         assert_eq!(l.rate, 5.0);
-        // Limited, refusal-free seconds grow it by 2% of the ceiling per second.
+        // Limited, refusal-free seconds grow it by GROW_PER_S per second.
         let mut t = t0 + Duration::from_secs(3);
         for _ in 0..10 {
             t += Duration::from_secs(1);
             l.limited_at = Some(t);
             l.succeeded(t);
         }
-        assert!((l.rate - 9.0).abs() < 1e-9, "{}", l.rate);
+        assert!(
+            (l.rate - (5.0 + 10.0 * GROW_PER_S)).abs() < 1e-9,
+            "{}",
+            l.rate
+        );
         for _ in 0..1000 {
             t += Duration::from_secs(1);
             l.limited_at = Some(t);
             l.succeeded(t);
         }
         assert_eq!(l.rate, 20.0, "never above the ceiling");
+        for _ in 0..400 {
+            t += Duration::from_secs(1);
+            l.limited_at = Some(t);
+            l.succeeded(t);
+        }
         for i in 0..20 {
             l.throttled(t + Duration::from_secs(2 * i));
         }
         assert_eq!(l.rate, FLOOR, "never below the floor");
+    }
+
+    #[test]
+    fn an_idle_lane_forgets_its_rate_and_slow_starts_back() {
+        let mut l = Lane::new(20);
+        let t0 = Instant::now();
+        // Two requests in 12 s, never held back: the rate falls to the floor (2 × 0.17/s
+        // rounds to 0.33/s), then doubles each limited second up to the old rate.
+        assert!(l.try_take(Priority::Push, t0).is_ok());
+        assert!(
+            l.try_take(Priority::Push, t0 + Duration::from_secs(2))
+                .is_ok()
+        );
+        assert!(
+            l.try_take(Priority::Push, t0 + Duration::from_secs(12))
+                .is_ok()
+        );
+        let start = l.rate;
+        assert!(start < 1.0 && start >= FLOOR, "{start}");
+        assert!(l.slow_start);
+        let mut t = t0 + Duration::from_secs(12);
+        let mut seconds = 0;
+        while l.rate < 20.0 {
+            t += Duration::from_secs(1);
+            l.limited_at = Some(t);
+            l.succeeded(t);
+            seconds += 1;
+        }
+        assert!(seconds <= 7, "slow start took {seconds} s");
+        assert!(!l.slow_start);
+        // A 429 during slow start ends it at half the rate.
+        let mut l = Lane::new(20);
+        l.rate = 4.0;
+        l.slow_start = true;
+        l.throttled(t);
+        assert_eq!((l.rate, l.slow_start), (2.0, false));
     }
 
     #[test]
