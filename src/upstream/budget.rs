@@ -369,7 +369,7 @@ mod tests {
                 .is_ok()
         );
         let start = l.rate;
-        assert!(start < 1.0 && start >= FLOOR, "{start}");
+        assert!((FLOOR..1.0).contains(&start), "{start}");
         assert!(l.slow_start);
         let mut t = t0 + Duration::from_secs(12);
         let mut seconds = 0;
