@@ -266,7 +266,9 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    if let Err(e) = store_for_close.checkpoint().await {
+    let checkpointed = store_for_close.checkpoint().await;
+    store_for_close.close().await;
+    if let Err(e) = checkpointed {
         tracing::warn!(error = %e, "could not fold the WAL into the database at stop; it is applied at the next start");
     }
     tracing::info!("pointsd stopped; queue kept on disk");

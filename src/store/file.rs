@@ -102,12 +102,15 @@ pub(super) const CHECKPOINT_INLINE_FRAMES: i32 = 8000;
 /// database and fsync'd it between two group commits: a tenth of the writer's time and the
 /// earn benchmark's worst latencies. A PASSIVE checkpoint on its own connection runs beside
 /// the writer and readers without blocking either.
-pub(super) fn start_checkpointer(writer: &mut Connection, path: &Path) -> Result<(), StoreError> {
+pub(super) fn start_checkpointer(
+    writer: &mut Connection,
+    path: &Path,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "cache_size", -64)?;
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("pointsd-db-ckpt".into())
         .spawn(move || {
             // Ends when the writer's connection (and its hook holding `tx`) is gone.
@@ -137,7 +140,7 @@ pub(super) fn start_checkpointer(writer: &mut Connection, path: &Path) -> Result
         }
         Ok(())
     }))?;
-    Ok(())
+    Ok(handle)
 }
 
 pub(super) fn clean_marker(db: &Path) -> PathBuf {

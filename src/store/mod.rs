@@ -77,32 +77,57 @@ pub struct Store {
     storage: Arc<Mutex<StorageHealth>>,
     readers: Arc<Readers>,
     path: Arc<PathBuf>,
+    /// The writer and checkpoint threads, joined by [`Store::close`].
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database, and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut conn = open_writer(path)?;
-        start_checkpointer(&mut conn, path)?;
+        let ckpt = start_checkpointer(&mut conn, path)?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(4 * GROUP_COMMIT_MAX);
         let storage = Arc::new(Mutex::new(StorageHealth {
             ok: true,
             ..Default::default()
         }));
         let h = storage.clone();
-        std::thread::Builder::new()
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c2 = closing.clone();
+        let writer = std::thread::Builder::new()
             .name("pointsd-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, h))
+            .spawn(move || writer_loop(conn, rx, h, c2))
             .map_err(|e| StoreError::Batch(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             writer: tx,
             storage,
+            threads: Arc::new(Mutex::new(vec![writer, ckpt])),
+            closing,
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
             }),
             path: Arc::new(path.to_path_buf()),
         })
+    }
+
+    /// Stops the writer after what is queued has committed, and joins the writer and
+    /// checkpoint threads (the writer's connection closes first; the checkpointer ends with
+    /// it). Writes after this fail with [`StoreError::WriterGone`]. Other handles may still
+    /// exist; they only lose the ability to write.
+    pub async fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // An empty job wakes the writer, which sees the flag after committing its group.
+        let _ = self.write(|_| Ok(())).await;
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().expect("store threads"));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 
     pub fn path(&self) -> &Path {

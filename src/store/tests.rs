@@ -275,3 +275,23 @@ async fn garbage_file_is_reported_not_repaired() {
     assert!(err.to_string().contains("t.db"), "{err}");
     assert_eq!(std::fs::read(&p).unwrap(), vec![0x42u8; 8192]);
 }
+
+#[tokio::test]
+async fn close_commits_what_was_acknowledged_then_joins_its_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with_customer(dir.path(), 100).await;
+    let r = s
+        .accept(txn("c-1", Kind::Earn, 5), ctx(true))
+        .await
+        .unwrap();
+    assert!(matches!(r, AcceptOutcome::Created { .. }), "{r:?}");
+    let other = s.clone();
+    s.close().await;
+    assert!(s.threads.lock().unwrap().is_empty(), "threads joined");
+    // Any handle now fails to write, with the error that says why.
+    let e = other.set_meta(Meta::LastReconcile, "x".into()).await;
+    assert!(matches!(e, Err(StoreError::WriterGone)), "{e:?}");
+    // What was acknowledged is on disk for the next start.
+    let again = Store::open(&dir.path().join("t.db")).unwrap();
+    assert!(again.txn("c-1").await.unwrap().is_some());
+}

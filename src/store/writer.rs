@@ -91,6 +91,7 @@ pub(super) fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
     health: Arc<Mutex<StorageHealth>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -112,6 +113,14 @@ pub(super) fn writer_loop(
         }
         for job in batch {
             job.finish(commit.as_ref().map(|_| ()));
+        }
+        if closing.load(std::sync::atomic::Ordering::SeqCst) {
+            // Jobs still queued are refused (their callers see WriterGone), not dropped silently.
+            rx.close();
+            while let Ok(job) = rx.try_recv() {
+                job.finish(Err(&StoreError::WriterGone));
+            }
+            break;
         }
     }
 }
