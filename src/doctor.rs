@@ -162,16 +162,13 @@ fn database_checks(db: &Path) -> Vec<Check> {
             ),
         )];
     }
+    use crate::store::inspect::InspectError;
     let ins = match crate::store::inspect::inspect_readonly(db) {
         Ok(i) => i,
-        Err(e) if e.starts_with("cannot open") => {
+        Err(InspectError::Open(e)) => {
             return vec![Check::fail(
                 "database",
-                format!(
-                    "cannot open {}: {}",
-                    db.display(),
-                    e.trim_start_matches("cannot open: ")
-                ),
+                format!("cannot open {}: {e}", db.display()),
                 "check the file's owner and mode (the service user must own it)",
             )];
         }
@@ -184,7 +181,8 @@ fn database_checks(db: &Path) -> Vec<Check> {
         }
     };
     let mut out = Vec::new();
-    let check: Result<(i64, String), String> = Ok((ins.schema_version, ins.quick_check.clone()));
+    let check: Result<(i64, String), InspectError> =
+        Ok((ins.schema_version, ins.quick_check.clone()));
     match check {
         Ok((v, _)) if v > crate::store::schema::known_version() => out.push(Check::fail(
             "database",

@@ -23,6 +23,7 @@ pub mod page;
 pub mod problem;
 mod reconcile;
 mod sales;
+mod sales_input;
 mod status;
 mod transactions;
 mod watch;

@@ -14,20 +14,29 @@ pub struct Inspection {
     pub quick_check: String,
     /// The queue, when the schema is one this binary knows: the oldest open transaction's
     /// creation time (unix ms) and how many need review.
-    pub queue: Result<(Option<i64>, i64), String>,
+    pub queue: Result<(Option<i64>, i64), InspectError>,
 }
 
-/// Opens `db` read-only and inspects it. `Err` is a message: the file cannot be opened or is
-/// not an SQLite database.
-pub fn inspect_readonly(db: &Path) -> Result<Inspection, String> {
+/// Why a database file could not be inspected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InspectError {
+    #[error("cannot open: {0}")]
+    Open(String),
+    #[error("{0}")]
+    NotReadable(String),
+}
+
+/// Opens `db` read-only and inspects it.
+pub fn inspect_readonly(db: &Path) -> Result<Inspection, InspectError> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("cannot open: {e}"))?;
+        .map_err(|e| InspectError::Open(e.to_string()))?;
+    let unreadable = |e: rusqlite::Error| InspectError::NotReadable(e.to_string());
     let schema_version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(unreadable)?;
     let quick_check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(unreadable)?;
     let queue = conn
         .query_row(
             "SELECT (SELECT MIN(created_at) FROM txns WHERE state IN ('pending','sending','ambiguous')), \
@@ -35,7 +44,7 @@ pub fn inspect_readonly(db: &Path) -> Result<Inspection, String> {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .map_err(|e| e.to_string());
+        .map_err(unreadable);
     Ok(Inspection {
         schema_version,
         quick_check,

@@ -639,48 +639,5 @@ fn url_escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn point_rows_parse_strings_and_numbers() {
-        let src = r#"[{"customerId":"12","point":"150","mile":"0","pointExpireDate":"2027-03-31","insDateTime":"x","updDateTime":"2026-11-01T10:00:00+09:00","extra":1},
-                      {"customerId":13,"point":7}]"#;
-        let rows: Vec<PointRow> = serde_json::from_str(src).unwrap();
-        let b: Vec<UpstreamBalance> = rows.into_iter().map(Into::into).collect();
-        assert_eq!(b[0].customer_id, "12");
-        assert_eq!(b[0].point, 150);
-        assert_eq!(b[0].expires_at.as_deref(), Some("2027-03-31"));
-        assert_eq!(b[1].point, 7);
-        assert_eq!(b[1].expires_at, None);
-    }
-
-    #[test]
-    fn malformed_rows_fail() {
-        for bad in [
-            r#"{"customerId":"1"}"#,
-            r#"[{"customerId":"1","point":"abc"}]"#,
-            "<html>",
-        ] {
-            assert!(serde_json::from_str::<Vec<PointRow>>(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn error_bodies_keep_title_and_detail() {
-        let e = status_error(
-            StatusCode::BAD_REQUEST,
-            r#"{"type":"about:blank","title":"Bad Request","detail":"ポイントが不足しています"}"#,
-            None,
-        );
-        let s = e.to_string();
-        assert!(s.contains("Bad Request") && s.contains("ポイント"), "{s}");
-        assert_eq!(e.class(), super::super::FailureClass::Permanent);
-    }
-
-    #[test]
-    fn escapes_path_segments() {
-        assert_eq!(url_escape("ab-1"), "ab-1");
-        assert_eq!(url_escape("a/b"), "a%2Fb");
-    }
-}
+#[path = "smaregi_tests.rs"]
+mod tests;
