@@ -26,6 +26,9 @@ pub(super) struct FullPull {
     checked: usize,
     customers: usize,
     items: Vec<crate::store::Discrepancy>,
+    /// The first fill (an empty cache: nobody can be looked up offline) goes at the feed's
+    /// priority; the rare safety-net pull at the full pulls' low share.
+    priority: Priority,
 }
 
 impl SyncEngine {
@@ -271,12 +274,18 @@ impl SyncEngine {
         }
         if st.page == 0 {
             st.page = 1;
+            let filled = self.store.meta(Meta::LastFullRefreshAt).await?.is_some();
+            st.priority = if filled {
+                Priority::Full
+            } else {
+                Priority::Feed
+            };
             st.started_at = self.now();
             st.started_rev = self.store.apply_counter().await?;
         }
         // Balances first: they are what a register needs; names and codes follow.
         while !st.balances_done {
-            let p = with_priority(Priority::Full, self.upstream.list_balances(st.page)).await?;
+            let p = with_priority(st.priority, self.upstream.list_balances(st.page)).await?;
             st.checked += p.items.len();
             let (_, diffs) = self
                 .store
@@ -291,7 +300,7 @@ impl SyncEngine {
             }
         }
         loop {
-            let p = with_priority(Priority::Full, self.upstream.list_customers(st.page)).await?;
+            let p = with_priority(st.priority, self.upstream.list_customers(st.page)).await?;
             st.customers += p.items.len();
             self.store.upsert_customers(p.items).await?;
             if !p.more {

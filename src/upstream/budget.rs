@@ -27,7 +27,7 @@ pub enum Class {
 }
 
 /// Who is asking; lower goes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Push = 0,
@@ -35,6 +35,7 @@ pub enum Priority {
     Feed = 2,
     /// The background re-read of customers the feed marked.
     Reread = 3,
+    #[default]
     Full = 4,
 }
 
