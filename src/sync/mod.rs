@@ -95,7 +95,13 @@ pub struct SyncEngine {
     /// Look-ups answer from the cache alone until then (unix ms): set when a look-up's
     /// refresh ran out of its budget (the start of an outage, before the probe notices).
     lookup_paused_until: std::sync::atomic::AtomicI64,
+    /// Customers another writer was seen moving, and when (unix ms): their sends read a
+    /// fresh balance first for [`CONTENDED_FOR_MS`].
+    contended: Mutex<HashMap<String, i64>>,
 }
+
+/// How long a customer counts as written by others after it was last seen so.
+const CONTENDED_FOR_MS: i64 = 10 * 60_000;
 
 /// Discrepancies kept in a report (the count covers all).
 const REPORT_ITEMS: usize = 1000;
@@ -131,6 +137,7 @@ impl SyncEngine {
             feed: Mutex::new(feed::FeedState::default()),
             reread_wake: Notify::new(),
             lookup_paused_until: std::sync::atomic::AtomicI64::new(0),
+            contended: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,6 +148,24 @@ impl SyncEngine {
 
     pub fn upstream(&self) -> &Arc<dyn Upstream> {
         &self.upstream
+    }
+
+    fn note_another_writer(&self, customer_id: &str) {
+        let now = self.now();
+        let mut c = self.contended.lock().expect("contended");
+        if c.len() > 10_000 {
+            c.retain(|_, at| now - *at < CONTENDED_FOR_MS);
+        }
+        c.insert(customer_id.to_string(), now);
+    }
+
+    fn another_writer_seen(&self, customer_id: &str) -> bool {
+        let now = self.now();
+        self.contended
+            .lock()
+            .expect("contended")
+            .get(customer_id)
+            .is_some_and(|at| now - at < CONTENDED_FOR_MS)
     }
 
     /// Wakes the push worker: something new is in the outbox.

@@ -227,10 +227,7 @@ impl SyncEngine {
             .opts
             .budget
             .as_ref()
-            .map(|b| {
-                let r = b.snapshot().reads;
-                (r.ceiling_per_s / r.rate_per_s.max(0.01)).clamp(1.0, 8.0)
-            })
+            .map(|b| b.stretch(crate::upstream::budget::Class::Read))
             .unwrap_or(1.0);
         self.opts.pull_interval.mul_f64(stretch)
     }

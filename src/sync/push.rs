@@ -163,9 +163,13 @@ impl SyncEngine {
 
     async fn send(&self, txn: &TxnRow) -> Result<(), StoreError> {
         let mut txn = std::borrow::Cow::Borrowed(txn);
-        if txn.before_balance.is_none() {
-            // The cache never confirmed this customer's balance: read it first, so a lost
-            // answer can still be settled by read-back.
+        // A customer another writer was seen moving (an answer that was not before + delta):
+        // the cached figure may be out of date by several foreign changes, and a lost answer's
+        // read-back would then count them all. One read first makes the window milliseconds.
+        let contended = self.another_writer_seen(&txn.customer_id);
+        if txn.before_balance.is_none() || contended {
+            // The cache never confirmed this customer's balance (or may be behind): read it
+            // first, so a lost answer can still be settled by read-back.
             match self.upstream.get_balance(&txn.customer_id).await {
                 Ok(Some(b)) => {
                     self.store
@@ -191,6 +195,12 @@ impl SyncEngine {
         match r {
             Ok(a) => {
                 let b = a.balance;
+                if txn
+                    .before_balance
+                    .is_some_and(|before| b.point != before + txn.delta)
+                {
+                    self.note_another_writer(&txn.customer_id);
+                }
                 self.store
                     .mark_applied(txn.seq, b.point, b.updated_at, now, None, a.transaction_ids)
                     .await?;

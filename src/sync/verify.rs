@@ -14,6 +14,7 @@ struct FeedEvidence {
     window: Option<(String, String)>,
     unknown_ids: Vec<String>,
     own_left_out: usize,
+    before_own_left_out: usize,
     unavailable: Option<String>,
 }
 
@@ -70,10 +71,14 @@ impl SyncEngine {
             readback::StampMove::Moved
         };
         let v = readback::verdict(before, txn.delta, b.point, stamp, feed.feed);
+        if feed.unknown_ids.len() > 1 || (b.point != before && b.point != before + txn.delta) {
+            self.note_another_writer(&txn.customer_id);
+        }
         evidence["transactions_since"] = json!({
             "window": feed.window,
             "listed": feed.unknown_ids,
             "own_left_out": feed.own_left_out,
+            "older_than_own_left_out": feed.before_own_left_out,
             "unavailable": feed.unavailable,
         });
         evidence["stamp"] = json!(stamp);
@@ -192,6 +197,16 @@ impl SyncEngine {
             window: Some((q.from.clone(), q.to.clone())),
             ..FeedEvidence::default()
         };
+        // Transaction ids are a sequence (`transactionHeadId`, an integer the list can be
+        // filtered by as a range): anything older than this agent's newest own transaction
+        // for the customer happened before a state the starting figure includes.
+        // (The starting figure is never older than our newest own send for the customer: its
+        // answer or read-back set the cache, and sends of one customer go one at a time.)
+        let newest_own = own
+            .iter()
+            .filter_map(|i| i.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
         let mut seen = std::collections::HashSet::new();
         loop {
             let page = match self.upstream.list_transactions(&q).await {
@@ -214,6 +229,10 @@ impl SyncEngine {
                 }
                 if own.contains(&t.id) {
                     out.own_left_out += 1;
+                } else if t.id.parse::<u64>().is_ok_and(|n| n < newest_own) {
+                    // Older than our own newest transaction, which the starting figure already
+                    // includes: in it too (a whole-second window cannot tell this by time).
+                    out.before_own_left_out += 1;
                 } else {
                     out.unknown_ids.push(t.id);
                 }

@@ -292,6 +292,19 @@ impl Budget {
             .succeeded(Instant::now());
     }
 
+    /// How much a periodic reader (the change feed) should stretch its interval: the ceiling
+    /// over the current rate while a 429 cut it within the last minute, else 1. (A rate the
+    /// idle rule lowered is not a sign that the contract is short.)
+    pub fn stretch(&self, class: Class) -> f64 {
+        let l = self.lane(class).lock().expect("budget");
+        match l.last_cut {
+            Some(t) if t.elapsed() < Duration::from_secs(60) => {
+                (l.ceiling / l.rate.max(0.01)).clamp(1.0, 8.0)
+            }
+            _ => 1.0,
+        }
+    }
+
     pub fn snapshot(&self) -> BudgetSnapshot {
         let s = |c: Class| {
             let l = self.lane(c).lock().expect("budget");
