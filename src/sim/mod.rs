@@ -30,6 +30,7 @@ mod limits;
 mod options;
 mod smaregi;
 mod state;
+mod transactions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -36,6 +36,7 @@ mod file;
 pub mod inspect;
 mod outbox;
 mod queries;
+mod returns;
 mod review;
 mod rows;
 mod sales;

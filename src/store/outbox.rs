@@ -253,7 +253,7 @@ impl Store {
             c.prepare_cached("UPDATE txns SET state = 'rejected', last_error = ?2, upstream_result = ?3, updated_at = ?4 \
                  WHERE seq = ?1")?.execute(params![seq, error, upstream_result, now_ms])?;
             // A return's refused take-back is followed by a smaller one, never dropped.
-            sales::after_rejected(c, seq, now_ms)
+            returns::after_rejected(c, seq, now_ms)
         })
         .await
     }
