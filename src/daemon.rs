@@ -46,8 +46,14 @@ pub enum DaemonError {
     Locked { path: PathBuf, lock: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "cannot start the upstream: [upstream.smaregi] is missing (upstream.kind = \"smaregi\" needs it)"
+    )]
+    MissingSmaregi,
     #[error("cannot start the upstream: {0}")]
-    Upstream(String),
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cannot start the built-in simulator: {0}")]
+    Simulator(#[source] std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -106,8 +112,8 @@ fn build_upstream(settings: &Settings, sim: Option<&SimHandle>) -> Result<Smareg
     });
     let s = settings
         .smaregi_settings(sim)
-        .ok_or_else(|| DaemonError::Upstream("[upstream.smaregi] is missing".into()))?;
-    Smaregi::new(s).map_err(|e| DaemonError::Upstream(e.to_string()))
+        .ok_or(DaemonError::MissingSmaregi)?;
+    Ok(Smaregi::new(s)?)
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -168,7 +174,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             },
         )
         .await
-        .map_err(|e| DaemonError::Upstream(format!("simulator: {e}")))?;
+        .map_err(DaemonError::Simulator)?;
         tracing::info!(url = %h.url(), admin = %h.admin_url(), "built-in upstream simulator started");
         Some(h)
     } else {

@@ -229,7 +229,7 @@ pub(super) async fn service_run(c: ConfigArgs, data_dir: Option<PathBuf>) -> Res
                 handle.block_on(async move {
                     let listener = tokio::net::TcpListener::bind(settings.listen)
                         .await
-                        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+                        .map_err(daemon::DaemonError::Serve)?;
                     daemon::run(daemon::RunConfig {
                         settings,
                         data_dir: paths.data,
@@ -238,7 +238,6 @@ pub(super) async fn service_run(c: ConfigArgs, data_dir: Option<PathBuf>) -> Res
                         clock: clock::system(),
                     })
                     .await
-                    .map_err(|e| e.to_string())
                 })
             })
         })

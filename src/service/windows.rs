@@ -12,14 +12,14 @@ use windows_service::service::{
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::{define_windows_service, service_dispatcher};
 
-type Runner = Box<dyn FnOnce(CancellationToken) -> Result<(), String> + Send>;
+type Runner = Box<dyn FnOnce(CancellationToken) -> Result<(), crate::daemon::DaemonError> + Send>;
 static RUNNER: OnceLock<std::sync::Mutex<Option<Runner>>> = OnceLock::new();
 
 define_windows_service!(ffi_service_main, service_main);
 
 /// Hands control to the SCM; `run` is called with a token that fires on Stop/Shutdown.
 pub fn run_as_service(
-    run: impl FnOnce(CancellationToken) -> Result<(), String> + Send + 'static,
+    run: impl FnOnce(CancellationToken) -> Result<(), crate::daemon::DaemonError> + Send + 'static,
 ) -> Result<(), windows_service::Error> {
     RUNNER
         .get_or_init(|| std::sync::Mutex::new(None))
