@@ -7,9 +7,12 @@
 //!   offline redeem policy, staleness. Imports nothing from the crate; `config` embeds its types.
 //! - [`store`]: SQLite schema, migrations, the single writer with group commit, queries.
 //! - [`api`]: the local HTTP API (axum): one file per resource, bearer auth, problem+json.
-//! - [`sync`]: push worker (outbox → upstream) and pull worker (upstream → cache).
-//! - [`upstream`]: the `Upstream` trait, failure classes, the Smaregi adapter, link health.
-//! - [`sim`]: the stateful Smaregi simulator used by `demo` and the tests.
+//! - [`sync`]: push worker (outbox → upstream, read-back), pull worker (full pulls, the change
+//!   feed, re-reads of customers changed elsewhere).
+//! - [`upstream`]: the `Upstream` trait, failure classes, the Smaregi adapter, link health, the
+//!   contract's rate budget.
+//! - [`sim`]: the Smaregi simulator (a whole contract) used by `demo`, the tests and the fleet
+//!   benchmark.
 //! - [`daemon`]: wiring and the bounded graceful stop.
 //! - [`service`]: install as a system service (systemd, launchd, Windows SCM).
 //! - [`doctor`]: one-shot health check of an installation.

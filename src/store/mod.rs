@@ -6,6 +6,14 @@
 //! answers each caller. That is how an acknowledged write is durable (WAL + `synchronous=FULL`,
 //! DESIGN.md §2.1) without paying one fsync per register request. Reads use a small pool of
 //! connections on the blocking thread pool, so a slow disk never stalls the async runtime.
+//!
+//! Files: this one (the handle: open, reads, the write entry point, close); `writer.rs` (group
+//! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
+//! `schema.rs` (migrations); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
+//! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
+//! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `review.rs` (a
+//! person's decisions); `sales.rs` and `returns.rs` (DESIGN.md §10); `inspect.rs` (read-only
+//! look for `doctor`); `error.rs`. rusqlite types stay inside this module.
 
 // The open-rows condition is used by several files; defined before them (textual scope).
 /// The states of a transaction still on its way upstream, written exactly as the partial

@@ -3,6 +3,12 @@
 //!
 //! Every state change is one SQLite write through the store, so a restart resumes exactly
 //! where the last run stopped (DESIGN.md §3).
+//!
+//! Files: this one (engine, options, waiters, `SyncError`); `push.rs` (the push worker);
+//! `verify.rs` (the read-back of a lost answer) and `readback.rs` (its pure verdict, table
+//! tested); `pull.rs` (probe, resumable full pull, reconcile); `feed.rs` (change feed, marks,
+//! background re-reads); `lookup.rs` (a cashier's look-up refresh and its breaker);
+//! `schedule.rs` (retry delays).
 
 pub mod feed;
 mod lookup;

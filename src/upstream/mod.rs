@@ -1,6 +1,10 @@
 //! The seam to the cloud ledgers: one trait, one file per adapter, and the error type that
 //! carries the failure class of DESIGN.md §5. Classification lives here, on the error; the
 //! retry *policy* lives in `sync::schedule`.
+//!
+//! Files: this one (trait, shared types, errors, lenient number parsing); `smaregi.rs` (the
+//! Smaregi Platform API adapter); `health.rs` (link state and the wrapper that records it);
+//! `budget.rs` (the agent's share of the contract: read/write pacing, AIMD, priorities).
 
 pub mod budget;
 pub mod health;
