@@ -60,10 +60,14 @@ const FLOOR: f64 = 0.2;
 /// Additive increase (requests per second, per second of limited, refusal-free sending). Small
 /// and absolute: fifty agents growing together add 2.5 requests a second to the contract.
 const GROW_PER_S: f64 = 0.05;
-/// A lane that was not the bottleneck for this long forgets its rate (RFC 7661's rule for an
-/// idle TCP window): it restarts from twice what it used, in slow start, instead of bursting
-/// at a rate the other stores have since taken — a chain's drain after an outage.
+/// A write lane that was not the bottleneck for this long forgets its rate (RFC 7661's rule for
+/// an idle TCP window): it restarts from twice what it used, in slow start, instead of bursting
+/// at a rate the other stores have since taken — a chain's drain after an outage. Reads keep
+/// their rate: a cashier's look-up must not wait for a slot because the store was quiet.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Where a forgotten write rate restarts at least: two quick sales at the till still go
+/// through within the write-through budget.
+const IDLE_RESTART: f64 = 2.0;
 /// A cut counts once per this span: the refusals of one burst are one signal.
 const CUT_SPAN: Duration = Duration::from_secs(1);
 
@@ -88,6 +92,8 @@ struct Lane {
     /// Slots granted since `window_start` (for the idle rule).
     window_start: Instant,
     window_grants: u32,
+    /// Whether the idle rule applies (the write lane).
+    forgets_idle_rate: bool,
 }
 
 impl Lane {
@@ -109,6 +115,7 @@ impl Lane {
             ssthresh: ceiling,
             window_start: now,
             window_grants: 0,
+            forgets_idle_rate: true,
         }
     }
 
@@ -116,13 +123,13 @@ impl Lane {
     /// falls to twice what was used (at least the floor) and slow start takes it up again.
     fn forget_unused_rate(&mut self, now: Instant) {
         let span = now.duration_since(self.window_start);
-        if span < IDLE_WINDOW {
+        if span < IDLE_WINDOW || !self.forgets_idle_rate {
             return;
         }
         let limited = self.limited_at.is_some_and(|t| t >= self.window_start);
         if !limited {
             let used = self.window_grants as f64 / span.as_secs_f64();
-            let start = (2.0 * used).max(FLOOR);
+            let start = (2.0 * used).max(IDLE_RESTART.min(self.ceiling));
             if start < self.rate {
                 self.ssthresh = self.rate;
                 self.rate = start;
@@ -253,7 +260,10 @@ impl Budget {
     pub fn new(reads_per_s: u32, writes_per_s: u32) -> Budget {
         Budget {
             lanes: [
-                Mutex::new(Lane::new(reads_per_s)),
+                Mutex::new(Lane {
+                    forgets_idle_rate: false,
+                    ..Lane::new(reads_per_s)
+                }),
                 Mutex::new(Lane::new(writes_per_s)),
             ],
         }
@@ -371,8 +381,8 @@ mod tests {
     fn an_idle_lane_forgets_its_rate_and_slow_starts_back() {
         let mut l = Lane::new(20);
         let t0 = Instant::now();
-        // Two requests in 12 s, never held back: the rate falls to the floor (2 × 0.17/s
-        // rounds to 0.33/s), then doubles each limited second up to the old rate.
+        // Two requests in 12 s, never held back: the rate falls to the restart rate (2/s: more
+        // than twice the 0.17/s used), then doubles each limited second up to the old rate.
         assert!(l.try_take(Priority::Push, t0).is_ok());
         assert!(
             l.try_take(Priority::Push, t0 + Duration::from_secs(2))
@@ -383,7 +393,7 @@ mod tests {
                 .is_ok()
         );
         let start = l.rate;
-        assert!((FLOOR..1.0).contains(&start), "{start}");
+        assert_eq!(start, IDLE_RESTART, "{start}");
         assert!(l.slow_start);
         let mut t = t0 + Duration::from_secs(12);
         let mut seconds = 0;
@@ -393,7 +403,7 @@ mod tests {
             l.succeeded(t);
             seconds += 1;
         }
-        assert!(seconds <= 7, "slow start took {seconds} s");
+        assert!(seconds <= 4, "slow start took {seconds} s");
         assert!(!l.slow_start);
         // A 429 during slow start ends it at half the rate.
         let mut l = Lane::new(20);
@@ -401,6 +411,19 @@ mod tests {
         l.slow_start = true;
         l.throttled(t);
         assert_eq!((l.rate, l.slow_start), (2.0, false));
+    }
+
+    #[test]
+    fn a_quiet_read_lane_keeps_its_rate() {
+        let b = Budget::new(50, 20);
+        let mut l = b.lanes[Class::Read as usize].lock().unwrap();
+        let t0 = Instant::now();
+        assert!(l.try_take(Priority::Lookup, t0).is_ok());
+        assert!(
+            l.try_take(Priority::Lookup, t0 + Duration::from_secs(30))
+                .is_ok()
+        );
+        assert_eq!(l.rate, 50.0);
     }
 
     #[test]
