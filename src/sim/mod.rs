@@ -26,7 +26,7 @@
 
 mod admin;
 mod conn;
-mod limits;
+pub(crate) mod limits;
 mod options;
 mod smaregi;
 mod state;

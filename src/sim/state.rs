@@ -300,6 +300,12 @@ impl SimState {
         let r = self.limits.admit(class, Instant::now());
         if r.is_err() {
             self.throttled(agent);
+            if class == Class::Write {
+                self.agents
+                    .entry(agent.to_string())
+                    .or_default()
+                    .throttled_writes += 1;
+            }
         }
         r
     }
@@ -557,7 +563,8 @@ mod tests {
                 writes: 0,
                 tokens: 1,
                 feed: 0,
-                throttled: 1
+                throttled: 1,
+                throttled_writes: 0
             }
         );
         assert_eq!(
@@ -567,7 +574,8 @@ mod tests {
                 writes: 2,
                 tokens: 0,
                 feed: 1,
-                throttled: 1
+                throttled: 1,
+                throttled_writes: 1
             }
         );
     }
