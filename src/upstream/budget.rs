@@ -69,6 +69,10 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// Where a forgotten write rate restarts at least: two quick sales at the till still go
 /// through within the write-through budget.
 const IDLE_RESTART: f64 = 2.0;
+/// The contract counter ([`SeqGauge`]): how many of our answers it keeps, and how many it
+/// needs before it says anything.
+const SEQ_KEEP: usize = 64;
+const SEQ_MIN: usize = 4;
 /// A cut counts once per this span: the refusals of one burst are one signal.
 const CUT_SPAN: Duration = Duration::from_secs(1);
 
@@ -95,6 +99,42 @@ struct Lane {
     window_grants: u32,
     /// Whether the idle rule applies (the write lane).
     forgets_idle_rate: bool,
+    /// The contract's transaction counter as our answers show it ([`Lane::observe_seq`]).
+    seq: SeqGauge,
+}
+
+/// This lane's share of the contract, read off the `transactionHeadId`s in our `point/add`
+/// answers. Smaregi numbers transactions in one sequence per contract (the list filters them
+/// as a range), so the step between two of our answers counts every transaction the contract
+/// took in between: every store's writes, the online shop's, the registers' sales. The share
+/// is what a lane that sat through an outage knows of its chain: one store of fifty sees about
+/// a fiftieth. It errs low (register sales use ids but not the write limit), which only makes
+/// a restart gentler. (The rate of the counter would say how full the contract is, but
+/// register sales swell it by an amount the agent cannot see at once, so it steers nothing.)
+#[derive(Debug, Default)]
+struct SeqGauge {
+    /// (id) of our last [`SEQ_KEEP`] answers, oldest first, however old: a store that writes
+    /// rarely still knows its share after a quiet hour or an outage.
+    samples: std::collections::VecDeque<u64>,
+}
+
+impl SeqGauge {
+    fn observe(&mut self, id: u64) {
+        if self.samples.back().is_some_and(|&last| id <= last) {
+            return; // An answer overtaken by a later one (sends run concurrently).
+        }
+        self.samples.push_back(id);
+        if self.samples.len() > SEQ_KEEP {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Our writes over the contract's transactions across the samples, once there are a few.
+    fn share(&self) -> Option<f64> {
+        let (&first, &last) = (self.samples.front()?, self.samples.back()?);
+        (self.samples.len() >= SEQ_MIN && last > first)
+            .then(|| ((self.samples.len() - 1) as f64 / (last - first) as f64).min(1.0))
+    }
 }
 
 impl Lane {
@@ -117,6 +157,7 @@ impl Lane {
             window_start: now,
             window_grants: 0,
             forgets_idle_rate: true,
+            seq: SeqGauge::default(),
         }
     }
 
@@ -130,11 +171,22 @@ impl Lane {
         let limited = self.limited_at.is_some_and(|t| t >= self.window_start);
         if !limited {
             let used = self.window_grants as f64 / span.as_secs_f64();
-            let start = (2.0 * used).max(IDLE_RESTART.min(self.ceiling));
+            // Restart at the share of the contract this lane last had (one store of fifty
+            // restarts at a fiftieth of the limit, a lone store at the restart rate), so a
+            // chain's stores coming back together do not start at fifty times the limit.
+            // A lane that knows it is one of many skips slow start: the counter's room rule
+            // grows it as fast as the contract has room, without fifty lanes doubling blind.
+            let (restart, slow) = match self.seq.share() {
+                Some(share) if share * self.ceiling < IDLE_RESTART => {
+                    ((share * self.ceiling).max(FLOOR), false)
+                }
+                _ => (IDLE_RESTART, true),
+            };
+            let start = (2.0 * used).max(restart.min(self.ceiling));
             if start < self.rate {
                 self.ssthresh = self.rate;
                 self.rate = start;
-                self.slow_start = true;
+                self.slow_start = slow;
             }
         }
         self.window_start = now;
@@ -182,6 +234,11 @@ impl Lane {
         } else {
             pace.max(Duration::from_millis(1))
         })
+    }
+
+    /// A `transactionHeadId` from a `point/add` answer.
+    fn observe_seq(&mut self, id: u64) {
+        self.seq.observe(id);
     }
 
     fn throttled(&mut self, now: Instant) {
@@ -287,6 +344,15 @@ impl Budget {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A `transactionHeadId` from a `point/add` answer: the contract's transaction counter,
+    /// from which the write lane learns its share of the contract ([`SeqGauge`]).
+    pub fn observe_write_seq(&self, id: u64) {
+        self.lane(Class::Write)
+            .lock()
+            .expect("budget")
+            .observe_seq(id);
     }
 
     pub fn on_throttled(&self, class: Class) {
@@ -506,12 +572,12 @@ mod chain_model {
         backlog: u32,
         start: Duration,
         paused_until: Duration,
-        /// (answer due at, admitted) of each request in flight.
-        in_flight: Vec<(Duration, bool)>,
+        /// (answer due at, the id its answer carries if admitted) of each request in flight.
+        in_flight: Vec<(Duration, Option<u64>)>,
         admitted: u32,
     }
 
-    pub fn drain(n: usize, backlog: u32, limit: u32, seed: u64) -> Outcome {
+    pub fn drain(n: usize, backlog: u32, limit: u32, seed: u64, use_seq: bool) -> Outcome {
         const TICK: Duration = Duration::from_millis(5);
         const RTT: Duration = Duration::from_millis(60);
         const CONCURRENCY: usize = 4;
@@ -520,8 +586,18 @@ mod chain_model {
         // The outage: a minute of silence, so each lane's idle rule applies at its first slot.
         let outage = Duration::from_secs(60);
         let mut agents: Vec<Agent> = (0..n)
-            .map(|_| Agent {
-                lane: Lane::new(limit),
+            .map(|i| Agent {
+                lane: {
+                    // Before the outage: a quiet steady state, every store writing now and
+                    // then (the counter shows each lane its share, 1/n).
+                    let mut l = Lane::new(limit);
+                    if use_seq {
+                        for j in 0..6u64 {
+                            l.observe_seq(1_000 + j * n as u64 + i as u64);
+                        }
+                    }
+                    l
+                },
                 backlog: backlog + rng.random_range(0..=backlog / 4),
                 // Each agent's probe notices the link within its 5 s interval.
                 start: outage + Duration::from_millis(rng.random_range(0..5_000)),
@@ -531,6 +607,8 @@ mod chain_model {
             })
             .collect();
         let mut contract = ContractLimits::new(None, Some(limit), None);
+        // The contract's transaction counter (`transactionHeadId`), as its answers show it.
+        let mut seq = 1_000_000u64;
         let (mut requests, mut refused) = (0u64, 0u64);
         let mut first_empty: Option<Duration> = None;
         let mut t = outage;
@@ -546,7 +624,10 @@ mod chain_model {
                         continue;
                     }
                     a.in_flight.swap_remove(k);
-                    if ok {
+                    if let Some(id) = ok {
+                        if use_seq {
+                            a.lane.observe_seq(id);
+                        }
                         a.lane.succeeded(now);
                         a.backlog -= 1;
                         a.admitted += 1;
@@ -571,10 +652,13 @@ mod chain_model {
                     // is back a round trip after it left.
                     let arrival = now + RTT / 2;
                     match contract.admit(SimClass::Write, arrival) {
-                        Ok(()) => a.in_flight.push((t + RTT, true)),
+                        Ok(()) => {
+                            seq += 1;
+                            a.in_flight.push((t + RTT, Some(seq)));
+                        }
                         Err(retry_after_s) => {
                             refused += 1;
-                            a.in_flight.push((t + RTT, false));
+                            a.in_flight.push((t + RTT, None));
                             // `Observed::permit`: every request waits out Retry-After, plus
                             // a spread of up to a quarter of it (at most 250 ms).
                             let wait = Duration::from_secs(retry_after_s);
@@ -606,6 +690,7 @@ mod chain_model {
 #[cfg(test)]
 mod chain_model_tests {
     use super::chain_model::drain;
+    use super::*;
 
     #[test]
     fn a_chain_draining_at_once_fills_the_contract_and_shares_it() {
@@ -613,7 +698,7 @@ mod chain_model_tests {
         // contract runs near its limit and no store starves. Fifty stores below one request a
         // second each pay for it in 429s (the frontier below and the README's chain section).
         for seed in 1..=3 {
-            let o = drain(10, 120, 20, seed);
+            let o = drain(10, 120, 20, seed, true);
             assert!(
                 o.throughput >= 0.75,
                 "seed {seed}: {:.3} of the limit",
@@ -622,14 +707,72 @@ mod chain_model_tests {
             assert!(o.fairness >= 0.85, "seed {seed}: Jain {:.3}", o.fairness);
             assert!(o.share_429 < 0.1, "seed {seed}: {:.3} refused", o.share_429);
             assert!(o.window_s > 20.0, "seed {seed}: window {:.1} s", o.window_s);
-            let o = drain(50, 60, 20, seed);
+            let o = drain(50, 60, 20, seed, true);
             assert!(
                 o.throughput >= 0.8,
                 "seed {seed}: {:.3} of the limit",
                 o.throughput
             );
             assert!(o.fairness >= 0.7, "seed {seed}: Jain {:.3}", o.fairness);
+            // Restarting at the share the counter showed, not at the blind restart rate,
+            // spares the burst of refusals fifty lanes in slow start meet together.
+            let blind = drain(50, 60, 20, seed, false);
+            assert!(
+                o.share_429 < 0.8 * blind.share_429,
+                "seed {seed}: {:.3} refused at share vs {:.3} blind",
+                o.share_429,
+                blind.share_429
+            );
         }
+    }
+
+    #[test]
+    fn the_counter_shows_a_lane_its_share_of_the_contract() {
+        let mut l = Lane::new(20);
+        // Alone on the contract: every id is ours.
+        for id in 100..110 {
+            l.observe_seq(id);
+        }
+        assert_eq!(l.seq.share(), Some(1.0));
+        // One of fifty: each of our answers is fifty ids after the last; an answer that
+        // arrives after a later one is ignored.
+        let mut l = Lane::new(20);
+        for k in 0..10u64 {
+            l.observe_seq(1_000 + 50 * k);
+        }
+        l.observe_seq(1_010);
+        let share = l.seq.share().unwrap();
+        assert!((share - 0.02).abs() < 1e-9, "{share}");
+        // Too few answers say nothing.
+        let mut l = Lane::new(20);
+        l.observe_seq(5);
+        l.observe_seq(9);
+        assert_eq!(l.seq.share(), None);
+    }
+
+    #[test]
+    fn an_idle_lane_that_knows_its_share_restarts_there_without_slow_start() {
+        let t0 = Instant::now();
+        let mut l = Lane::new(20);
+        for k in 0..10u64 {
+            l.observe_seq(1_000 + 50 * k);
+        }
+        assert!(
+            l.try_take(Priority::Push, t0 + Duration::from_secs(12))
+                .is_ok()
+        );
+        assert!((l.rate - 0.4).abs() < 1e-9, "{}", l.rate);
+        assert!(!l.slow_start);
+        // A lone store's share (1.0) restarts at the restart rate, in slow start, as before.
+        let mut l = Lane::new(20);
+        for id in 1..10 {
+            l.observe_seq(id);
+        }
+        assert!(
+            l.try_take(Priority::Push, t0 + Duration::from_secs(12))
+                .is_ok()
+        );
+        assert_eq!((l.rate, l.slow_start), (IDLE_RESTART, true));
     }
 
     /// `cargo test --lib chain_model_frontier -- --ignored --nocapture`: the drain at 5, 20
@@ -640,10 +783,15 @@ mod chain_model_tests {
         println!("| stores | backlog each | throughput × limit | Jain | 429s of writes | window |");
         println!("|---|---|---|---|---|---|");
         for (n, backlog) in [(5, 240), (20, 120), (50, 60)] {
-            for seed in 1..=3 {
-                let o = drain(n, backlog, 20, seed);
+            for (seed, use_seq) in [(1, false), (2, false), (1, true), (2, true), (3, true)] {
+                let o = drain(n, backlog, 20, seed, use_seq);
                 println!(
-                    "| {n} | {backlog} | {:.3} | {:.3} | {:.1}% | {:.0} s |",
+                    "| {n} {} | {backlog} | {:.3} | {:.3} | {:.1}% | {:.0} s |",
+                    if use_seq {
+                        "restart at share"
+                    } else {
+                        "restart blind"
+                    },
                     o.throughput,
                     o.fairness,
                     o.share_429 * 100.0,
