@@ -577,7 +577,20 @@ mod chain_model {
         admitted: u32,
     }
 
-    pub fn drain(n: usize, backlog: u32, limit: u32, seed: u64, use_seq: bool) -> Outcome {
+    /// How the lanes behave in the model.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Mode {
+        /// As built, but without the counter's share: every lane restarts at 2/s, slow start.
+        Blind,
+        /// As built: each lane restarts at the share the counter showed before the outage.
+        Share,
+        /// No adaptation at all: every lane sends at this fixed rate (it still waits out
+        /// Retry-After). What the contract's strict window costs, whatever the algorithm.
+        Fixed(f64),
+    }
+
+    pub fn drain(n: usize, backlog: u32, limit: u32, seed: u64, mode: Mode) -> Outcome {
+        let use_seq = mode == Mode::Share;
         const TICK: Duration = Duration::from_millis(5);
         const RTT: Duration = Duration::from_millis(60);
         const CONCURRENCY: usize = 4;
@@ -591,6 +604,10 @@ mod chain_model {
                     // Before the outage: a quiet steady state, every store writing now and
                     // then (the counter shows each lane its share, 1/n).
                     let mut l = Lane::new(limit);
+                    if let Mode::Fixed(r) = mode {
+                        l.rate = r;
+                        l.forgets_idle_rate = false;
+                    }
                     if use_seq {
                         for j in 0..6u64 {
                             l.observe_seq(1_000 + j * n as u64 + i as u64);
@@ -624,14 +641,17 @@ mod chain_model {
                         continue;
                     }
                     a.in_flight.swap_remove(k);
+                    let adapts = !matches!(mode, Mode::Fixed(_));
                     if let Some(id) = ok {
                         if use_seq {
                             a.lane.observe_seq(id);
                         }
-                        a.lane.succeeded(now);
+                        if adapts {
+                            a.lane.succeeded(now);
+                        }
                         a.backlog -= 1;
                         a.admitted += 1;
-                    } else {
+                    } else if adapts {
                         a.lane.throttled(now);
                     }
                 }
@@ -689,7 +709,7 @@ mod chain_model {
 
 #[cfg(test)]
 mod chain_model_tests {
-    use super::chain_model::drain;
+    use super::chain_model::{Mode, drain};
     use super::*;
 
     #[test]
@@ -698,7 +718,7 @@ mod chain_model_tests {
         // contract runs near its limit and no store starves. Fifty stores below one request a
         // second each pay for it in 429s (the frontier below and the README's chain section).
         for seed in 1..=3 {
-            let o = drain(10, 120, 20, seed, true);
+            let o = drain(10, 120, 20, seed, Mode::Share);
             assert!(
                 o.throughput >= 0.75,
                 "seed {seed}: {:.3} of the limit",
@@ -707,7 +727,7 @@ mod chain_model_tests {
             assert!(o.fairness >= 0.85, "seed {seed}: Jain {:.3}", o.fairness);
             assert!(o.share_429 < 0.1, "seed {seed}: {:.3} refused", o.share_429);
             assert!(o.window_s > 20.0, "seed {seed}: window {:.1} s", o.window_s);
-            let o = drain(50, 60, 20, seed, true);
+            let o = drain(50, 60, 20, seed, Mode::Share);
             assert!(
                 o.throughput >= 0.8,
                 "seed {seed}: {:.3} of the limit",
@@ -716,7 +736,7 @@ mod chain_model_tests {
             assert!(o.fairness >= 0.7, "seed {seed}: Jain {:.3}", o.fairness);
             // Restarting at the share the counter showed, not at the blind restart rate,
             // spares the burst of refusals fifty lanes in slow start meet together.
-            let blind = drain(50, 60, 20, seed, false);
+            let blind = drain(50, 60, 20, seed, Mode::Blind);
             assert!(
                 o.share_429 < 0.8 * blind.share_429,
                 "seed {seed}: {:.3} refused at share vs {:.3} blind",
@@ -782,22 +802,29 @@ mod chain_model_tests {
     fn chain_model_frontier() {
         println!("| stores | backlog each | throughput × limit | Jain | 429s of writes | window |");
         println!("|---|---|---|---|---|---|");
-        for (n, backlog) in [(5, 240), (20, 120), (50, 60)] {
-            for (seed, use_seq) in [(1, false), (2, false), (1, true), (2, true), (3, true)] {
-                let o = drain(n, backlog, 20, seed, use_seq);
-                println!(
-                    "| {n} {} | {backlog} | {:.3} | {:.3} | {:.1}% | {:.0} s |",
-                    if use_seq {
-                        "restart at share"
-                    } else {
-                        "restart blind"
-                    },
-                    o.throughput,
-                    o.fairness,
-                    o.share_429 * 100.0,
-                    o.window_s
-                );
-            }
+        let rows = [(5, 240), (20, 120), (50, 60)]
+            .into_iter()
+            .flat_map(|(n, b)| {
+                [(1, Mode::Blind), (2, Mode::Blind)]
+                    .into_iter()
+                    .chain((1..=3).map(|seed| (seed, Mode::Share)))
+                    .map(move |(seed, m)| (n, b, seed, m))
+            });
+        let fixed = [0.3, 0.34, 0.38].map(|r| (50, 60, 1, Mode::Fixed(r)));
+        for (n, backlog, seed, mode) in rows.chain(fixed) {
+            let o = drain(n, backlog, 20, seed, mode);
+            let how = match mode {
+                Mode::Blind => "restart blind".to_string(),
+                Mode::Share => "restart at share".to_string(),
+                Mode::Fixed(r) => format!("fixed {r}/s each"),
+            };
+            println!(
+                "| {n}, {how} | {backlog} | {:.3} | {:.3} | {:.1}% | {:.0} s |",
+                o.throughput,
+                o.fairness,
+                o.share_429 * 100.0,
+                o.window_s
+            );
         }
     }
 }
