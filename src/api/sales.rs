@@ -50,7 +50,8 @@ pub(super) struct QuoteAnswer {
     net_delta: i64,
     /// The balance as it would be after the sale.
     balance_after: Balance,
-    /// The most points this sale could use (spend rules and the balance).
+    /// The most points this sale could use ("use all"): the spend rules (share, unit,
+    /// minimum), the balance and, offline, the offline policy.
     max_points_used: i64,
     /// The rules that gave these figures, in the order they apply.
     applied_rules: Vec<AppliedRule>,
@@ -82,7 +83,15 @@ pub(super) async fn quote(
     };
     let q = q.map_err(refusal)?;
     let b = customer.balance();
-    let max = ledger::max_points_for(amount, &ctx.rules.spend).min(b.available.max(0));
+    // Offline, the store's offline policy caps what may be spent too.
+    let spendable = if ctx.online {
+        b.available
+    } else if !ctx.offline.allow_redeem {
+        0
+    } else {
+        b.available.min(ctx.offline.max_redeem_points)
+    };
+    let max = ledger::usable_points_for(amount, &ctx.rules.spend, spendable);
     Ok(Json(QuoteAnswer {
         customer_id,
         amount,

@@ -24,7 +24,7 @@ pub use rules::{
 pub use sales::{
     AppliedRule, CampaignConfig, EarnBasis, ReturnSplit, ReturnsConfig, SaleQuote, SaleRules,
     SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale, max_points_for,
-    parse_timezone, quote_sale, return_split, settle_take_back, store_day,
+    parse_timezone, quote_sale, return_split, settle_take_back, store_day, usable_points_for,
 };
 pub use validate::{
     FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,
