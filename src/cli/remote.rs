@@ -1,6 +1,6 @@
 //! The commands that are clients of a running daemon (`status`, `balance`, `earn`, `redeem`,
-//! `sale`, `return`, `sales show`, `queue`, `review`, `reconcile`): where the daemon is and which token to use, the request,
-//! and the answer rendered for a person or as JSON.
+//! `sale`, `return`, `sales show`, `queue`, `review`, `reconcile`): where the daemon is and
+//! which token to use, the request, and the answer rendered for a person or as JSON.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
