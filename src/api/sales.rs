@@ -84,13 +84,17 @@ pub(super) async fn quote(
     };
     let q = q.map_err(refusal)?;
     let b = customer.balance();
-    // Offline, the store's offline policy caps what may be spent too.
-    let spendable = if ctx.online {
-        b.available
-    } else if !ctx.offline.allow_redeem {
-        0
-    } else {
-        b.available.min(ctx.offline.max_redeem_points)
+    // What a sale could spend: as the redeem checks count it (offline policy, expiry, points
+    // changed elsewhere), then the spend rules.
+    let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+    let changed = ledger::check_changed_elsewhere(
+        customer.changed_elsewhere_at.as_deref(),
+        ctx.online,
+        &ctx.offline,
+    );
+    let spendable = match changed {
+        Ok(()) => ledger::max_spendable(b, expired, ctx.online, &ctx.offline),
+        Err(_) => 0,
     };
     let max = ledger::usable_points_for(amount, &ctx.rules.spend, spendable);
     Ok(Json(QuoteAnswer {
