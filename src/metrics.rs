@@ -140,6 +140,17 @@ impl Metrics {
         let telemetry_sent = Counter::default();
         let telemetry_dropped = Family::<ReasonLabels, Counter>::default();
         let telemetry_failures = Family::<ReasonLabels, Counter>::default();
+        // Every reason starts at 0, so `rate()` and the dashboard see the series from the start.
+        for reason in ["expired", "refused"] {
+            telemetry_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for reason in ["refused", "unavailable", "unreachable"] {
+            telemetry_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         let telemetry_buffered = Gauge::default();
         let telemetry_last_success = Gauge::default();
         registry.register(
