@@ -57,6 +57,8 @@ pub fn parse(text: &str, extra: &[(String, String)]) -> Result<Vec<Point>, Parse
                 value: v.clone(),
             });
         }
+        // An empty value means "no such label" to Prometheus; the spec forbids sending one.
+        labels.retain(|l| !l.value.is_empty());
         labels.sort();
         out.push(Point { labels, value });
     }
@@ -188,7 +190,7 @@ mod tests {
             ),
             (
                 "a{b=\"x\\\"y\\\\\",c=\"\"} NaN",
-                Some((&[("__name__", "a"), ("b", "x\"y\\"), ("c", "")], f64::NAN)),
+                Some((&[("__name__", "a"), ("b", "x\"y\\")], f64::NAN)),
             ),
             (
                 "a{b=\"c\"} 3 1700000000",
