@@ -621,3 +621,19 @@ fn missing_config_file_fails_naming_the_path() {
     assert!(out.stderr.contains(&path.display().to_string()), "{out}");
     assert!(out.stderr.contains("--config"), "{out}");
 }
+
+#[test]
+fn telemetry_with_a_token_file_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("telemetry_token");
+    std::fs::write(&token, "hq-token-from-a-file\n").unwrap();
+    let text = format!(
+        "{VALID}\n[telemetry]\nremote_write_url = \"https://hq.example/api/v1/write\"\n\
+         bearer_token_file = \"{}\"\nchain = \"kanto\"\nlabels = {{ region = \"east\" }}\n",
+        token.display()
+    );
+    let path = write_config(dir.path(), "ok.toml", &text, 0o600);
+    let out = check(&path);
+    assert!(out.success, "{out}");
+    assert!(!out.all().contains("hq-token-from-a-file"), "{out}");
+}

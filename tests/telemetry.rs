@@ -528,3 +528,154 @@ async fn dashboard_and_rules_query_only_metrics_pointsd_exports() {
         "the dashboard or the rules query metrics pointsd does not export: {unknown:?}"
     );
 }
+
+/// What a scripted receiver saw: each request's headers and decoded body.
+#[derive(Clone, Default)]
+struct Seen {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, WriteRequest)>>>,
+    /// The status to answer with.
+    answer: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+use pointsd::telemetry::remote_write::{self, WriteRequest};
+
+async fn scripted_receiver(seen: Seen) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/api/v1/write",
+        post(
+            |axum::extract::State(seen): axum::extract::State<Seen>,
+             headers: axum::http::HeaderMap,
+             body: axum::body::Bytes| async move {
+                let req = remote_write::decode(&body).expect("a snappy WriteRequest");
+                seen.requests.lock().unwrap().push((headers, req));
+                let status = seen.answer.load(std::sync::atomic::Ordering::SeqCst);
+                axum::http::StatusCode::from_u16(status).unwrap()
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind(common::loopback())
+        .await
+        .unwrap();
+    let url = format!("http://{}/api/v1/write", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app.with_state(seen)).await });
+    url
+}
+
+/// The oldest sample timestamp of a request.
+fn oldest(req: &WriteRequest) -> i64 {
+    req.timeseries
+        .iter()
+        .flat_map(|s| s.samples.iter().map(|x| x.timestamp))
+        .min()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_dropped_and_counted_an_unavailable_one_is_retried() {
+    let seen = Seen::default();
+    seen.answer.store(503, std::sync::atomic::Ordering::SeqCst);
+    let url = scripted_receiver(seen.clone()).await;
+    let sim = start_sim(5).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("telemetry_token");
+    std::fs::write(&token_file, "hq-push-token-0123456789\n").unwrap();
+    let mut c = test_config(&sim, "store-r");
+    c.telemetry.remote_write_url = Some(url);
+    c.telemetry.interval_s = 1;
+    c.telemetry.bearer_token_file = Some(token_file);
+    // The daemon reads secret files the way `Config::load` does.
+    assert!(c.read_secret_files().is_ok());
+    let mut d = TestDaemon::start(c, tmp.path().join("d"), true).await;
+
+    // 503: the same oldest batch comes again (retried), and nothing is dropped.
+    let start = Instant::now();
+    while seen.requests.lock().unwrap().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no retry");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let r = seen.requests.lock().unwrap();
+        assert_eq!(oldest(&r[0].1), oldest(&r[1].1), "a 503 is retried");
+        let h = &r[0].0;
+        assert_eq!(h["content-encoding"], "snappy");
+        assert_eq!(h["content-type"], "application/x-protobuf");
+        assert_eq!(h["x-prometheus-remote-write-version"], "0.1.0");
+        assert_eq!(h["authorization"], "Bearer hq-push-token-0123456789");
+        // Every series carries the store, its labels sorted, and a __name__.
+        for s in &r[0].1.timeseries {
+            let names: Vec<&str> = s.labels.iter().map(|l| l.name.as_str()).collect();
+            assert!(names.is_sorted(), "{names:?}");
+            assert!(names.contains(&"__name__"), "{names:?}");
+            assert!(
+                s.labels
+                    .iter()
+                    .any(|l| l.name == "store_id" && l.value == "store-r"),
+                "{s:?}"
+            );
+        }
+    }
+    let s = d.status().await;
+    assert_eq!(s["telemetry"]["dropped_samples"], json!(0), "{s:#}");
+    assert!(
+        s["telemetry"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 503")),
+        "{s:#}"
+    );
+    // A failing push is not an upstream problem.
+    assert_eq!(s["online"], json!(true), "{s:#}");
+    assert!(s["upstream"]["last_error"].is_null(), "{s:#}");
+
+    // 400: the batch is given up and counted; the next request starts after it.
+    seen.answer.store(400, std::sync::atomic::Ordering::SeqCst);
+    let refused_from = seen.requests.lock().unwrap().len();
+    let s = d
+        .wait_for("a refused batch dropped", Duration::from_secs(30), |s| {
+            s["telemetry"]["dropped_samples"].as_u64() > Some(0)
+        })
+        .await;
+    let dropped = s["telemetry"]["dropped_samples"].as_u64().unwrap();
+    seen.answer.store(204, std::sync::atomic::Ordering::SeqCst);
+    let s = d
+        .wait_for("pushes accepted again", Duration::from_secs(30), |s| {
+            s["telemetry"]["buffered_samples"] == json!(0)
+                && s["telemetry"]["sent_samples"].as_u64() > Some(0)
+        })
+        .await;
+    assert_eq!(
+        s["telemetry"]["dropped_samples"].as_u64(),
+        Some(dropped),
+        "{s:#}"
+    );
+    {
+        let r = seen.requests.lock().unwrap();
+        let refused = oldest(&r[refused_from].1);
+        assert!(
+            r[refused_from + 1..]
+                .iter()
+                .all(|(_, q)| oldest(q) > refused),
+            "a refused batch is never sent again"
+        );
+    }
+    let m = d.metrics_text().await;
+    assert!(
+        common::metric(
+            &m,
+            "pointsd_telemetry_samples_dropped_total",
+            Some("refused")
+        )
+        .is_some_and(|n| n == dropped as f64),
+        "{m}"
+    );
+    assert!(
+        common::metric(
+            &m,
+            "pointsd_telemetry_send_failures_total",
+            Some("unavailable")
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    d.stop().await;
+}

@@ -142,18 +142,6 @@ impl TelemetryConfig {
                     .into(),
             );
         }
-        if !self.bearer_token.is_empty() && self.bearer_token_file.is_some() {
-            bad(
-                "bearer_token_file",
-                "set bearer_token or bearer_token_file, not both".into(),
-            );
-        }
-        if !self.basic_password.is_empty() && self.basic_password_file.is_some() {
-            bad(
-                "basic_password_file",
-                "set basic_password or basic_password_file, not both".into(),
-            );
-        }
         match &self.basic_username {
             Some(u) if u.is_empty() || u.contains(':') => bad(
                 "basic_username",
@@ -189,8 +177,8 @@ impl TelemetryConfig {
         p
     }
 
-    /// Reads the secret files named by `*_file` keys into their secrets; each problem names
-    /// its key.
+    /// Reads the secret files named by `*_file` keys into their secrets (before validation,
+    /// which then sees the secret as set); each problem names its key.
     pub fn read_secret_files(&mut self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         for (key, file, secret, what) in [
@@ -209,7 +197,14 @@ impl TelemetryConfig {
         ] {
             let Some(file) = file else { continue };
             if !secret.is_empty() {
-                // `problems` reports both set at once.
+                let file_key = key.trim_start_matches("telemetry.");
+                p.push((
+                    key.to_string(),
+                    format!(
+                        "set {} or {file_key}, not both",
+                        file_key.trim_end_matches("_file")
+                    ),
+                ));
                 continue;
             }
             match std::fs::read_to_string(file) {
@@ -314,14 +309,6 @@ mod tests {
                 "telemetry.bearer_token",
             ),
             (
-                "token and token file",
-                |c| {
-                    c.bearer_token = Secret::new("t");
-                    c.bearer_token_file = Some("/x".into());
-                },
-                "telemetry.bearer_token_file",
-            ),
-            (
                 "username without password",
                 |c| c.basic_username = Some("u".into()),
                 "telemetry.basic_password",
@@ -359,6 +346,39 @@ mod tests {
                 assert_eq!(keys, vec![key.to_string()], "{name}");
             }
         }
+    }
+
+    #[test]
+    fn a_secret_and_its_file_together_name_the_file_key() {
+        let mut c = TelemetryConfig {
+            basic_password: Secret::new("p"),
+            basic_password_file: Some("/x".into()),
+            ..TelemetryConfig::default()
+        };
+        let p = c.read_secret_files();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, "telemetry.basic_password_file");
+        assert_eq!(
+            p[0].1,
+            "set basic_password or basic_password_file, not both"
+        );
+    }
+
+    #[test]
+    fn a_secret_read_from_its_file_passes_the_rules() {
+        let dir = std::env::temp_dir().join(format!("pointsd-telemetry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "tok\n").unwrap();
+        let mut c = TelemetryConfig {
+            remote_write_url: Some("https://hq.example/api/v1/write".into()),
+            bearer_token_file: Some(file),
+            ..TelemetryConfig::default()
+        };
+        assert!(c.read_secret_files().is_empty());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert!(matches!(c.settings("s").unwrap().auth, Auth::Bearer(t) if t.expose() == "tok"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
