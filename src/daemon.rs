@@ -22,6 +22,7 @@ use crate::sim::{SimHandle, SimOptions};
 use crate::store::{Store, StoreError};
 use crate::sync::schedule::Schedule;
 use crate::sync::{SyncEngine, SyncOptions};
+use crate::telemetry::TelemetryState;
 use crate::upstream::Upstream;
 use crate::upstream::health::{Health, Observed};
 use crate::upstream::smaregi::Smaregi;
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("cannot start the built-in simulator: {0}")]
     Simulator(#[source] std::io::Error),
+    #[error("cannot start the metrics push ([telemetry]): {0}")]
+    Telemetry(#[source] reqwest::Error),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -226,6 +229,14 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     engine.start(&tracker, shutdown.child_token()).await?;
 
     let store_for_close = store.clone();
+    let telemetry = settings
+        .config
+        .telemetry
+        .settings(&settings.config.agent.store_id);
+    let telemetry_state = Arc::new(match &telemetry {
+        Some(t) => TelemetryState::new(&t.url, t.interval.as_secs()),
+        None => TelemetryState::disabled(),
+    });
     let state = Arc::new(AppState {
         settings: settings.clone(),
         store,
@@ -234,7 +245,12 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         metrics,
         clock,
         tasks: tracker.clone(),
+        telemetry: telemetry_state,
     });
+    if let Some(t) = telemetry {
+        crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())
+            .map_err(DaemonError::Telemetry)?;
+    }
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
     let grace = settings.api.shutdown_grace;

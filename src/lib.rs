@@ -13,6 +13,7 @@
 //!   contract's rate budget.
 //! - [`sim`]: the Smaregi simulator (a whole contract) used by `demo`, the tests and the fleet
 //!   benchmark.
+//! - [`telemetry`]: metrics pushed to HQ (Prometheus remote write), buffered while offline.
 //! - [`daemon`]: wiring and the bounded graceful stop.
 //! - [`service`]: install as a system service (systemd, launchd, Windows SCM).
 //! - [`doctor`]: one-shot health check of an installation.
@@ -33,6 +34,7 @@ pub mod service;
 pub mod sim;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod upstream;
 
 /// Every HTTP client (upstream, CLI, tests) starts here: reqwest is built without its default

@@ -1,9 +1,13 @@
 //! Prometheus metrics (`GET /metrics`). Counters and histograms are updated where things
 //! happen; queue and cache gauges are read from SQLite at scrape time, so they cannot drift.
+//! The same registry feeds the remote-write push (`crate::telemetry`), so HQ sees what a
+//! scrape of `/metrics` would.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -24,6 +28,31 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// The upstream's two budget classes (`read`, `write`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+/// Which certificate: `api` is the local API's TLS certificate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// A gauge holding seconds or a rate (fractional).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
 pub struct Metrics {
     registry: Registry,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
@@ -40,6 +69,27 @@ pub struct Metrics {
     pub sales: Gauge,
     pub returns: Gauge,
     pub return_shortfall_points: Gauge,
+    /// 1 while the upstream refuses our credentials (sync waits for an operator).
+    pub auth_failed: Gauge,
+    pub build_info: Family<VersionLabels, Gauge>,
+    /// The rate budget's running totals per class, caught up from its snapshot at scrape.
+    pub budget_granted: Family<ClassLabels, Counter>,
+    pub budget_throttled: Family<ClassLabels, Counter>,
+    pub budget_rate: Family<ClassLabels, FloatGauge>,
+    pub feed_last_poll_age: FloatGauge,
+    pub feed_oldest_mark_age: FloatGauge,
+    pub feed_marked: Gauge,
+    /// Hook for the API's TLS certificate: whoever loads the certificate sets its `notAfter`
+    /// (unix seconds) under `certificate="api"`. No series exists until then, so a daemon
+    /// without TLS never trips the expiry alert.
+    pub tls_cert_expiry: Family<CertLabels, Gauge>,
+    pub telemetry_sent: Counter,
+    pub telemetry_dropped: Family<ReasonLabels, Counter>,
+    pub telemetry_failures: Family<ReasonLabels, Counter>,
+    pub telemetry_buffered: Gauge,
+    pub telemetry_last_success: Gauge,
+    /// When this process started, for ages that have no event yet (no feed poll so far).
+    pub started: std::time::Instant,
 }
 
 fn latency_histogram() -> Histogram {
@@ -73,6 +123,106 @@ impl Metrics {
         let sales = Gauge::default();
         let returns = Gauge::default();
         let return_shortfall_points = Gauge::default();
+        let auth_failed = Gauge::default();
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let budget_granted = Family::<ClassLabels, Counter>::default();
+        let budget_throttled = Family::<ClassLabels, Counter>::default();
+        let budget_rate = Family::<ClassLabels, FloatGauge>::default();
+        let feed_last_poll_age = FloatGauge::default();
+        let feed_oldest_mark_age = FloatGauge::default();
+        let feed_marked = Gauge::default();
+        let tls_cert_expiry = Family::<CertLabels, Gauge>::default();
+        let telemetry_sent = Counter::default();
+        let telemetry_dropped = Family::<ReasonLabels, Counter>::default();
+        let telemetry_failures = Family::<ReasonLabels, Counter>::default();
+        // Every reason starts at 0, so `rate()` and the dashboard see the series from the start.
+        for reason in ["expired", "refused"] {
+            telemetry_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for reason in ["refused", "unavailable", "unreachable"] {
+            telemetry_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        let telemetry_buffered = Gauge::default();
+        let telemetry_last_success = Gauge::default();
+        registry.register(
+            "build_info",
+            "Always 1; the version label says which pointsd runs",
+            build_info.clone(),
+        );
+        registry.register(
+            "upstream_auth_failed",
+            "1 while the upstream refuses the credentials (sync paused until the config is fixed)",
+            auth_failed.clone(),
+        );
+        registry.register(
+            "upstream_budget_granted",
+            "Requests the rate budget let through to the upstream, by class (read, write)",
+            budget_granted.clone(),
+        );
+        registry.register(
+            "upstream_throttled",
+            "429 answers from the upstream (the contract's shared rate limit), by class",
+            budget_throttled.clone(),
+        );
+        registry.register(
+            "upstream_budget_rate_per_second",
+            "The rate this agent paces its upstream requests at now, by class",
+            budget_rate.clone(),
+        );
+        registry.register(
+            "feed_last_poll_age_seconds",
+            "Seconds since the last change-feed poll (since the start, before the first one)",
+            feed_last_poll_age.clone(),
+        );
+        registry.register(
+            "feed_oldest_mark_age_seconds",
+            "Age of the oldest customer marked changed elsewhere and not re-read yet (0: none)",
+            feed_oldest_mark_age.clone(),
+        );
+        registry.register(
+            "feed_marked_customers",
+            "Customers marked changed elsewhere and not re-read yet",
+            feed_marked.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate stops being valid (notAfter), unix seconds",
+            tls_cert_expiry.clone(),
+        );
+        registry.register(
+            "telemetry_samples_sent",
+            "Samples the remote-write receiver accepted",
+            telemetry_sent.clone(),
+        );
+        registry.register(
+            "telemetry_samples_dropped",
+            "Samples given up: buffer window exceeded, or refused by the receiver (4xx)",
+            telemetry_dropped.clone(),
+        );
+        registry.register(
+            "telemetry_send_failures",
+            "Remote-write requests that failed, by reason",
+            telemetry_failures.clone(),
+        );
+        registry.register(
+            "telemetry_buffered_samples",
+            "Samples waiting to be sent to the remote-write receiver",
+            telemetry_buffered.clone(),
+        );
+        registry.register(
+            "telemetry_last_success_timestamp_seconds",
+            "When the receiver last accepted a push, unix seconds (0: not yet)",
+            telemetry_last_success.clone(),
+        );
         registry.register("sales", "Sales recorded by this store", sales.clone());
         registry.register("returns", "Returns recorded by this store", returns.clone());
         registry.register(
@@ -151,6 +301,21 @@ impl Metrics {
             sales,
             returns,
             return_shortfall_points,
+            auth_failed,
+            build_info,
+            budget_granted,
+            budget_throttled,
+            budget_rate,
+            feed_last_poll_age,
+            feed_oldest_mark_age,
+            feed_marked,
+            tls_cert_expiry,
+            telemetry_sent,
+            telemetry_dropped,
+            telemetry_failures,
+            telemetry_buffered,
+            telemetry_last_success,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -162,6 +327,14 @@ impl Metrics {
 
     pub fn count_write(&self, result: &'static str) {
         self.writes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Moves `counter` up to `total`, a running total kept elsewhere (counters only rise).
+    pub fn catch_up(counter: &Counter, total: u64) {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
     }
 
     pub fn encode(&self) -> String {

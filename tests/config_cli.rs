@@ -246,6 +246,12 @@ fn every_key_config() -> Config {
     // Optional keys (no default value) are documented commented out.
     c.sync.max_reads_per_second = Some(50);
     c.sync.max_writes_per_second = Some(20);
+    c.telemetry.remote_write_url = Some("https://metrics.hq.example/api/v1/write".into());
+    c.telemetry.chain = Some("kanto-east".into());
+    c.telemetry.bearer_token_file = Some("/etc/pointsd/telemetry_token".into());
+    c.telemetry.basic_username = Some("store-001".into());
+    c.telemetry.basic_password_file = Some("/etc/pointsd/telemetry_password".into());
+    c.telemetry.labels.insert("region".into(), "kanto".into());
     c
 }
 
@@ -366,6 +372,32 @@ fn broken_configs_fail_and_name_the_key() {
             format!("{VALID}\n{smaregi_ok}id_base = \"not a url\"\n"),
             "upstream.smaregi.id_base",
         ),
+        (
+            "bad telemetry url",
+            format!("{VALID}\n[telemetry]\nremote_write_url = \"hq.example/write\"\n"),
+            "telemetry.remote_write_url",
+        ),
+        (
+            "telemetry with both auth kinds",
+            format!(
+                "{VALID}\n[telemetry]\nremote_write_url = \"https://hq.example/api/v1/write\"\n\
+                 bearer_token = \"s3cr3t-value\"\nbasic_username = \"u\"\nbasic_password = \"s3cr3t-value\"\n"
+            ),
+            "telemetry.bearer_token",
+        ),
+        (
+            "telemetry token file missing",
+            format!(
+                "{VALID}\n[telemetry]\nremote_write_url = \"https://hq.example/api/v1/write\"\n\
+                 bearer_token_file = \"/nonexistent/pointsd/telemetry_token\"\n"
+            ),
+            "telemetry.bearer_token_file",
+        ),
+        (
+            "telemetry password wrong type",
+            format!("{VALID}\n[telemetry]\nbasic_password = 12345678\n"),
+            "telemetry.basic_password",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (what, text, key)) in cases.iter().enumerate() {
@@ -377,7 +409,7 @@ fn broken_configs_fail_and_name_the_key() {
             "{what}: the file is not named\n{out}"
         );
         // Secrets stay secret (§2.9), even in error messages.
-        for secret in [TOKEN, "tiny-tok-9", "s3cr3t-value"] {
+        for secret in [TOKEN, "tiny-tok-9", "s3cr3t-value", "12345678"] {
             assert!(
                 !out.all().contains(secret),
                 "{what}: {secret} printed\n{out}"
@@ -588,4 +620,20 @@ fn missing_config_file_fails_naming_the_path() {
     assert!(!out.success, "{out}");
     assert!(out.stderr.contains(&path.display().to_string()), "{out}");
     assert!(out.stderr.contains("--config"), "{out}");
+}
+
+#[test]
+fn telemetry_with_a_token_file_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("telemetry_token");
+    std::fs::write(&token, "hq-token-from-a-file\n").unwrap();
+    let text = format!(
+        "{VALID}\n[telemetry]\nremote_write_url = \"https://hq.example/api/v1/write\"\n\
+         bearer_token_file = \"{}\"\nchain = \"kanto\"\nlabels = {{ region = \"east\" }}\n",
+        token.display()
+    );
+    let path = write_config(dir.path(), "ok.toml", &text, 0o600);
+    let out = check(&path);
+    assert!(out.success, "{out}");
+    assert!(!out.all().contains("hq-token-from-a-file"), "{out}");
 }

@@ -287,6 +287,13 @@ fn deb_package_has_binary_unit_conffile_and_maintainer_scripts() {
     assert!(entry("./usr/bin/pointsd").starts_with("-rwxr-xr-x"));
     assert!(entry("./etc/pointsd/pointsd.toml").starts_with("-rw-r-----"));
     entry("./usr/share/doc/pointsd/README.md");
+    for fleet in [
+        "prometheus/pointsd-alerts.yml",
+        "prometheus/pointsd-alerts.test.yml",
+        "grafana/pointsd-fleet.json",
+    ] {
+        assert!(entry(&format!("./usr/share/pointsd/{fleet}")).starts_with("-rw-r--r--"));
+    }
     let unit_path = [
         "./lib/systemd/system/pointsd.service",
         "./usr/lib/systemd/system/pointsd.service",
@@ -538,6 +545,15 @@ fn install_sh_installs_into_destdir_upgrades_and_uninstalls() {
         root.join("opt/pointsd/share/doc/pointsd/pointsd.example.toml")
             .is_file()
     );
+    for fleet in [
+        "prometheus/pointsd-alerts.yml",
+        "prometheus/pointsd-alerts.test.yml",
+        "grafana/pointsd-fleet.json",
+    ] {
+        let p = root.join("opt/pointsd/share/pointsd").join(fleet);
+        assert_eq!(mode(&p), 0o644, "{fleet}");
+        assert_eq!(read(&p), read(&repo().join("installers").join(fleet)));
+    }
     let unit_path = root.join("etc/systemd/system/pointsd.service");
     assert_eq!(mode(&unit_path), 0o644);
     let unit = read(&unit_path);
@@ -567,6 +583,7 @@ fn install_sh_installs_into_destdir_upgrades_and_uninstalls() {
     assert!(!installed.exists());
     assert!(!unit_path.exists());
     assert!(!root.join("opt/pointsd/share/doc/pointsd").exists());
+    assert!(!root.join("opt/pointsd/share/pointsd").exists());
     assert_eq!(read(&config), edited);
     assert!(root.join("var/lib/pointsd/pointsd.db").exists());
 
@@ -705,6 +722,15 @@ fn macos_pkg_payload_and_postinstall() {
         ("usr/local/bin/pointsd", 0o755),
         ("usr/local/share/pointsd/pointsd.example.toml", 0o644),
         ("usr/local/share/pointsd/README.md", 0o644),
+        (
+            "usr/local/share/pointsd/prometheus/pointsd-alerts.yml",
+            0o644,
+        ),
+        (
+            "usr/local/share/pointsd/prometheus/pointsd-alerts.test.yml",
+            0o644,
+        ),
+        ("usr/local/share/pointsd/grafana/pointsd-fleet.json", 0o644),
         ("Library/LaunchDaemons/jp.pointsd.plist", 0o644),
     ] {
         assert_eq!(mode(&payload.join(p)), m, "{p}");

@@ -7,6 +7,7 @@
 #   /etc/systemd/system/pointsd.service       the unit, ExecStart=<prefix>/bin/pointsd run ...
 #   /var/lib/pointsd, /var/log/pointsd        data and logs (pointsd:pointsd 0750)
 #   <prefix>/share/doc/pointsd/               README and the current example config
+#   <prefix>/share/pointsd/                   HQ's alert rules (prometheus/) and dashboard (grafana/)
 #
 # Safe to run again: an upgrade replaces the binary and the unit, keeps the config, and restarts
 # a running service. DESTDIR=/some/root installs into a scratch root (packaging, tests): then no
@@ -147,6 +148,7 @@ fi
 
 bindir=$prefix/bin
 docdir=$prefix/share/doc/pointsd
+sharedir=$prefix/share/pointsd
 unit_dest=$DESTDIR/etc/systemd/system/pointsd.service
 
 systemd_running() {
@@ -233,6 +235,13 @@ do_install() {
     if [ -f "$repo_dir/README.md" ]; then
         install_file "$repo_dir/README.md" "$DESTDIR$docdir/README.md" 0644
     fi
+    # HQ's side of fleet monitoring (README "Fleet monitoring"), as in the .deb.
+    for f in prometheus/pointsd-alerts.yml prometheus/pointsd-alerts.test.yml grafana/pointsd-fleet.json; do
+        if [ -f "$repo_dir/installers/$f" ]; then
+            mkdir -p "$DESTDIR$sharedir/${f%/*}"
+            install_file "$repo_dir/installers/$f" "$DESTDIR$sharedir/$f" 0644
+        fi
+    done
 
     # 4. The config: it holds secrets, and an existing one is the administrator's.
     config=$DESTDIR/etc/pointsd/pointsd.toml
@@ -289,6 +298,7 @@ do_uninstall() {
         /*/bin/pointsd)
             target=$DESTDIR$exec_bin
             docdir=${exec_bin%/bin/pointsd}/share/doc/pointsd
+            sharedir=${exec_bin%/bin/pointsd}/share/pointsd
             ;;
         esac
     fi
@@ -304,7 +314,7 @@ do_uninstall() {
         systemctl reset-failed pointsd.service >/dev/null 2>&1 || true
     fi
     rm -f -- "$target"
-    rm -rf -- "$DESTDIR$docdir"
+    rm -rf -- "$DESTDIR$docdir" "$DESTDIR$sharedir"
     notice "removed the service and $target"
 
     if [ "$purge" = 1 ]; then

@@ -105,6 +105,12 @@ chmod 0755 "$root/usr/local/bin/pointsd"
 
 cp "$repo_dir/config/pointsd.example.toml" "$root/usr/local/share/pointsd/pointsd.example.toml"
 cp "$repo_dir/README.md" "$root/usr/local/share/pointsd/README.md"
+# HQ's side of fleet monitoring (README "Fleet monitoring").
+mkdir -p "$root/usr/local/share/pointsd/prometheus" "$root/usr/local/share/pointsd/grafana"
+cp "$repo_dir/installers/prometheus/pointsd-alerts.yml" "$repo_dir/installers/prometheus/pointsd-alerts.test.yml" \
+    "$root/usr/local/share/pointsd/prometheus/"
+cp "$repo_dir/installers/grafana/pointsd-fleet.json" "$root/usr/local/share/pointsd/grafana/"
+chmod 0644 "$root/usr/local/share/pointsd/prometheus/"* "$root/usr/local/share/pointsd/grafana/"*
 cp "$script_dir/jp.pointsd.plist" "$root/Library/LaunchDaemons/jp.pointsd.plist"
 chmod 0644 "$root/usr/local/share/pointsd/pointsd.example.toml" "$root/usr/local/share/pointsd/README.md" \
     "$root/Library/LaunchDaemons/jp.pointsd.plist"

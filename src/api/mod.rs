@@ -54,6 +54,7 @@ use auth::{auth, whoami};
 use customers::{find_customer, get_customer};
 use reconcile::{last_reconcile, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
+pub(crate) use status::refresh_metrics;
 use status::{health, metrics, status};
 use transactions::{get_transaction, list_transactions, post_transaction, resolve_transaction};
 
@@ -71,6 +72,8 @@ pub struct AppState {
     /// The daemon's tracker: a task a request starts in the background (the refresh after a
     /// review resolution) is awaited at stop like every other task.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The remote-write push's state, for `status` (disabled when `[telemetry]` is not set).
+    pub telemetry: Arc<crate::telemetry::TelemetryState>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

@@ -10,8 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::openapi::{E401, E503};
-use super::{ApiError, AppRef};
+use super::{ApiError, AppRef, AppState};
 use crate::clock;
+use crate::metrics::{ClassLabels, Metrics};
+use crate::store::StoreError;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthView {
@@ -41,6 +43,8 @@ pub(super) struct StatusView {
     budget: Option<crate::upstream::budget::BudgetSnapshot>,
     /// Sales and returns recorded here, and the points returns could not take back.
     sales: SalesView,
+    /// The remote-write push to HQ (`[telemetry]`): last success, last error, what is buffered.
+    telemetry: crate::telemetry::TelemetryStatus,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -137,6 +141,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         },
         feed,
         budget,
+        telemetry: st.telemetry.snapshot(),
         storage: StorageView {
             ok: storage.ok,
             last_error: storage.last_error,
@@ -177,6 +182,21 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
         E401, E503))]
 pub(super) async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiError> {
+    refresh_metrics(&st).await?;
+    let m = &st.metrics;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response())
+}
+
+/// Brings the gauges read at scrape time (queue, cache, storage, feed, budget) up to date.
+/// `/metrics` and the remote-write push both call it, so they report the same figures.
+pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     let q = st.store.queue_stats().await?;
     let m = &st.metrics;
     for (state, n) in [
@@ -203,25 +223,29 @@ pub(super) async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiErr
     m.returns.set(ss.returns);
     m.return_shortfall_points.set(ss.shortfall_points);
     m.online.set(st.health.is_online() as i64);
+    m.auth_failed.set(st.health.snapshot().auth_failed as i64);
     let storage = st.store.storage_health();
     m.storage_ok.set(storage.ok as i64);
     // The store keeps running totals; the counters catch up to them.
-    for (counter, now) in [
-        (&m.storage_errors, storage.errors),
-        (&m.db_commits, storage.commits),
-        (&m.db_write_jobs, storage.jobs),
-    ] {
-        let seen = counter.get();
-        if now > seen {
-            counter.inc_by(now - seen);
+    Metrics::catch_up(&m.storage_errors, storage.errors);
+    Metrics::catch_up(&m.db_commits, storage.commits);
+    Metrics::catch_up(&m.db_write_jobs, storage.jobs);
+    if let Some(b) = st.sync.budget_snapshot() {
+        for (class, lane) in [("read", &b.reads), ("write", &b.writes)] {
+            let l = ClassLabels { class };
+            Metrics::catch_up(&m.budget_granted.get_or_create(&l), lane.granted_total);
+            Metrics::catch_up(&m.budget_throttled.get_or_create(&l), lane.throttled_total);
+            m.budget_rate.get_or_create(&l).set(lane.rate_per_s);
         }
     }
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-        .into_response())
+    let feed = st.sync.feed_status().await;
+    let last_poll_ms = feed.last_poll_at.as_deref().and_then(clock::parse_stamp);
+    m.feed_last_poll_age.set(match last_poll_ms {
+        Some(t) => ((now - t).max(0) as f64) / 1000.0,
+        None => m.started.elapsed().as_secs_f64(),
+    });
+    m.feed_oldest_mark_age
+        .set(feed.oldest_mark_age_s.unwrap_or(0.0).max(0.0));
+    m.feed_marked.set(feed.marked);
+    Ok(())
 }

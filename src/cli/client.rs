@@ -187,6 +187,25 @@ pub fn render_status(v: &Value) -> String {
         num(v, &["cache", "customers"]),
         num(v, &["cache", "last_full_refresh_at"]),
     ));
+    if v.pointer("/telemetry/enabled") == Some(&Value::Bool(true)) {
+        s.push_str(&format!(
+            "telemetry: last push {}, {} samples buffered, {} dropped",
+            num(v, &["telemetry", "last_success_at"]),
+            num(v, &["telemetry", "buffered_samples"]),
+            num(v, &["telemetry", "dropped_samples"]),
+        ));
+        // Only an error since the last success is news (both RFC 3339 in UTC, so they sort).
+        let stamp = |k: &str| {
+            v.pointer(&format!("/telemetry/{k}"))
+                .and_then(Value::as_str)
+        };
+        if let Some(e) = v.pointer("/telemetry/last_error").and_then(Value::as_str)
+            && stamp("last_error_at") > stamp("last_success_at")
+        {
+            s.push_str(&format!("; failing: {e}"));
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -530,6 +549,25 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("confirmed by the upstream"), "{s}");
+    }
+
+    #[test]
+    fn status_shows_a_failing_push_only_until_it_recovers() {
+        let failing = serde_json::json!({"telemetry": {"enabled": true,
+            "last_success_at": "2026-12-01T10:00:00.000Z", "last_error_at": "2026-12-01T10:05:00.000Z",
+            "last_error": "cannot reach the remote-write receiver", "buffered_samples": 300, "dropped_samples": 0}});
+        let s = render_status(&failing);
+        assert!(
+            s.contains("300 samples buffered") && s.contains("failing: cannot reach"),
+            "{s}"
+        );
+        let mut recovered = failing.clone();
+        recovered["telemetry"]["last_success_at"] = "2026-12-01T10:06:00.000Z".into();
+        assert!(!render_status(&recovered).contains("failing"));
+        assert!(
+            !render_status(&serde_json::json!({"telemetry": {"enabled": false}}))
+                .contains("telemetry")
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl Config {
             }
             Err(e) => {
                 let key = track.path().to_string();
-                let message = if key.contains("secret") || key.contains("token") {
+                let message = if key.contains("secret")
+                    || key.contains("token")
+                    || key.contains("password")
+                {
                     // serde quotes the offending value, which here is a secret.
                     "invalid value (not shown: it is a secret); expected a string".to_string()
                 } else {
@@ -121,8 +124,26 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Fills `client_secret` from `client_secret_file` when that is set.
+    /// Fills each secret from its `*_file` key when that is set (`client_secret`, the
+    /// telemetry's bearer token and password); every problem names its key.
     pub fn read_secret_files(&mut self) -> Result<(), Vec<Problem>> {
+        let mut problems: Vec<Problem> = self
+            .telemetry
+            .read_secret_files()
+            .into_iter()
+            .map(|(key, message)| Problem { key, message })
+            .collect();
+        if let Err(more) = self.read_client_secret_file() {
+            problems.extend(more);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn read_client_secret_file(&mut self) -> Result<(), Vec<Problem>> {
         let Some(sm) = self.upstream.smaregi.as_mut() else {
             return Ok(());
         };

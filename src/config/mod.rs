@@ -25,6 +25,7 @@ pub use crate::ledger::{
     TierConfig, Weekday,
 };
 pub use crate::secret::Secret;
+pub use crate::telemetry::TelemetryConfig;
 pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
 pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
 pub use perms::file_mode_warnings;

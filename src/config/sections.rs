@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{EarnConfig, OfflineConfig, ReturnsConfig, SpendConfig, TierConfig};
 use crate::secret::Secret;
+use crate::telemetry::TelemetryConfig;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub returns: ReturnsConfig,
     pub tiers: Vec<TierConfig>,
     pub log: LogConfig,
+    /// Metrics pushed to HQ (Prometheus remote write); the telemetry component's own type.
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -330,6 +330,9 @@ impl Config {
                 );
             }
         }
+        for (key, message) in self.telemetry.problems() {
+            bad(&key, message);
+        }
         if self.log.retention_files == 0 {
             bad("log.retention_files", "must be at least 1".into());
         }
@@ -375,5 +378,6 @@ impl Config {
                 .smaregi
                 .as_ref()
                 .is_some_and(|s| !s.client_secret.is_empty())
+            || self.telemetry.holds_secret()
     }
 }
