@@ -4,11 +4,10 @@
 //! step finish, and waits for every task under a deadline.
 
 use std::fs::File;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -225,6 +224,12 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
 
+    let tokens = Arc::new(crate::tokens::TokenSet::new(settings.tokens.clone()));
+    tracker.spawn(
+        tokens
+            .clone()
+            .watch(data_dir.clone(), shutdown.child_token()),
+    );
     let store_for_close = store.clone();
     let state = Arc::new(AppState {
         settings: settings.clone(),
@@ -234,33 +239,24 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         metrics,
         clock,
         tasks: tracker.clone(),
+        tokens: tokens.clone(),
+        throttle: Default::default(),
+        signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
-    let grace = settings.api.shutdown_grace;
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = std::pin::pin!(server);
-    let (served, stop_started) = tokio::select! {
-        // The server only ends by itself on an error of the listener.
-        r = &mut server => (r, Instant::now()),
-        () = shutdown.cancelled() => {
-            let at = Instant::now();
-            // The listener is closed now; in-flight requests (their writes commit before
-            // they answer) get at most the grace. A client that holds a request or an idle
-            // connection open must not keep the process alive: past the grace the server
-            // future is dropped, and its connections end with the runtime.
-            let r = match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(grace_s = grace.as_secs(), "requests still open after api.shutdown_grace_s; stopping without them");
-                    Ok(())
-                }
-            };
-            (r, at)
-        }
+    let a = &settings.config.api;
+    let opts = api::server::ServeOptions {
+        header_timeout: settings.api.header_timeout,
+        idle_timeout: settings.api.idle_timeout,
+        max_connections: a.max_connections as usize,
+        max_buf_size: (a.max_header_bytes as usize * 4).max(64 * 1024),
+        grace: settings.api.shutdown_grace,
+        tls: None,
     };
+    raise_file_limit(a.max_connections);
+    let stop_started =
+        api::server::serve(listener, api::router(state), opts, shutdown.clone()).await;
     shutdown.cancel();
     tracker.close();
     let left = SHUTDOWN_DEADLINE.saturating_sub(stop_started.elapsed());
@@ -278,5 +274,28 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tracing::warn!(error = %e, "could not fold the WAL into the database at stop; it is applied at the next start");
     }
     tracing::info!("pointsd stopped; queue kept on disk");
-    served.map_err(DaemonError::Serve)
+    Ok(())
+}
+
+/// Each connection is a file: raise the soft open-file limit to what `api.max_connections`
+/// needs (plus the database, logs and upstream), so the cap, not `EMFILE`, is what a flood
+/// of connections meets.
+fn raise_file_limit(max_connections: u32) {
+    #[cfg(unix)]
+    {
+        let want = u64::from(max_connections) + 256;
+        match rlimit::increase_nofile_limit(want) {
+            Ok(got) if got >= want => {
+                tracing::debug!(open_files = got, "open-file limit");
+            }
+            Ok(got) => tracing::warn!(
+                open_files = got,
+                needed = want,
+                "the open-file limit is below what api.max_connections needs; raise it (LimitNOFILE= in the systemd unit) or lower api.max_connections"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }

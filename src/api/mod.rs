@@ -14,6 +14,9 @@
 //! - [`problem`]: problem+json errors (`ApiError`).
 //! - [`openapi`]: the OpenAPI document and its shared response lists.
 //! - [`page`]: the cashier page.
+//! - [`strict`]: strict HTTP at the door (sizes, `Host`, content type, problem answers).
+//! - [`throttle`]: failed sign-ins limited per client address.
+//! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
 mod auth;
 mod customers;
@@ -24,7 +27,10 @@ pub mod problem;
 mod reconcile;
 mod sales;
 mod sales_input;
+pub mod server;
 mod status;
+mod strict;
+mod throttle;
 mod transactions;
 mod watch;
 
@@ -37,6 +43,7 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::clock::SharedClock;
@@ -71,11 +78,17 @@ pub struct AppState {
     /// The daemon's tracker: a task a request starts in the background (the refresh after a
     /// review resolution) is awaited at stop like every other task.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The tokens that sign in now (the config's and `tokens.json`'s, reloaded live).
+    pub tokens: Arc<crate::tokens::TokenSet>,
+    pub throttle: throttle::Throttle,
+    /// Refused sign-ins are logged sampled.
+    pub signin_log: std::sync::Mutex<crate::logging::Sampler>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
 
 pub fn router(state: AppRef) -> Router {
+    let body_timeout = state.settings.api.body_timeout;
     let authed = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/whoami", get(whoami))
@@ -105,6 +118,8 @@ pub fn router(state: AppRef) -> Router {
         .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A body that stalls is cut off (408) instead of holding its connection.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         // A bug must cost one request a 500 answer, not the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -112,6 +127,7 @@ pub fn router(state: AppRef) -> Router {
                 ApiError::Internal.into_response()
             },
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), strict::guard))
         // The page and the API come from this daemon only; nothing may frame or sniff them.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -131,6 +147,11 @@ pub fn router(state: AppRef) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(TraceLayer::new_for_http())
+        // The path only: a query string may carry what should not be in a log.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
         .with_state(state)
 }
