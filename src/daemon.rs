@@ -53,6 +53,8 @@ pub enum DaemonError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("cannot start the built-in simulator: {0}")]
     Simulator(#[source] std::io::Error),
+    #[error("cannot set up HTTPS ([api.tls]): {0}")]
+    Tls(#[from] crate::api::tls::TlsError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -224,6 +226,19 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
 
+    let tls = match &settings.config.api.tls {
+        Some(cfg) => {
+            let t = api::tls::load(cfg, &data_dir)?;
+            tracing::info!(
+                fingerprint_sha256 = %t.info.fingerprint_sha256,
+                not_after = %t.info.not_after,
+                cert = %t.info.cert_file.display(),
+                "serving HTTPS; devices can pin this certificate fingerprint"
+            );
+            Some(t)
+        }
+        None => None,
+    };
     let tokens = Arc::new(crate::tokens::TokenSet::new(settings.tokens.clone()));
     tracker.spawn(
         tokens
@@ -242,9 +257,11 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tokens: tokens.clone(),
         throttle: Default::default(),
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
+        tls: tls.as_ref().map(|t| t.info.clone()),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
-    tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
     let a = &settings.config.api;
     let opts = api::server::ServeOptions {
         header_timeout: settings.api.header_timeout,
@@ -252,7 +269,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         max_connections: a.max_connections as usize,
         max_buf_size: (a.max_header_bytes as usize * 4).max(64 * 1024),
         grace: settings.api.shutdown_grace,
-        tls: None,
+        tls: tls.map(|t| t.acceptor),
     };
     raise_file_limit(a.max_connections);
     let stop_started =

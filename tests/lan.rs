@@ -494,8 +494,13 @@ fn pointsd(args: &[&str], config: &Path, data: &Path) -> std::process::Output {
 
 async fn wait_status(lan: &Lan, token: &str, want: u16) {
     let start = Instant::now();
+    let mut from = 100u8;
     loop {
-        let (s, _) = lan.get(token, "/v1/whoami").await;
+        // Each poll from its own address: the 401s before a change is picked up must not
+        // trip the per-address throttle.
+        from = from.wrapping_add(1).max(100);
+        let c = Lan::client_from(from);
+        let (s, _, _) = Lan::send(c.get(lan.url("/v1/whoami")).bearer_auth(token)).await;
         if s == want {
             return;
         }
@@ -560,4 +565,223 @@ async fn tokens_are_issued_and_revoked_without_a_restart() {
         lan.logs().contains("tokens reloaded"),
         "the reload is logged"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// The certificate the server at `addr` presents (trusting `root_pem`), as DER.
+async fn served_certificate(addr: &str, root_pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the daemon's certificate trusted");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn https_client(root_pem: &[u8]) -> reqwest::Client {
+    pointsd::http_client_builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn wait_file(p: &Path) -> Vec<u8> {
+    let start = Instant::now();
+    loop {
+        if let Ok(b) = std::fs::read(p)
+            && !b.is_empty()
+        {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            p.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn https_status(lan: &Lan, pem: &[u8]) -> Value {
+    let c = https_client(pem);
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c
+            .get(lan.url("/v1/status"))
+            .bearer_auth(REGISTER)
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return r.json().await.unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no HTTPS answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(pointsd::config::sha256(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_certificate_is_served_and_its_fingerprint_is_in_status() {
+    let lan = Lan::start_with(
+        "[api.tls]\ngenerate = true\nnames = [\"store-pc.local\", \"192.168.1.10\"]\n",
+        "",
+        "https",
+        "info",
+    )
+    .await;
+    let pem = wait_file(&lan.data.join("tls/cert.pem")).await;
+    let status = https_status(&lan, &pem).await;
+    let served = served_certificate(&lan.addr(), &pem).await;
+    let fp = status["tls"]["fingerprint_sha256"]
+        .as_str()
+        .expect("tls in status");
+    assert_eq!(fp, sha256_hex(&served), "{status:#}");
+    // Plain HTTP is not served on the HTTPS port.
+    let plain = Lan::client_from(1)
+        .get(format!("http://127.0.0.1:{}/v1/health", lan.port))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // The CLI on this PC trusts the daemon's own certificate and shows the fingerprint (it
+    // finds the data dir through the config).
+    let text = std::fs::read_to_string(&lan.config).unwrap().replace(
+        "[agent]\n",
+        &format!("[agent]\ndata_dir = {:?}\n", lan.data.display().to_string()),
+    );
+    std::fs::write(&lan.config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["status", "--config"])
+        .arg(&lan.config)
+        .env_remove("POINTSD_URL")
+        .env_remove("POINTSD_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(fp), "{text}");
+    // So do doctor and the start-up log.
+    let out = pointsd(&["doctor"], &lan.config, &lan.data);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(fp));
+    assert!(
+        lan.logs().contains(fp),
+        "the fingerprint is in the start-up log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_certificate_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let lan = Lan::start_with(
+        &format!(
+            "[api.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        "",
+        "https",
+        "info",
+    )
+    .await;
+    let pem = cert.pem().into_bytes();
+    let status = https_status(&lan, &pem).await;
+    let served = served_certificate(&lan.addr(), &pem).await;
+    assert_eq!(served, cert.der().to_vec());
+    assert_eq!(
+        status["tls"]["fingerprint_sha256"],
+        json!(sha256_hex(cert.der()))
+    );
+}
+
+#[test]
+fn config_check_refuses_plain_http_beyond_loopback_and_weak_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            config_text(8765, "", "").replace("127.0.0.1:8765", "0.0.0.0:8765"),
+            Some("api.listen"),
+        ),
+        (
+            config_text(8765, "allow_plain_http = true\n", "")
+                .replace("127.0.0.1:8765", "0.0.0.0:8765"),
+            None,
+        ),
+        (
+            config_text(
+                8765,
+                "[api.tls]\ngenerate = true\nnames = [\"pc.local\"]\n",
+                "",
+            )
+            .replace("127.0.0.1:8765", "0.0.0.0:8765"),
+            None,
+        ),
+        (
+            config_text(8765, "", "").replace(REGISTER, "passwordpassword"),
+            Some("api.tokens[0].token"),
+        ),
+        (
+            config_text(8765, "", "").replace(MANAGER, REGISTER),
+            Some("api.tokens[1]"),
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&p, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+            .args(["config", "check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match key {
+            None => assert!(out.status.success(), "case {i}: {err}"),
+            Some(k) => {
+                assert!(!out.status.success(), "case {i} passed");
+                assert!(err.contains(&format!("{k}:")), "case {i}: {err}");
+                assert!(
+                    !err.contains("passwordpassword") && !err.contains(REGISTER),
+                    "a token was printed: {err}"
+                );
+            }
+        }
+    }
 }

@@ -16,6 +16,7 @@
 //! - [`page`]: the cashier page.
 //! - [`strict`]: strict HTTP at the door (sizes, `Host`, content type, problem answers).
 //! - [`throttle`]: failed sign-ins limited per client address.
+//! - [`tls`]: `[api.tls]`: the operator's or a generated certificate, its fingerprint.
 //! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
 mod auth;
@@ -31,6 +32,7 @@ pub mod server;
 mod status;
 mod strict;
 mod throttle;
+pub mod tls;
 mod transactions;
 mod watch;
 
@@ -83,6 +85,8 @@ pub struct AppState {
     pub throttle: throttle::Throttle,
     /// Refused sign-ins are logged sampled.
     pub signin_log: std::sync::Mutex<crate::logging::Sampler>,
+    /// The served certificate, with `[api.tls]`.
+    pub tls: Option<tls::CertInfo>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

@@ -41,6 +41,8 @@ pub(super) struct StatusView {
     budget: Option<crate::upstream::budget::BudgetSnapshot>,
     /// Sales and returns recorded here, and the points returns could not take back.
     sales: SalesView,
+    /// The served TLS certificate (with `[api.tls]`): its fingerprint, for pinning.
+    tls: Option<super::tls::CertInfo>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -119,6 +121,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let budget = st.sync.budget_snapshot();
     let ss = st.store.sales_stats().await?;
     Ok(Json(StatusView {
+        tls: st.tls.clone(),
         sales: SalesView {
             sales: ss.sales,
             returns: ss.returns,
