@@ -207,6 +207,13 @@ impl TokenSet {
         n
     }
 
+    /// Applies the data dir's token file now (before the API serves a request); a broken
+    /// file leaves the config's tokens.
+    pub fn load_now(&self, data_dir: &Path) -> Result<usize, TokenError> {
+        let f = TokenFile::load(&path(data_dir))?;
+        Ok(self.apply(&f))
+    }
+
     /// Loads the file once now, then watches it until `stop`.
     pub async fn watch(self: Arc<Self>, data_dir: PathBuf, stop: CancellationToken) {
         let path = path(&data_dir);

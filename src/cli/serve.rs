@@ -138,6 +138,13 @@ pub(super) async fn demo(
     let mut cfg = Config::default();
     cfg.agent.store_id = "demo-store".into();
     cfg.api.listen = listen.to_string();
+    if !listen.ip().is_loopback() {
+        // A trial on the LAN: plain HTTP, said out loud (a real install uses [api.tls]).
+        cfg.api.allow_plain_http = true;
+        eprintln!(
+            "note: the demo serves plain HTTP on {listen}; tokens cross the network in clear text"
+        );
+    }
     cfg.api.tokens = vec![
         config::TokenConfig {
             name: "demo-register".into(),
