@@ -261,6 +261,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         throttle: Default::default(),
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
         tls: tls.as_ref().map(|t| t.info.clone()),
+        data_dir: data_dir.clone(),
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     let scheme = if tls.is_some() { "https" } else { "http" };

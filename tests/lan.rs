@@ -301,6 +301,7 @@ async fn a_register_token_is_refused_on_every_manager_operation() {
             json!({"as": "discard", "note": "x"}),
         ),
         ("/v1/reconcile", json!({})),
+        ("/v1/tokens", json!({"name": "sneaky"})),
     ];
     for (path, body) in &ops {
         let (s, v) = lan.post(REGISTER, path, body).await;
@@ -309,7 +310,24 @@ async fn a_register_token_is_refused_on_every_manager_operation() {
         assert_eq!(v["role"], json!("manager"), "{path}: {v}");
         assert!(v["detail"].as_str().unwrap().contains("manager"), "{v}");
     }
+    for (method, path) in [("GET", "/v1/tokens"), ("DELETE", "/v1/tokens/manager")] {
+        let c = Lan::client_from(1);
+        let rb = if method == "GET" {
+            c.get(lan.url(path))
+        } else {
+            c.delete(lan.url(path))
+        };
+        let (s, v, _) = Lan::send(rb.bearer_auth(REGISTER)).await;
+        assert_eq!(
+            (s, v["code"].clone()),
+            (403, json!("forbidden_for_role")),
+            "{method} {path}: {v}"
+        );
+    }
     // Nothing was written.
+    let (s, v) = lan.get(MANAGER, "/v1/tokens").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
     let (s, v) = lan.get(MANAGER, "/v1/transactions").await;
     assert_eq!(s, 200);
     assert_eq!(v["transactions"], json!([]), "{v}");
@@ -565,6 +583,25 @@ async fn tokens_are_issued_and_revoked_without_a_restart() {
         lan.logs().contains("tokens reloaded"),
         "the reload is logged"
     );
+
+    // A manager issues and revokes a token through the API; it works at once.
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "ipad-9"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let t = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["role"], json!("register"));
+    let (s, v) = lan.get(&t, "/v1/whoami").await;
+    assert_eq!((s, v["name"].clone()), (200, json!("ipad-9")));
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "ipad-9"}))
+        .await;
+    assert_eq!((s, v["code"].clone()), (409, json!("token_exists")));
+    let c = Lan::client_from(1);
+    let (s, _, _) = Lan::send(c.delete(lan.url("/v1/tokens/ipad-9")).bearer_auth(MANAGER)).await;
+    assert_eq!(s, 204);
+    let (s, _) = lan.get(&t, "/v1/whoami").await;
+    assert_eq!(s, 401);
 }
 
 // ---------------------------------------------------------------------------------------------

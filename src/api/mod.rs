@@ -16,6 +16,7 @@
 //! - [`page`]: the cashier page.
 //! - [`strict`]: strict HTTP at the door (sizes, `Host`, content type, problem answers).
 //! - [`throttle`]: failed sign-ins limited per client address.
+//! - [`tokens`]: a manager issues and revokes tokens (`/v1/tokens`).
 //! - [`tls`]: `[api.tls]`: the operator's or a generated certificate, its fingerprint.
 //! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
@@ -33,6 +34,7 @@ mod status;
 mod strict;
 mod throttle;
 pub mod tls;
+mod tokens;
 mod transactions;
 mod watch;
 
@@ -64,6 +66,7 @@ use customers::{find_customer, get_customer};
 use reconcile::{last_reconcile, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
 use status::{health, metrics, status};
+use tokens::{add_token, list_tokens, revoke_token};
 use transactions::{get_transaction, list_transactions, post_transaction, resolve_transaction};
 
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -85,6 +88,8 @@ pub struct AppState {
     pub throttle: throttle::Throttle,
     /// Refused sign-ins are logged sampled.
     pub signin_log: std::sync::Mutex<crate::logging::Sampler>,
+    /// The data dir (its `tokens.json` is changed by `/v1/tokens`).
+    pub data_dir: std::path::PathBuf,
     /// The served certificate, with `[api.tls]`.
     pub tls: Option<tls::CertInfo>,
 }
@@ -112,6 +117,8 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/sales/{sale_id}", get(get_sale))
         .route("/v1/returns", post(post_return))
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
+        .route("/v1/tokens", get(list_tokens).post(add_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

@@ -97,7 +97,8 @@ impl Modify for BearerAuth {
     paths(
         health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
         get_transaction, resolve_transaction, quote, post_sale, get_sale, post_return,
-        last_reconcile, run_reconcile, metrics
+        last_reconcile, run_reconcile, metrics, super::tokens::list_tokens,
+        super::tokens::add_token, super::tokens::revoke_token
     ),
     components(schemas(Problem, TxnRequest, ResolveRequest, QuoteRequest, SaleRequest, ReturnRequest)),
     modifiers(&BearerAuth),
