@@ -724,7 +724,9 @@ async fn a_generated_certificate_is_served_and_its_fingerprint_is_in_status() {
     assert!(text.contains(fp), "{text}");
     // So do doctor and the start-up log.
     let out = pointsd(&["doctor"], &lan.config, &lan.data);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(fp));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(fp), "{text}");
+    assert!(text.contains("in use by a running pointsd"), "{text}");
     assert!(
         lan.logs().contains(fp),
         "the fingerprint is in the start-up log"

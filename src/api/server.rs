@@ -50,6 +50,9 @@ struct Activity {
     /// When the first byte of a request head arrived (0: none is being read).
     head_started: AtomicU64,
     last_active: AtomicU64,
+    /// Requests started on this connection: before the first, a silent connection gets the
+    /// head timeout, not the idle one.
+    requests: AtomicU64,
 }
 
 impl Activity {
@@ -59,6 +62,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             last_active: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         };
         a.last_active.store(a.now(), Ordering::Relaxed);
         a
@@ -80,10 +84,13 @@ impl Activity {
         }
         let now = self.now();
         let head = self.head_started.load(Ordering::Relaxed);
+        let last = self.last_active.load(Ordering::Relaxed);
         let (since, limit) = if head != 0 {
             (head, o.header_timeout)
+        } else if self.requests.load(Ordering::Relaxed) == 0 {
+            (last, o.header_timeout)
         } else {
-            (self.last_active.load(Ordering::Relaxed), o.idle_timeout)
+            (last, o.idle_timeout)
         };
         let deadline = since + limit.as_millis() as u64;
         Some(Duration::from_millis(deadline.saturating_sub(now)))
@@ -96,6 +103,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn start(a: &Arc<Activity>) -> InFlight {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.requests.fetch_add(1, Ordering::Relaxed);
         a.head_started.store(0, Ordering::Relaxed);
         InFlight(a.clone())
     }

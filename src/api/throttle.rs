@@ -17,9 +17,25 @@ pub struct Throttle {
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
 }
 
+/// The unit an address is counted in: an IPv4 address, or an IPv6 /64 (one host can pick
+/// any address in its /64).
+fn unit(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 impl Throttle {
     /// `Some(seconds to wait)` when `addr` may not try a token now.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        let addr = unit(addr);
         let mut map = self.failures.lock().expect("throttle lock");
         let q = map.get_mut(&addr)?;
         while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
@@ -35,6 +51,7 @@ impl Throttle {
 
     /// Notes a failed sign-in from `addr`.
     pub fn failed(&self, addr: IpAddr, now: Instant) {
+        let addr = unit(addr);
         let mut map = self.failures.lock().expect("throttle lock");
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
@@ -76,5 +93,22 @@ mod tests {
         t.failed(a, at(60));
         assert_eq!(t.blocked(a, at(60)), Some(1));
         assert_eq!(t.blocked(a, at(61 + 9)), None);
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for i in 0..MAX_FAILURES {
+            t.failed(format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap(), now);
+        }
+        assert!(
+            t.blocked("2001:db8:1:2::ffff".parse().unwrap(), now)
+                .is_some()
+        );
+        assert!(t.blocked("2001:db8:1:3::1".parse().unwrap(), now).is_none());
+        // An IPv4-mapped address is the IPv4 address.
+        t.failed("::ffff:192.0.2.1".parse().unwrap(), now);
+        assert!(t.blocked("192.0.2.9".parse().unwrap(), now).is_none());
     }
 }
