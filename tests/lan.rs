@@ -259,6 +259,28 @@ async fn a_ten_gigabyte_content_length_gets_413_before_any_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_nothing_is_written() {
+    let lan = Lan::start("body_timeout_s = 1\n").await;
+    let mut s = TcpStream::connect(lan.addr()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/transactions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {REGISTER}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"txn_id\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = read_until_eof(&mut s, Duration::from_secs(20))
+        .await
+        .expect("answered and closed");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    let (_, v) = lan.get(MANAGER, "/v1/transactions").await;
+    assert_eq!(v["transactions"], json!([]), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_half_sent_connections_open_ends_within_the_grace() {
     let mut lan = Lan::start("shutdown_grace_s = 2\nheader_timeout_s = 60\n").await;
     let mut held = Vec::new();
