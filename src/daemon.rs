@@ -4,11 +4,10 @@
 //! step finish, and waits for every task under a deadline.
 
 use std::fs::File;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +56,8 @@ pub enum DaemonError {
     Simulator(#[source] std::io::Error),
     #[error("cannot start the metrics push ([telemetry]): {0}")]
     Telemetry(#[source] reqwest::Error),
+    #[error("cannot set up HTTPS ([api.tls]): {0}")]
+    Tls(#[from] crate::api::tls::TlsError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -228,6 +229,28 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
 
+    let tls = match &settings.config.api.tls {
+        Some(cfg) => {
+            let t = api::tls::load(cfg, &data_dir)?;
+            tracing::info!(
+                fingerprint_sha256 = %t.info.fingerprint_sha256,
+                not_after = %t.info.not_after,
+                cert = %t.info.cert_file.display(),
+                "serving HTTPS; devices can pin this certificate fingerprint"
+            );
+            Some(t)
+        }
+        None => None,
+    };
+    let tokens = Arc::new(crate::tokens::TokenSet::new(settings.tokens.clone()));
+    if let Err(e) = tokens.load_now(&data_dir) {
+        tracing::error!(error = %e, "the token file could not be read; only the config's tokens work");
+    }
+    tracker.spawn(
+        tokens
+            .clone()
+            .watch(data_dir.clone(), shutdown.child_token()),
+    );
     let store_for_close = store.clone();
     let telemetry = settings
         .config
@@ -246,37 +269,31 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         clock,
         tasks: tracker.clone(),
         telemetry: telemetry_state,
+        tokens: tokens.clone(),
+        throttle: Default::default(),
+        signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
+        tls: tls.as_ref().map(|t| t.info.clone()),
+        data_dir: data_dir.clone(),
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())
             .map_err(DaemonError::Telemetry)?;
     }
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
-    tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
-    let grace = settings.api.shutdown_grace;
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = std::pin::pin!(server);
-    let (served, stop_started) = tokio::select! {
-        // The server only ends by itself on an error of the listener.
-        r = &mut server => (r, Instant::now()),
-        () = shutdown.cancelled() => {
-            let at = Instant::now();
-            // The listener is closed now; in-flight requests (their writes commit before
-            // they answer) get at most the grace. A client that holds a request or an idle
-            // connection open must not keep the process alive: past the grace the server
-            // future is dropped, and its connections end with the runtime.
-            let r = match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(grace_s = grace.as_secs(), "requests still open after api.shutdown_grace_s; stopping without them");
-                    Ok(())
-                }
-            };
-            (r, at)
-        }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");
+    let a = &settings.config.api;
+    let opts = api::server::ServeOptions {
+        header_timeout: settings.api.header_timeout,
+        idle_timeout: settings.api.idle_timeout,
+        max_connections: a.max_connections as usize,
+        max_buf_size: (a.max_header_bytes as usize * 4).max(64 * 1024),
+        grace: settings.api.shutdown_grace,
+        tls: tls.map(|t| t.acceptor),
     };
+    raise_file_limit(a.max_connections);
+    let stop_started =
+        api::server::serve(listener, api::router(state), opts, shutdown.clone()).await;
     shutdown.cancel();
     tracker.close();
     let left = SHUTDOWN_DEADLINE.saturating_sub(stop_started.elapsed());
@@ -294,5 +311,28 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tracing::warn!(error = %e, "could not fold the WAL into the database at stop; it is applied at the next start");
     }
     tracing::info!("pointsd stopped; queue kept on disk");
-    served.map_err(DaemonError::Serve)
+    Ok(())
+}
+
+/// Each connection is a file: raise the soft open-file limit to what `api.max_connections`
+/// needs (plus the database, logs and upstream), so the cap, not `EMFILE`, is what a flood
+/// of connections meets.
+fn raise_file_limit(max_connections: u32) {
+    #[cfg(unix)]
+    {
+        let want = u64::from(max_connections) + 256;
+        match rlimit::increase_nofile_limit(want) {
+            Ok(got) if got >= want => {
+                tracing::debug!(open_files = got, "open-file limit");
+            }
+            Ok(got) => tracing::warn!(
+                open_files = got,
+                needed = want,
+                "the open-file limit is below what api.max_connections needs; raise it (LimitNOFILE= in the systemd unit) or lower api.max_connections"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }

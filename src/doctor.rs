@@ -131,10 +131,59 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
     if data_writable {
         out.extend(database_checks(&input.data_dir.join("pointsd.db")));
     }
-    out.push(listen_check(settings.listen).await);
+    out.push(listen_check(settings.listen, settings.config.api.tls.is_some()).await);
+    if let Some(tls) = &settings.config.api.tls {
+        out.push(tls_check(
+            tls,
+            &input.data_dir,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        ));
+    }
     out.extend(upstream_checks(&settings).await);
     out.push(dir_check("log dir", &input.log_dir));
     out
+}
+
+/// Warn this long before a certificate expires: time to renew it or put the new one on the
+/// devices.
+const CERT_WARN_DAYS: i64 = 30;
+
+/// The served certificate: its fingerprint (to compare with a device's pin) and expiry.
+fn tls_check(tls: &crate::config::TlsConfig, data_dir: &Path, now_unix: i64) -> Check {
+    match crate::api::tls::inspect(tls, data_dir) {
+        Ok(info) => cert_expiry_check(&info, now_unix),
+        Err(_) if tls.generate => Check::ok(
+            "tls",
+            "a self-signed certificate is made at the first start (api.tls.generate = true)",
+        ),
+        Err(e) => Check::fail(
+            "tls",
+            e.to_string(),
+            "point api.tls.cert_file and key_file at readable PEM files, or set generate = true with names",
+        ),
+    }
+}
+
+fn cert_expiry_check(info: &crate::api::tls::CertInfo, now_unix: i64) -> Check {
+    let days_left = (info.not_after_unix - now_unix).div_euclid(86_400);
+    let what = format!(
+        "certificate {} (SHA-256 fingerprint {}) valid until {}",
+        info.cert_file.display(),
+        info.fingerprint_sha256,
+        info.not_after
+    );
+    let renew = if info.generated {
+        "delete the data dir's tls/ folder and restart: a new certificate is made; then put it on every device again"
+    } else {
+        "renew the certificate at api.tls.cert_file and restart pointsd"
+    };
+    if days_left < 0 {
+        Check::fail("tls", format!("{what}: EXPIRED"), renew)
+    } else if days_left < CERT_WARN_DAYS {
+        Check::warn("tls", format!("{what}: expires in {days_left} days"), renew)
+    } else {
+        Check::ok("tls", what)
+    }
 }
 
 fn dir_check(name: &'static str, dir: &Path) -> Check {
@@ -242,7 +291,7 @@ fn database_checks(db: &Path) -> Vec<Check> {
     out
 }
 
-async fn listen_check(addr: SocketAddr) -> Check {
+async fn listen_check(addr: SocketAddr, tls: bool) -> Check {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
             drop(l);
@@ -254,12 +303,16 @@ async fn listen_check(addr: SocketAddr) -> Check {
             } else {
                 addr
             };
+            // Over HTTPS any certificate will do: this only asks whether the port answers
+            // like pointsd, and sends no token.
+            let scheme = if tls { "https" } else { "http" };
             let ours = crate::http_client_builder()
                 .timeout(Duration::from_secs(2))
                 .no_proxy()
+                .danger_accept_invalid_certs(tls)
                 .build()
                 .ok()
-                .map(|c| c.get(format!("http://{host}/v1/health")).send());
+                .map(|c| c.get(format!("{scheme}://{host}/v1/health")).send());
             let is_pointsd = match ours {
                 Some(fut) => match fut.await {
                     Ok(r) => r
@@ -485,5 +538,34 @@ fn clock_check(server: Option<SystemTime>) -> Check {
             format!("this machine's clock is {skew}s off the upstream's"),
             "enable time sync (NTP); timestamps in logs and `as_of` depend on it",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_warned_about_30_days_before_it_expires() {
+        let day = 86_400;
+        let info = crate::api::tls::CertInfo {
+            fingerprint_sha256: "ab".repeat(32),
+            spki_sha256_base64: String::new(),
+            not_after: "2027-01-31T00:00:00Z".into(),
+            not_after_unix: 1_000 * day,
+            generated: true,
+            cert_file: "/d/tls/cert.pem".into(),
+        };
+        for (now, level) in [
+            (900 * day, Level::Ok),
+            (970 * day, Level::Ok),
+            (971 * day, Level::Warn),
+            (999 * day, Level::Warn),
+            (1_001 * day, Level::Fail),
+        ] {
+            let c = cert_expiry_check(&info, now);
+            assert_eq!(c.level, level, "{}", c.message);
+            assert!(c.message.contains(&"ab".repeat(32)), "{}", c.message);
+        }
     }
 }

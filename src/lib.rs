@@ -17,6 +17,7 @@
 //! - [`daemon`]: wiring and the bounded graceful stop.
 //! - [`service`]: install as a system service (systemd, launchd, Windows SCM).
 //! - [`doctor`]: one-shot health check of an installation.
+//! - [`tokens`]: tokens issued and revoked live (`tokens.json` in the data dir, watched).
 //! - [`secret`]: the redacted `Secret` string shared by config and upstream.
 //! - [`logging`], [`metrics`], [`clock`]: cross-cutting pieces.
 
@@ -35,6 +36,7 @@ pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 
 /// Every HTTP client (upstream, CLI, tests) starts here: reqwest is built without its default

@@ -412,6 +412,118 @@ async fn sales_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> any
     Ok(())
 }
 
+/// The cashier page over HTTPS with a generated certificate, Chromium pinning its key (as an
+/// iPad that was given the certificate would trust it): sign in, look up, earn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cashier_page_over_https_with_a_pinned_generated_certificate() {
+    let Some(bins) = browser_binaries() else {
+        return;
+    };
+    let sim = common::start_sim(20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&sim, "store-tls");
+    cfg.api.tls = Some(pointsd::config::TlsConfig {
+        generate: true,
+        names: vec!["localhost".into()],
+        ..Default::default()
+    });
+    let mut d = TestDaemon::start(cfg, dir.path().into(), false).await;
+    let url = d.url.replace("http://127.0.0.1", "https://localhost");
+    // The generated certificate, trusted by this test's client to read the status.
+    let pem_path = dir.path().join("tls/cert.pem");
+    let start = Instant::now();
+    let pem = loop {
+        match std::fs::read(&pem_path) {
+            Ok(b) if !b.is_empty() => break b,
+            _ if start.elapsed() > Duration::from_secs(20) => panic!("no generated certificate"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let https = pointsd::http_client_builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let status: Value = loop {
+        if let Ok(r) = https
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(REGISTER_TOKEN)
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            let v: Value = r.json().await.unwrap();
+            if v["cache"]["last_full_refresh_at"].is_string() {
+                break v;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon is not up over HTTPS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let spki = status["tls"]["spki_sha256_base64"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(&bins.chromedriver);
+    let client = connect_with(
+        &driver,
+        &bins.chromium,
+        profile.path(),
+        &[format!("--ignore-certificate-errors-spki-list={spki}")],
+    )
+    .await;
+    let shots = tempfile::tempdir().unwrap();
+    let mut b = Browser {
+        c: client,
+        shots: shots.path().into(),
+        step: 0,
+    };
+    let outcome: anyhow::Result<()> = async {
+        b.c.goto(&url).await?;
+        b.wait(
+            "the sign-in form",
+            "return !document.getElementById('signin').hidden",
+        )
+        .await?;
+        ensure!(
+            b.js("return location.protocol").await? == json!("https:"),
+            "served over HTTPS"
+        );
+        b.type_into("token-input", &format!("{REGISTER_TOKEN}{ENTER}"))
+            .await?;
+        b.wait(
+            "the cashier view",
+            "return !document.getElementById('app').hidden",
+        )
+        .await?;
+        b.wait(
+            "the online indicator",
+            "return document.getElementById('conn').dataset.state === 'online'",
+        )
+        .await?;
+        b.type_into("lookup-input", &format!("1{ENTER}")).await?;
+        b.wait(
+            "the customer card",
+            "return document.getElementById('customer').dataset.customerId === '1'",
+        )
+        .await?;
+        b.shot("https-looked-up").await?;
+        Ok(())
+    }
+    .await;
+    let _ = b.c.close().await;
+    drop(driver);
+    d.stop().await;
+    if let Err(e) = outcome {
+        panic!("HTTPS browser scenario failed: {e:#}");
+    }
+}
+
 /// Picks a customer the simulator gave a balance in a useful range (and no expired points).
 fn customer_with_points(
     sim: &SimHandle,
@@ -1027,6 +1139,16 @@ impl Drop for Driver {
 }
 
 async fn connect(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
+    connect_with(driver, chromium, profile, &[]).await
+}
+
+/// `connect`, with more Chromium arguments (e.g. a pinned certificate key).
+async fn connect_with(
+    driver: &Driver,
+    chromium: &Path,
+    profile: &Path,
+    extra: &[String],
+) -> Client {
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -1050,6 +1172,13 @@ async fn connect(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
             ],
         },
     });
+    let mut caps = caps;
+    if let Some(args) = caps
+        .pointer_mut("/goog:chromeOptions/args")
+        .and_then(Value::as_array_mut)
+    {
+        args.extend(extra.iter().map(|a| json!(a)));
+    }
     let Value::Object(caps) = caps else {
         unreachable!()
     };

@@ -200,7 +200,8 @@ fn example_with_commented_keys() -> toml::Value {
         .map(|line| {
             let rest = line.trim_start().strip_prefix("# ").unwrap_or("");
             // A commented-out array-of-tables entry (`# [[earn.campaigns]]`) is switched on too.
-            if rest.starts_with("[[") && rest.ends_with("]]") && !rest.contains(' ') {
+            // So is a commented-out optional table (`# [api.tls]`).
+            if rest.starts_with('[') && rest.ends_with(']') && !rest.contains(' ') {
                 return rest.to_string();
             }
             let ident = rest.split(" = ").next().filter(|k| {
@@ -244,6 +245,12 @@ fn every_key_config() -> Config {
         ..CampaignConfig::default()
     }];
     // Optional keys (no default value) are documented commented out.
+    c.api.tls = Some(pointsd::config::TlsConfig {
+        cert_file: Some("/etc/pointsd/tls/cert.pem".into()),
+        key_file: Some("/etc/pointsd/tls/key.pem".into()),
+        generate: false,
+        names: vec!["store-pc.local".into()],
+    });
     c.sync.max_reads_per_second = Some(50);
     c.sync.max_writes_per_second = Some(20);
     c.telemetry.remote_write_url = Some("https://metrics.hq.example/api/v1/write".into());

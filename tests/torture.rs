@@ -85,8 +85,10 @@ impl Drop for RunDir {
 }
 
 fn write_config(dir: &Path, upstream: &str, port: u16) -> PathBuf {
+    // The first line lands in the token's table: the torture adjusts balances too, which
+    // needs the manager role.
     let rest = format!(
-        "{}[sync]\npull_interval_s = 10\nprobe_interval_s = 1\nonline_budget_ms = 200\n\
+        "role = \"manager\"\n{}[sync]\npull_interval_s = 10\nprobe_interval_s = 1\nonline_budget_ms = 200\n\
          backoff_initial_ms = 100\nbackoff_max_ms = 1000\nmax_requests_per_second = 1000\n",
         common::smaregi_upstream(upstream, "sim-secret", 1_000)
     );

@@ -2,7 +2,10 @@
 //! `GET /v1/whoami`.
 
 use axum::Json;
-use axum::extract::{Request, State};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,20 +23,25 @@ pub struct Caller {
 }
 
 pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| c.0.ip());
+    let now = Instant::now();
+    // A throttled address may not try tokens at all, right or wrong: no oracle for a guess.
+    if let Some(retry_after_s) = st.throttle.blocked(client, now) {
+        return ApiError::Throttled { retry_after_s }.into_response();
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer);
     let caller = presented.and_then(|tok| {
         // Only digests are compared; the token itself is never stored or logged.
         let h = sha256(tok.as_bytes());
-        st.settings
-            .tokens
+        st.tokens
+            .current()
             .iter()
             .find(|t| t.sha256 == h)
             .map(|t| Caller {
@@ -47,14 +55,31 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
             next.run(req).await
         }
         None => {
-            tracing::warn!(
-                path = %req.uri().path(),
-                token_sent = presented.is_some(),
-                "request refused: missing or unknown token"
-            );
+            st.throttle.failed(client, now);
+            // The first refusal is logged, then one line a minute with the count: a flood of
+            // guesses must not fill the disk.
+            if let Some(skipped) = st.signin_log.lock().expect("sampler lock").hit() {
+                tracing::warn!(
+                    %client,
+                    path = %req.uri().path(),
+                    token_sent = presented.is_some(),
+                    refused_since_last_line = skipped,
+                    "request refused: missing or unknown token"
+                );
+            }
             ApiError::Unauthorized.into_response()
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Which token is calling: its configured name and role (never the token itself).
@@ -78,8 +103,29 @@ pub(super) fn require_manager(caller: &Caller, what: &str) -> Result<(), ApiErro
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(
-            "Only a manager token may {what}; token {:?} is a register token.",
+            "Only a token with the manager role may {what}; token {:?} has the register role. Ask a manager, or use a manager token.",
             caller.name
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for (v, t) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("BeArEr   abc  ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer(v), t, "{v:?}");
+        }
     }
 }

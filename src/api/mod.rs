@@ -14,6 +14,11 @@
 //! - [`problem`]: problem+json errors (`ApiError`).
 //! - [`openapi`]: the OpenAPI document and its shared response lists.
 //! - [`page`]: the cashier page.
+//! - [`strict`]: strict HTTP at the door (sizes, `Host`, content type, problem answers).
+//! - [`throttle`]: failed sign-ins limited per client address.
+//! - [`tokens`]: a manager issues and revokes tokens (`/v1/tokens`).
+//! - [`tls`]: `[api.tls]`: the operator's or a generated certificate, its fingerprint.
+//! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
 mod auth;
 mod customers;
@@ -24,7 +29,12 @@ pub mod problem;
 mod reconcile;
 mod sales;
 mod sales_input;
+pub mod server;
 mod status;
+mod strict;
+mod throttle;
+pub mod tls;
+mod tokens;
 mod transactions;
 mod watch;
 
@@ -37,6 +47,7 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::clock::SharedClock;
@@ -56,6 +67,7 @@ use reconcile::{last_reconcile, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
 pub(crate) use status::refresh_metrics;
 use status::{health, metrics, status};
+use tokens::{add_token, list_tokens, revoke_token};
 use transactions::{get_transaction, list_transactions, post_transaction, resolve_transaction};
 
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -74,11 +86,21 @@ pub struct AppState {
     pub tasks: tokio_util::task::TaskTracker,
     /// The remote-write push's state, for `status` (disabled when `[telemetry]` is not set).
     pub telemetry: Arc<crate::telemetry::TelemetryState>,
+    /// The tokens that sign in now (the config's and `tokens.json`'s, reloaded live).
+    pub tokens: Arc<crate::tokens::TokenSet>,
+    pub throttle: throttle::Throttle,
+    /// Refused sign-ins are logged sampled.
+    pub signin_log: std::sync::Mutex<crate::logging::Sampler>,
+    /// The data dir (its `tokens.json` is changed by `/v1/tokens`).
+    pub data_dir: std::path::PathBuf,
+    /// The served certificate, with `[api.tls]`.
+    pub tls: Option<tls::CertInfo>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
 
 pub fn router(state: AppRef) -> Router {
+    let body_timeout = state.settings.api.body_timeout;
     let authed = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/whoami", get(whoami))
@@ -98,6 +120,8 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/sales/{sale_id}", get(get_sale))
         .route("/v1/returns", post(post_return))
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
+        .route("/v1/tokens", get(list_tokens).post(add_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -108,6 +132,8 @@ pub fn router(state: AppRef) -> Router {
         .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A body that stalls is cut off (408) instead of holding its connection.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         // A bug must cost one request a 500 answer, not the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -115,6 +141,7 @@ pub fn router(state: AppRef) -> Router {
                 ApiError::Internal.into_response()
             },
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), strict::guard))
         // The page and the API come from this daemon only; nothing may frame or sniff them.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -134,6 +161,11 @@ pub fn router(state: AppRef) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(TraceLayer::new_for_http())
+        // The path only: a query string may carry what should not be in a log.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
         .with_state(state)
 }

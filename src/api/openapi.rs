@@ -35,7 +35,7 @@ macro_rules! problem_responses {
 problem_responses! {
     E400 = 400, "the body is not JSON";
     E401 = 401, "missing or unknown bearer token";
-    E403 = 403, "needs a manager token";
+    E403 = 403, "needs a manager token (`forbidden_for_role`; `role` names the role needed)";
     E404 = 404, "unknown customer, transaction or sale (`unknown_sale`)";
     E409 = 409, "insufficient points, offline policy, key reused, refused upstream, a return beyond its sale, or nothing to resolve";
     E413 = 413, "body over 64 KiB";
@@ -97,7 +97,8 @@ impl Modify for BearerAuth {
     paths(
         health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
         get_transaction, resolve_transaction, quote, post_sale, get_sale, post_return,
-        last_reconcile, run_reconcile, metrics
+        last_reconcile, run_reconcile, metrics, super::tokens::list_tokens,
+        super::tokens::add_token, super::tokens::revoke_token
     ),
     components(schemas(Problem, TxnRequest, ResolveRequest, QuoteRequest, SaleRequest, ReturnRequest)),
     modifiers(&BearerAuth),

@@ -26,6 +26,10 @@ pub struct Problem {
     /// The store rule a request went against, e.g. `spend.min_points` (with `spend_rule`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// With `forbidden_for_role`: the role the operation needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +40,19 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("missing or unknown bearer token")]
     Unauthorized,
+    /// A manager operation called with a register token (403 `forbidden_for_role`).
     #[error("this token may not do that")]
     Forbidden(String),
+    /// Too many failed sign-ins from this address (429 with `Retry-After`).
+    #[error("too many failed sign-ins")]
+    Throttled { retry_after_s: u64 },
+    /// A low-level answer (path decoding, 414, 415, 431, ...) carried as a problem.
+    #[error("{detail}")]
+    Http {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+    },
     #[error("{0}")]
     NotFound(String),
     /// A 404 with its own code, e.g. `unknown_sale`.
@@ -101,7 +116,28 @@ impl ApiError {
                 "Send `Authorization: Bearer <token>` with a register token from the config."
                     .into(),
             ),
-            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", d.clone()),
+            ApiError::Forbidden(d) => (
+                StatusCode::FORBIDDEN,
+                "forbidden_for_role",
+                "Not allowed for this token's role",
+                d.clone(),
+            ),
+            ApiError::Throttled { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failed_sign_ins",
+                "Too many failed sign-ins",
+                format!("Too many wrong or missing tokens from this address; try again in {retry_after_s} s with a valid token."),
+            ),
+            ApiError::Http {
+                status,
+                code,
+                detail,
+            } => (
+                *status,
+                code,
+                status.canonical_reason().unwrap_or("Error"),
+                detail.clone(),
+            ),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", "Not found", d.clone()),
             ApiError::Missing { code, detail } => {
                 (StatusCode::NOT_FOUND, code, "Not found", detail.clone())
@@ -126,7 +162,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "Request body too large",
-                "Request bodies are limited to 64 KiB.".into(),
+                "Request bodies are limited to 64 KiB; send a smaller body.".into(),
             ),
             ApiError::Upstream(d) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,8 +202,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title, detail) = self.parts();
         if status.is_server_error() {
-            tracing::error!(code, %detail, "request failed");
+            // Debug-quoted: a client-provided string in a detail cannot start a forged log line.
+            tracing::error!(code, detail = ?detail, "request failed");
         }
+        let retry_after = match &self {
+            ApiError::Throttled { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        };
+        let role = matches!(self, ApiError::Forbidden(_)).then_some("manager");
         let (errors, txn_id, rule) = match self {
             ApiError::Validation(e) => (e, None, None),
             ApiError::Conflict { txn_id, .. } => (Vec::new(), txn_id, None),
@@ -194,12 +236,17 @@ impl IntoResponse for ApiError {
             errors,
             txn_id,
             rule,
+            role,
         };
         let mut r = (status, Json(body)).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

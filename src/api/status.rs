@@ -45,6 +45,8 @@ pub(super) struct StatusView {
     sales: SalesView,
     /// The remote-write push to HQ (`[telemetry]`): last success, last error, what is buffered.
     telemetry: crate::telemetry::TelemetryStatus,
+    /// The served TLS certificate (with `[api.tls]`): its fingerprint, for pinning.
+    tls: Option<super::tls::CertInfo>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -129,6 +131,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let budget = st.sync.budget_snapshot();
     let ss = st.store.sales_stats().await?;
     Ok(Json(StatusView {
+        tls: st.tls.clone(),
         sales: SalesView {
             sales: ss.sales,
             points_used: ss.points_used,

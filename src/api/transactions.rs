@@ -155,7 +155,7 @@ pub(super) struct WriteAnswer {
     responses(
         (status = 201, body = WriteAnswer, description = "accepted and on disk; status says confirmed or queued"),
         (status = 200, body = WriteAnswer, description = "a replay of an earlier request with the same key"),
-        E400, E401, E404, E409, E413, E422, E503,
+        E400, E401, E403, E404, E409, E413, E422, E503,
     ))]
 pub(super) async fn post_transaction(
     State(st): State<AppRef>,
@@ -190,6 +190,25 @@ pub(super) async fn write_transaction(
     };
     let cfg = &st.settings.config;
     let new = ledger::validate_txn(&value, header_key, &cfg.earn).map_err(ApiError::Validation)?;
+    // Least privilege: a register earns and redeems; changing a balance by hand, or a grant
+    // above api.register_max_earn_points, needs a manager. Refused before anything is written.
+    match new.kind {
+        ledger::Kind::Adjust => require_manager(caller, "adjust a balance")?,
+        ledger::Kind::Earn
+            if new
+                .points
+                .is_some_and(|p| p > cfg.api.register_max_earn_points) =>
+        {
+            require_manager(
+                caller,
+                &format!(
+                    "grant more than {} points in one earn (api.register_max_earn_points)",
+                    cfg.api.register_max_earn_points
+                ),
+            )?
+        }
+        _ => {}
+    }
     let now = st.clock.now_ms();
     let online = st.health.is_online();
     let ctx = AcceptCtx {
@@ -466,7 +485,7 @@ pub(super) async fn resolve_transaction(
             });
         }
         ResolveOutcome::Done { customer_id } => {
-            tracing::warn!(txn_id = %txn_id, action = res.as_str(), by = %caller.name, note = %note, "review item resolved");
+            tracing::warn!(txn_id = %txn_id, action = res.as_str(), by = %caller.name, note = ?note, "review item resolved");
             match res {
                 Resolution::Resend => st.sync.kick(),
                 Resolution::Applied => {

@@ -168,6 +168,12 @@ pub enum Cmd {
         #[arg(long, env = "POINTSD_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Issue, list and revoke API tokens (kept in the data dir; a running daemon picks
+    /// changes up without a restart).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// List transactions in the outbox (sales and returns with their split).
     #[command(visible_alias = "transactions")]
     Queue {
@@ -250,6 +256,52 @@ pub enum ReviewCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue a new random token and print it once (only its SHA-256 is kept).
+    Add {
+        name: String,
+        #[arg(long, value_enum, default_value = "register")]
+        role: RoleArg,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the tokens: the config's and the issued ones, with their roles.
+    List {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (an issued one, or one from the config file) by name.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Register,
+    Manager,
+}
+
+impl From<RoleArg> for crate::config::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Register => crate::config::Role::Register,
+            RoleArg::Manager => crate::config::Role::Manager,
+        }
+    }
 }
 
 #[derive(Subcommand)]

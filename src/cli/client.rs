@@ -30,6 +30,25 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client that also trusts `root_pem` (the daemon's self-signed certificate).
+    pub fn with_root(base: &str, token: &str, root_pem: Option<&[u8]>) -> anyhow::Result<Client> {
+        let Some(pem) = root_pem else {
+            return Ok(Client::new(base, token));
+        };
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| anyhow::anyhow!("the daemon's TLS certificate cannot be read: {e}"))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: crate::http_client_builder()
+                .timeout(Duration::from_secs(30))
+                .no_proxy()
+                .add_root_certificate(cert)
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot build the HTTPS client: {e}"))?,
+        })
+    }
+
     pub fn new(base: &str, token: &str) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
@@ -205,6 +224,13 @@ pub fn render_status(v: &Value) -> String {
             s.push_str(&format!("; failing: {e}"));
         }
         s.push('\n');
+    }
+    if v.get("tls").is_some_and(|t| !t.is_null()) {
+        s.push_str(&format!(
+            "tls: certificate SHA-256 fingerprint {} (valid until {})\n",
+            num(v, &["tls", "fingerprint_sha256"]),
+            num(v, &["tls", "not_after"]),
+        ));
     }
     s
 }

@@ -7,6 +7,7 @@
 //! - [`remote`]: the commands that are clients of a running daemon: URL and token, requests
 //!   (`status`, `balance`, `earn`, `redeem`, `sale`, `return`, `sales show`, `queue`, ...).
 //! - [`client`]: the HTTP client those commands use, and how their answers are rendered.
+//! - [`tokens`]: `token add|list|revoke` (the data dir's `tokens.json`).
 //! - [`admin`]: `config check`, `doctor`, `service ...` (with `uninstall --purge`).
 
 mod admin;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod paths;
 mod remote;
 mod serve;
+mod tokens;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use args::Cli;
-use args::{Cmd, ConfigCmd, ReviewCmd, SalesCmd};
+use args::{Cmd, ConfigCmd, ReviewCmd, SalesCmd, TokenCmd};
 pub use paths::Paths;
 
 /// Runs one command to its end, on a runtime of its own.
@@ -159,5 +161,23 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         } => remote::review_resolve(txn_id, action, note, c).await,
         Cmd::Reconcile { last, c } => remote::reconcile(last, c).await,
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Add {
+                name,
+                role,
+                cfg,
+                data_dir,
+            } => tokens::add(name, role.into(), cfg, data_dir),
+            TokenCmd::List {
+                cfg,
+                data_dir,
+                json,
+            } => tokens::list(cfg, data_dir, json),
+            TokenCmd::Revoke {
+                name,
+                cfg,
+                data_dir,
+            } => tokens::revoke(name, cfg, data_dir),
+        },
     }
 }

@@ -43,7 +43,12 @@ pub(super) fn daemon_url(flag: Option<&str>, cfg: Option<&Config>) -> Result<Str
             } else {
                 listen.ip()
             };
-            format!("http://{}", SocketAddr::new(host, listen.port()))
+            let scheme = if cfg.api.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", SocketAddr::new(host, listen.port()))
         }
         (None, None) => "http://127.0.0.1:8765".to_string(),
     })
@@ -82,7 +87,16 @@ fn client_with_role(c: &ClientArgs, manager: bool) -> Result<Client> {
         .flatten();
     let url = daemon_url(c.url.as_deref(), cfg.as_ref())?;
     let token = daemon_token(c.token.as_deref(), cfg.as_ref(), manager)?;
-    Ok(Client::new(&url, &token))
+    // Over HTTPS the daemon's own certificate (from [api.tls], or the generated one in the
+    // data dir) is trusted, so a self-signed one works from this PC.
+    let pem = cfg.as_ref().and_then(|cfg| {
+        let tls = cfg.api.tls.as_ref()?;
+        let data =
+            super::paths::Paths::for_command(&c.cfg, None, cfg.agent.data_dir.as_deref(), &env)
+                .data;
+        std::fs::read(crate::api::tls::files(tls, &data).0).ok()
+    });
+    Client::with_root(&url, &token, pem.as_deref())
 }
 
 fn client_for(c: &ClientArgs) -> Result<Client> {

@@ -36,6 +36,7 @@ pub(super) async fn run(c: ConfigArgs, data_dir: Option<PathBuf>) -> Result<Exit
         &settings.config.log.level,
         Some(&paths.logs),
         settings.config.log.retention_files,
+        settings.config.log.max_total_mb,
     );
     for w in &settings.warnings {
         tracing::warn!("{w}");
@@ -137,6 +138,13 @@ pub(super) async fn demo(
     let mut cfg = Config::default();
     cfg.agent.store_id = "demo-store".into();
     cfg.api.listen = listen.to_string();
+    if !listen.ip().is_loopback() {
+        // A trial on the LAN: plain HTTP, said out loud (a real install uses [api.tls]).
+        cfg.api.allow_plain_http = true;
+        eprintln!(
+            "note: the demo serves plain HTTP on {listen}; tokens cross the network in clear text"
+        );
+    }
     cfg.api.tokens = vec![
         config::TokenConfig {
             name: "demo-register".into(),
@@ -171,6 +179,7 @@ pub(super) async fn demo(
         &settings.config.log.level,
         Some(&data_dir.join("logs")),
         settings.config.log.retention_files,
+        settings.config.log.max_total_mb,
     );
     let samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
     let url = format!("http://{listen}");
@@ -200,7 +209,7 @@ pub(super) async fn sim(
     admin_listen: SocketAddr,
     opts: sim::SimOptions,
 ) -> Result<ExitCode> {
-    let _log = logging::init("info", None, 1);
+    let _log = logging::init("info", None, 1, 1);
     let h = sim::SimHandle::start(listen, admin_listen, opts).await?;
     // Machine-readable first lines: tests read them to find the ports.
     println!("sim listening on {}", h.url());
@@ -224,6 +233,7 @@ pub(super) async fn service_run(c: ConfigArgs, data_dir: Option<PathBuf>) -> Res
                     &settings.config.log.level,
                     Some(&paths.logs),
                     settings.config.log.retention_files,
+                    settings.config.log.max_total_mb,
                 );
                 tracing::info!(config = %paths.config.display(), "starting under the Windows service manager");
                 handle.block_on(async move {

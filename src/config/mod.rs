@@ -8,6 +8,7 @@
 //! - [`validate`]: every rule checked at once, into `Settings`.
 //! - [`settings`]: `Settings` with typed values (durations, token digests), and the upstream
 //!   adapter's settings built from them (`Settings::smaregi_settings`).
+//! - [`strength`]: how much randomness a token carries (`config check` wants 128 bits).
 //! - [`paths`]: default config, data and log locations (`Scope`).
 //! - [`perms`]: permission warnings for a config file that holds secrets.
 
@@ -16,6 +17,7 @@ mod paths;
 mod perms;
 mod sections;
 mod settings;
+mod strength;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -33,7 +35,8 @@ pub use perms::file_mode_warnings;
 pub(crate) use perms::group_id;
 pub use sections::{
     AgentConfig, ApiConfig, Config, LogConfig, Role, SimConfig, SmaregiConfig, SyncConfig,
-    TokenConfig, UpstreamConfig, UpstreamKind,
+    TlsConfig, TokenConfig, UpstreamConfig, UpstreamKind,
 };
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
+pub use strength::{MIN_TOKEN_BITS, token_weakness};
 pub use validate::PLACEHOLDER;

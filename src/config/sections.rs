@@ -63,6 +63,40 @@ pub struct ApiConfig {
     /// At a stop, how long in-flight requests may take before the daemon goes on without
     /// them (a client holding a request open cannot keep the process alive).
     pub shutdown_grace_s: u64,
+    /// A connection that has not sent a whole request head within this is closed.
+    pub header_timeout_s: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_s: u64,
+    /// A request body that stalls (no data) for this long gets 408 and the connection closes.
+    pub body_timeout_s: u64,
+    /// Connections served at once; past it the oldest connection without a request in
+    /// progress is shed, so held connections cannot lock a register out.
+    pub max_connections: u32,
+    /// The request line and headers together may not be larger (431 past it).
+    pub max_header_bytes: u32,
+    /// The most points a register token may grant in one earn; above it needs a manager.
+    pub register_max_earn_points: i64,
+    /// Serve plain HTTP on a non-loopback address (tokens then cross the network in clear
+    /// text): the operator accepts that risk. Without it such a listen needs `[api.tls]`.
+    pub allow_plain_http: bool,
+    /// `Host` names served besides loopback ones (`localhost`, `127.0.0.1`, `[::1]`) and,
+    /// with TLS, the certificate's names; a request naming another host gets 421.
+    pub allowed_hosts: Vec<String>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[api.tls]`: the operator's certificate and key, or one the daemon makes itself.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Make a self-signed certificate for `names` at first start, kept in the data dir.
+    pub generate: bool,
+    /// DNS names and IP addresses the generated certificate is for.
+    pub names: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +107,15 @@ impl Default for ApiConfig {
             lookup_refresh_budget_ms: 300,
             lookup_refresh_after_s: 30,
             shutdown_grace_s: 10,
+            header_timeout_s: 10,
+            idle_timeout_s: 60,
+            body_timeout_s: 30,
+            max_connections: 512,
+            max_header_bytes: 16_384,
+            register_max_earn_points: 10_000,
+            allow_plain_http: false,
+            allowed_hosts: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -92,7 +135,8 @@ pub struct TokenConfig {
 pub enum Role {
     #[default]
     Register,
-    /// May also resolve review-queue items.
+    /// May also adjust, return unlinked sales, resolve reviews, run reconciles and manage
+    /// tokens.
     Manager,
 }
 
@@ -237,6 +281,8 @@ pub struct LogConfig {
     pub level: String,
     /// Daily log files kept in the data dir's `logs/`.
     pub retention_files: usize,
+    /// The log files together are kept under this many MiB (the oldest are deleted).
+    pub max_total_mb: u64,
 }
 
 impl Default for LogConfig {
@@ -244,6 +290,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             retention_files: 14,
+            max_total_mb: 256,
         }
     }
 }

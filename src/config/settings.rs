@@ -41,6 +41,9 @@ pub struct ApiDurations {
     pub lookup_refresh_after: Duration,
     /// At a stop, how long in-flight requests may take before the daemon goes on without them.
     pub shutdown_grace: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 /// The built-in simulator's address and credentials, when `upstream.kind = "sim"`.
@@ -67,6 +70,9 @@ impl Settings {
                 lookup_refresh_budget: Duration::from_millis(a.lookup_refresh_budget_ms),
                 lookup_refresh_after: Duration::from_secs(a.lookup_refresh_after_s),
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+                header_timeout: Duration::from_secs(a.header_timeout_s),
+                idle_timeout: Duration::from_secs(a.idle_timeout_s),
+                body_timeout: Duration::from_secs(a.body_timeout_s),
             },
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             request_timeout: Duration::from_millis(u.request_timeout_ms),

@@ -11,7 +11,7 @@ store_id = "store-001"
 listen = "127.0.0.1:9000"
 [[api.tokens]]
 name = "register-1"
-token = "0123456789abcdef0123"
+token = "3f9a0c7e51d24b8e96a1f0c37d5b2e84"
 "#;
 
 fn parse(text: &str) -> Result<Settings, Vec<Problem>> {
@@ -87,7 +87,9 @@ fn table_of_invalid_configs_names_the_key() {
     ];
     for (extra, key) in cases {
         let text = if extra.starts_with("[agent]") || extra.starts_with("[api]") {
-            format!("{extra}\n[[api.tokens]]\nname=\"r\"\ntoken=\"0123456789abcdef0\"\n")
+            format!(
+                "{extra}\n[[api.tokens]]\nname=\"r\"\ntoken=\"3f9a0c7e51d24b8e96a1f0c37d5b2e84\"\n"
+            )
         } else {
             format!("{GOOD}\n{extra}\n")
         };
@@ -143,7 +145,7 @@ fn env_overrides_set_nested_keys() {
 fn secrets_do_not_show_in_debug_output() {
     let s = parse(GOOD).unwrap();
     let dbg = format!("{:?}", s);
-    assert!(!dbg.contains("0123456789abcdef0123"), "{dbg}");
+    assert!(!dbg.contains("3f9a0c7e51d24b8e"), "{dbg}");
 }
 
 #[test]
@@ -153,4 +155,120 @@ fn token_sha256_is_accepted() {
         format!("[agent]\nstore_id=\"s\"\n[[api.tokens]]\nname=\"r\"\ntoken_sha256=\"{h}\"\n");
     let s = parse(&text).unwrap();
     assert_eq!(s.tokens[0].sha256, sha256(b"some-long-register-token"));
+}
+
+#[test]
+fn table_of_lan_and_token_rules() {
+    let tok = |name: &str, t: &str| format!("[[api.tokens]]\nname=\"{name}\"\ntoken=\"{t}\"\n");
+    let strong = "3f9a0c7e51d24b8e96a1f0c37d5b2e84";
+    let base = "[agent]\nstore_id=\"s\"\n";
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (
+            format!("{base}{}", tok("r", "passwordpassword")),
+            Some("api.tokens[0].token"),
+        ),
+        (
+            format!("{base}{}", tok("r", "with space 0123456789abcdefXYZ")),
+            Some("api.tokens[0].token"),
+        ),
+        (
+            format!("{base}{}", tok("r", "ü3f9a0c7e51d24b8e96a1f0c37d5b2e84")),
+            Some("api.tokens[0].token"),
+        ),
+        (
+            format!("{base}{}{}", tok("a", strong), tok("b", strong)),
+            Some("api.tokens[1]"),
+        ),
+        (
+            format!(
+                "{base}{}{}",
+                tok("a", strong),
+                tok("a", "aB3dE5gH7jK9mN1pQ2rS4t")
+            ),
+            Some("api.tokens[1].name"),
+        ),
+        (
+            format!("{base}[api]\nlisten=\"0.0.0.0:8765\"\n{}", tok("r", strong)),
+            Some("api.listen"),
+        ),
+        (
+            format!(
+                "{base}[api]\nlisten=\"192.168.1.10:8765\"\n{}",
+                tok("r", strong)
+            ),
+            Some("api.listen"),
+        ),
+        (
+            format!(
+                "{base}[api]\nlisten=\"0.0.0.0:8765\"\nallow_plain_http=true\n{}",
+                tok("r", strong)
+            ),
+            None,
+        ),
+        (
+            format!(
+                "{base}[api]\nlisten=\"0.0.0.0:8765\"\n[api.tls]\ngenerate=true\nnames=[\"pc.local\",\"192.168.1.10\"]\n{}",
+                tok("r", strong)
+            ),
+            None,
+        ),
+        (
+            format!(
+                "{base}[api]\nlisten=\"0.0.0.0:8765\"\n[api.tls]\ngenerate=true\n{}",
+                tok("r", strong)
+            ),
+            Some("api.tls.names"),
+        ),
+        (
+            format!(
+                "{base}[api.tls]\ngenerate=true\nnames=[\"not a name\"]\n{}",
+                tok("r", strong)
+            ),
+            Some("api.tls.names[0]"),
+        ),
+        (
+            format!(
+                "{base}[api.tls]\ncert_file=\"/x.pem\"\n{}",
+                tok("r", strong)
+            ),
+            Some("api.tls.key_file"),
+        ),
+        (
+            format!(
+                "{base}[api.tls]\ncert_file=\"/x.pem\"\nkey_file=\"/k.pem\"\ngenerate=true\n{}",
+                tok("r", strong)
+            ),
+            Some("api.tls.generate"),
+        ),
+        (
+            format!("{base}[api]\nmax_connections=0\n{}", tok("r", strong)),
+            Some("api.max_connections"),
+        ),
+        (
+            format!("{base}[api]\nheader_timeout_s=0\n{}", tok("r", strong)),
+            Some("api.header_timeout_s"),
+        ),
+        (
+            format!(
+                "{base}[api]\nallowed_hosts=[\"http://x/\"]\n{}",
+                tok("r", strong)
+            ),
+            Some("api.allowed_hosts[0]"),
+        ),
+        (
+            format!("{base}[log]\nmax_total_mb=0\n{}", tok("r", strong)),
+            Some("log.max_total_mb"),
+        ),
+        (format!("{base}{}", tok("r", strong)), None),
+    ];
+    for (text, key) in cases {
+        match (parse(&text), key) {
+            (Ok(_), None) => {}
+            (Ok(_), Some(k)) => panic!("{text:?}: expected a problem at {k}"),
+            (Err(p), None) => panic!("{text:?}: expected valid, got {p:?}"),
+            (Err(p), Some(k)) => {
+                assert!(p.iter().any(|p| p.key == k), "{text:?}: {k} not in {p:?}")
+            }
+        }
+    }
 }

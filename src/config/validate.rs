@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 
 use super::load::Problem;
-use super::sections::{Config, UpstreamKind};
+use super::sections::{Config, TlsConfig, UpstreamKind};
 use super::settings::{ApiToken, Settings, sha256};
+use super::strength::token_weakness;
 
 /// Tokens starting with this (as in config/pointsd.example.toml) are never accepted.
 pub const PLACEHOLDER: &str = "change-me";
@@ -71,9 +72,7 @@ impl Config {
                     "set token = \"...\" or token_sha256 = \"<hex>\"".into(),
                 ),
                 (Some(tok), None) => {
-                    if tok.expose().len() < 16 {
-                        bad(&format!("{key}.token"), "too short; use at least 16 random characters (e.g. `openssl rand -hex 16`)".into());
-                    } else if tok.expose().starts_with(PLACEHOLDER) {
+                    if tok.expose().starts_with(PLACEHOLDER) {
                         // The example's placeholder would otherwise be a working, published
                         // token on every fresh install: keep it switched off.
                         placeholders.push(Problem {
@@ -83,23 +82,31 @@ impl Config {
                                 t.name
                             ),
                         });
+                    } else if let Some(why) = token_weakness(tok.expose()) {
+                        bad(&format!("{key}.token"), why);
                     } else {
-                        tokens.push(ApiToken {
-                            name: t.name.clone(),
-                            sha256: sha256(tok.expose().as_bytes()),
-                            role: t.role,
-                        });
+                        tokens.push((
+                            i,
+                            ApiToken {
+                                name: t.name.clone(),
+                                sha256: sha256(tok.expose().as_bytes()),
+                                role: t.role,
+                            },
+                        ));
                     }
                 }
                 (None, Some(hexed)) => match hex::decode(hexed.trim()) {
                     Ok(b) if b.len() == 32 => {
                         let mut h = [0u8; 32];
                         h.copy_from_slice(&b);
-                        tokens.push(ApiToken {
-                            name: t.name.clone(),
-                            sha256: h,
-                            role: t.role,
-                        });
+                        tokens.push((
+                            i,
+                            ApiToken {
+                                name: t.name.clone(),
+                                sha256: h,
+                                role: t.role,
+                            },
+                        ));
                     }
                     _ => bad(
                         &format!("{key}.token_sha256"),
@@ -108,6 +115,19 @@ impl Config {
                 },
             }
         }
+        // The same token under two names would sign in as whichever comes first.
+        for (n, (i, t)) in tokens.iter().enumerate() {
+            if let Some((j, first)) = tokens[..n].iter().find(|(_, u)| u.sha256 == t.sha256) {
+                bad(
+                    &format!("api.tokens[{i}]"),
+                    format!(
+                        "the same token as api.tokens[{j}] ({:?}); give every register its own token",
+                        first.name
+                    ),
+                );
+            }
+        }
+        let tokens: Vec<ApiToken> = tokens.into_iter().map(|(_, t)| t).collect();
         if self.api.tokens.is_empty() {
             bad(
                 "api.tokens",
@@ -217,6 +237,60 @@ impl Config {
                 "api.shutdown_grace_s",
                 "must be at most 300 (service managers kill a stop that takes longer)".into(),
             );
+        }
+        let a = &self.api;
+        for (key, v, range) in [
+            ("api.header_timeout_s", a.header_timeout_s, 1..=300),
+            ("api.idle_timeout_s", a.idle_timeout_s, 1..=3600),
+            ("api.body_timeout_s", a.body_timeout_s, 1..=600),
+            (
+                "api.max_connections",
+                u64::from(a.max_connections),
+                8..=65_536,
+            ),
+            (
+                "api.max_header_bytes",
+                u64::from(a.max_header_bytes),
+                1_024..=1_048_576,
+            ),
+        ] {
+            if !range.contains(&v) {
+                bad(key, format!("must be {}..={}", range.start(), range.end()));
+            }
+        }
+        if !(1..=crate::ledger::MAX_POINTS).contains(&a.register_max_earn_points) {
+            bad(
+                "api.register_max_earn_points",
+                format!("must be 1..={}", crate::ledger::MAX_POINTS),
+            );
+        }
+        if let Some(tls) = &a.tls {
+            check_tls(tls, &mut bad);
+        }
+        if let Some(l) = listen
+            && !l.ip().is_loopback()
+            && a.tls.is_none()
+            && !a.allow_plain_http
+        {
+            bad(
+                "api.listen",
+                format!(
+                    "{l} is reachable from the network, where tokens would cross in clear text; add [api.tls] (generate = true with names = [\"<this PC's name or IP>\"], or cert_file and key_file), or set api.allow_plain_http = true to accept the risk"
+                ),
+            );
+        }
+        for (i, h) in a.allowed_hosts.iter().enumerate() {
+            if h.trim().is_empty() || h.contains(['/', ' ', '@']) {
+                bad(
+                    &format!("api.allowed_hosts[{i}]"),
+                    format!(
+                        "{h:?} is not a host name; write e.g. \"store-pc.local\" (no scheme or path)"
+                    ),
+                );
+            }
+        }
+        if self.log.max_total_mb == 0 {
+            bad("log.max_total_mb", "must be at least 1".into());
         }
         if self.api.lookup_refresh_budget_ms > 5_000 {
             bad(
@@ -379,5 +453,40 @@ impl Config {
                 .as_ref()
                 .is_some_and(|s| !s.client_secret.is_empty())
             || self.telemetry.holds_secret()
+    }
+}
+
+/// `[api.tls]`: a certificate and key, or `generate = true` with the names to make one for.
+fn check_tls(tls: &TlsConfig, bad: &mut impl FnMut(&str, String)) {
+    match (&tls.cert_file, &tls.key_file, tls.generate) {
+        (Some(_), Some(_), false) => {}
+        (None, None, true) => {
+            if tls.names.is_empty() {
+                bad(
+                    "api.tls.names",
+                    "required with generate = true: the names registers use to reach this PC, e.g. [\"store-pc.local\", \"192.168.1.10\"]".into(),
+                );
+            }
+            for (i, n) in tls.names.iter().enumerate() {
+                if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                    bad(
+                        &format!("api.tls.names[{i}]"),
+                        format!("{n:?} is not a DNS name or IP address"),
+                    );
+                }
+            }
+        }
+        (_, _, true) => bad(
+            "api.tls.generate",
+            "set either generate = true (with names) or cert_file and key_file, not both".into(),
+        ),
+        (None, _, false) => bad(
+            "api.tls.cert_file",
+            "required: the PEM certificate (or set generate = true with names)".into(),
+        ),
+        (_, None, false) => bad(
+            "api.tls.key_file",
+            "required: the PEM private key of cert_file".into(),
+        ),
     }
 }

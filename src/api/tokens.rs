@@ -1,0 +1,164 @@
+//! `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{name}`: a manager issues and
+//! revokes tokens from a device (as `pointsd token add|list|revoke` does on the PC). The
+//! data dir's `tokens.json` is changed and the token set swapped at once.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::auth::{Caller, require_manager};
+use super::input::json_body;
+use super::openapi::{E400, E401, E403, E404, E409};
+use super::{ApiError, AppRef};
+use crate::config::Role;
+use crate::tokens::{self, TokenError, TokenFile};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenView {
+    name: String,
+    #[schema(value_type = String, example = "register")]
+    role: Role,
+    /// `config` (the config file) or `issued` (`tokens.json`).
+    source: &'static str,
+    revoked: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IssuedToken {
+    name: String,
+    #[schema(value_type = String, example = "register")]
+    role: Role,
+    /// The token, shown only in this answer; pointsd keeps its SHA-256.
+    token: String,
+}
+
+fn token_error(e: TokenError) -> ApiError {
+    match e {
+        TokenError::Exists(_) => ApiError::Conflict {
+            code: "token_exists",
+            title: "Token name taken",
+            detail: e.to_string(),
+            txn_id: None,
+        },
+        TokenError::Unknown(_) => ApiError::Missing {
+            code: "unknown_token",
+            detail: e.to_string(),
+        },
+        TokenError::BadName(_) => ApiError::field("name", e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "the token file could not be changed");
+            ApiError::Internal
+        }
+    }
+}
+
+fn config_names(st: &AppRef) -> Vec<String> {
+    st.settings.tokens.iter().map(|t| t.name.clone()).collect()
+}
+
+/// Changes the token file and applies it now.
+fn change(
+    st: &AppRef,
+    f: impl FnOnce(&mut TokenFile) -> Result<(), TokenError>,
+) -> Result<(), ApiError> {
+    let path = tokens::path(&st.data_dir);
+    let mut file = TokenFile::load(&path).map_err(token_error)?;
+    f(&mut file).map_err(token_error)?;
+    file.save(&path).map_err(token_error)?;
+    st.tokens.load_now(&st.data_dir).map_err(token_error)?;
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "pointsd",
+    responses((status = 200, body = Vec<TokenView>), E401, E403))]
+pub(super) async fn list_tokens(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    require_manager(&caller, "list tokens")?;
+    let file = TokenFile::load(&tokens::path(&st.data_dir)).map_err(token_error)?;
+    let mut out: Vec<TokenView> = st
+        .settings
+        .tokens
+        .iter()
+        .map(|t| TokenView {
+            name: t.name.clone(),
+            role: t.role,
+            source: "config",
+            revoked: file.revoked.contains(&t.name),
+        })
+        .collect();
+    out.extend(file.tokens.iter().map(|t| TokenView {
+        name: t.name.clone(),
+        role: t.role,
+        source: "issued",
+        revoked: false,
+    }));
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "pointsd",
+    request_body(content = Object, description = "`{\"name\": \"ipad-2\", \"role\": \"register\"}` (role defaults to register)"),
+    responses((status = 201, body = IssuedToken), E400, E401, E403, E409))]
+pub(super) async fn add_token(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_manager(&caller, "issue tokens")?;
+    let v = json_body(body)?;
+    let Value::Object(map) = &v else {
+        return Err(ApiError::field("(body)", "must be a JSON object"));
+    };
+    if let Some(k) = map.keys().find(|k| *k != "name" && *k != "role") {
+        return Err(ApiError::field(k, "unknown field; allowed: name, role"));
+    }
+    let name = match map.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return Err(ApiError::field(
+                "name",
+                "required: the device's name, e.g. \"ipad-2\"",
+            ));
+        }
+    };
+    let role = match map.get("role") {
+        None | Some(Value::Null) => Role::Register,
+        Some(Value::String(r)) if r == "register" => Role::Register,
+        Some(Value::String(r)) if r == "manager" => Role::Manager,
+        _ => {
+            return Err(ApiError::field(
+                "role",
+                "must be \"register\" or \"manager\"",
+            ));
+        }
+    };
+    let names = config_names(&st);
+    let mut token = String::new();
+    change(&st, |f| {
+        token = f.issue(&name, role, &names)?;
+        Ok(())
+    })?;
+    tracing::info!(name = %name, ?role, by = %caller.name, "token issued");
+    Ok((StatusCode::CREATED, Json(IssuedToken { name, role, token })).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "pointsd",
+    params(("name" = String, Path, description = "the token's name")),
+    responses((status = 204, description = "revoked"), E401, E403, E404))]
+pub(super) async fn revoke_token(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_manager(&caller, "revoke tokens")?;
+    let names = config_names(&st);
+    change(&st, |f| f.revoke(&name, &names))?;
+    tracing::info!(name = ?name, by = %caller.name, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
