@@ -18,7 +18,7 @@ use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Secret, Settings, SimEndpoint, UpstreamKind};
 use crate::metrics::Metrics;
-use crate::sim::{SimHandle, SimOptions};
+use crate::sim::{SimHandle, SimOptions, SmapifyOptions};
 use crate::store::{Store, StoreError};
 use crate::sync::schedule::Schedule;
 use crate::sync::{SyncEngine, SyncOptions};
@@ -52,6 +52,8 @@ pub enum DaemonError {
     MissingSmaregi,
     #[error("cannot start the upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cannot start the easyPoints client: {0}")]
+    EasyPoints(#[from] crate::upstream::easypoints::EasyPointsError),
     #[error("cannot start the built-in simulator: {0}")]
     Simulator(#[source] std::io::Error),
     #[error("the HTTP server failed: {0}")]
@@ -170,6 +172,11 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
                 customers: sc.customers,
                 seed: sc.seed,
                 state_file: Some(data_dir.join("sim-state.json")),
+                smapify: settings.easypoints.as_ref().map(|e| SmapifyOptions {
+                    code_offset: e.code_offset,
+                    check_digit: e.code_check_digit == crate::config::CheckDigit::Trailing,
+                    ..SmapifyOptions::default()
+                }),
                 ..SimOptions::default()
             },
         )
@@ -225,6 +232,24 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
 
+    let ledgers = match settings.easypoints.clone() {
+        Some(mut ep) => {
+            if let Some(sim) = &sim {
+                // The built-in simulator serves easyPoints too (with Smapify between the two).
+                let o = sim.options();
+                ep.api_base = sim.easypoints_url();
+                ep.public_key = o.easypoints.public_key;
+                ep.secret_key = Secret::new(o.easypoints.secret_key);
+            }
+            let client = crate::upstream::easypoints::EasyPoints::new(ep)?;
+            let l = crate::sync::Ledgers::new(client, store.clone(), clock.clone(), engine.clone());
+            if let Some(every) = settings.easypoints.as_ref().and_then(|e| e.report_interval) {
+                tracker.spawn(l.clone().report_loop(every, shutdown.child_token()));
+            }
+            Some(l)
+        }
+        None => None,
+    };
     let store_for_close = store.clone();
     let state = Arc::new(AppState {
         settings: settings.clone(),
@@ -234,6 +259,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         metrics,
         clock,
         tasks: tracker.clone(),
+        ledgers,
     });
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     tracing::info!(%addr, store_id = %settings.config.agent.store_id, data_dir = %data_dir.display(), "pointsd listening");

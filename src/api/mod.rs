@@ -8,7 +8,8 @@
 //! - [`transactions`]: the write path, listing, detail, review resolution.
 //! - [`sales`]: sales (quote, sale, detail) and returns, each one write with its split.
 //! - [`status`]: `/v1/health`, `/v1/status`, `/metrics`.
-//! - [`reconcile`]: the last reconciliation report, and running one.
+//! - [`reconcile`]: the last reconciliation report, and running one; the same for the
+//!   cross-ledger (Smaregi / easyPoints) report.
 //! - [`input`]: ids, query parameters and JSON bodies, checked the same way everywhere.
 //! - [`watch`]: the write-through wait (`Watch`, a guard that always unwatches).
 //! - [`problem`]: problem+json errors (`ApiError`).
@@ -52,7 +53,7 @@ pub use transactions::TxnView;
 
 use auth::{auth, whoami};
 use customers::{find_customer, get_customer};
-use reconcile::{last_reconcile, run_reconcile};
+use reconcile::{last_ledger_report, last_reconcile, run_ledger_report, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
 use status::{health, metrics, status};
 use transactions::{get_transaction, list_transactions, post_transaction, resolve_transaction};
@@ -71,6 +72,8 @@ pub struct AppState {
     /// The daemon's tracker: a task a request starts in the background (the refresh after a
     /// review resolution) is awaited at stop like every other task.
     pub tasks: tokio_util::task::TaskTracker,
+    /// easyPoints, for a Smapify merchant (`[easypoints]`); read only.
+    pub ledgers: Option<Arc<crate::sync::Ledgers>>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
@@ -95,6 +98,10 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/sales/{sale_id}", get(get_sale))
         .route("/v1/returns", post(post_return))
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
+        .route(
+            "/v1/reconcile/ledgers",
+            get(last_ledger_report).post(run_ledger_report),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

@@ -126,6 +126,7 @@ pub(super) async fn demo(
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     customers: u32,
+    smapify: bool,
 ) -> Result<ExitCode> {
     let env = config::env_map();
     let data_dir =
@@ -152,6 +153,17 @@ pub(super) async fn demo(
         },
     ];
     cfg.upstream.sim.customers = customers;
+    if smapify {
+        // The built-in simulator's easyPoints: the daemon points the client at it and uses
+        // its keys; these only satisfy validation.
+        cfg.easypoints = Some(config::EasyPointsConfig {
+            public_key: "built-in-simulator".into(),
+            secret_key: Secret::new("built-in-simulator"),
+            settle_s: 30,
+            report_interval_s: 300,
+            ..Default::default()
+        });
+    }
     cfg.tiers = vec![
         config::TierConfig {
             name: "Silver".into(),
@@ -185,6 +197,14 @@ pub(super) async fn demo(
         println!(
             "    {:>4}  {}  {}  {} {}",
             c.customer_id, c.code, c.barcode, c.last_name, c.first_name
+        );
+    }
+    if smapify {
+        println!(
+            "  Smapify merchant: easyPoints runs beside Smaregi; member codes are Shopify ids"
+        );
+        println!(
+            "  cross-ledger report: pointsd reconcile --ledgers --url {url} --token {manager}"
         );
     }
     println!("  try:  pointsd balance 1 --url {url} --token {register}");

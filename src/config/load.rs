@@ -121,38 +121,68 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Fills `client_secret` from `client_secret_file` when that is set.
+    /// Fills `client_secret` from `client_secret_file` (and the easyPoints `secret_key` from
+    /// `secret_key_file`) when that is set.
     pub fn read_secret_files(&mut self) -> Result<(), Vec<Problem>> {
-        let Some(sm) = self.upstream.smaregi.as_mut() else {
-            return Ok(());
-        };
-        let Some(file) = sm.client_secret_file.clone() else {
-            return Ok(());
-        };
-        let key = "upstream.smaregi.client_secret_file".to_string();
-        if !sm.client_secret.is_empty() {
-            return Err(vec![Problem {
-                key,
-                message: "set client_secret or client_secret_file, not both".into(),
-            }]);
+        let mut problems = Vec::new();
+        if let Some(sm) = self.upstream.smaregi.as_mut()
+            && let Some(file) = sm.client_secret_file.clone()
+            && let Err(p) = read_secret_file(
+                "upstream.smaregi.client_secret_file",
+                "client_secret",
+                &file,
+                &mut sm.client_secret,
+            )
+        {
+            problems.push(p);
         }
-        match std::fs::read_to_string(&file) {
-            Ok(t) if !t.trim().is_empty() => {
-                sm.client_secret = Secret::new(t.trim().to_string());
-                Ok(())
-            }
-            Ok(_) => Err(vec![Problem {
-                key,
-                message: format!("{} is empty; put the client secret in it", file.display()),
-            }]),
-            Err(e) => Err(vec![Problem {
-                key,
-                message: format!(
-                    "cannot read {}: {e}; check the path and that the pointsd user may read it",
-                    file.display()
-                ),
-            }]),
+        if let Some(ep) = self.easypoints.as_mut()
+            && let Some(file) = ep.secret_key_file.clone()
+            && let Err(p) = read_secret_file(
+                "easypoints.secret_key_file",
+                "secret_key",
+                &file,
+                &mut ep.secret_key,
+            )
+        {
+            problems.push(p);
         }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Reads one secret from `file` into `secret`, which must not be set as well.
+fn read_secret_file(
+    key: &str,
+    what: &str,
+    file: &Path,
+    secret: &mut Secret,
+) -> Result<(), Problem> {
+    let problem = |message: String| Problem {
+        key: key.to_string(),
+        message,
+    };
+    if !secret.is_empty() {
+        return Err(problem(format!("set {what} or {what}_file, not both")));
+    }
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => {
+            *secret = Secret::new(t.trim().to_string());
+            Ok(())
+        }
+        Ok(_) => Err(problem(format!(
+            "{} is empty; put the {} in it",
+            file.display(),
+            what.replace('_', " ")
+        ))),
+        Err(e) => Err(problem(format!(
+            "cannot read {}: {e}; check the path and that the pointsd user may read it",
+            file.display()
+        ))),
     }
 }
 
@@ -170,7 +200,12 @@ impl Problem {
 /// default is a number or boolean reads the value as TOML, every other key takes it as a plain
 /// string (so a digits-only store id or secret stays a string, and needs no quoting).
 fn apply_env_overrides(table: &mut toml::Table, env: &BTreeMap<String, String>) {
-    let defaults = toml::Value::try_from(Config::default()).ok();
+    // Optional sections are typed by their own defaults too (`POINTSD_EASYPOINTS__SETTLE_S=60`).
+    let defaults = toml::Value::try_from(Config {
+        easypoints: Some(Default::default()),
+        ..Config::default()
+    })
+    .ok();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;

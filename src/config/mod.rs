@@ -31,8 +31,8 @@ pub use perms::file_mode_warnings;
 #[cfg(unix)]
 pub(crate) use perms::group_id;
 pub use sections::{
-    AgentConfig, ApiConfig, Config, LogConfig, Role, SimConfig, SmaregiConfig, SyncConfig,
-    TokenConfig, UpstreamConfig, UpstreamKind,
+    AgentConfig, ApiConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role, SimConfig,
+    SmaregiConfig, SyncConfig, TokenConfig, UpstreamConfig, UpstreamKind,
 };
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use validate::PLACEHOLDER;

@@ -31,6 +31,8 @@ pub enum Meta {
     LastReconcile,
     /// The change feed has stored every change up to this time (unix ms).
     FeedWatermark,
+    /// The last cross-ledger (Smaregi / easyPoints) report (JSON).
+    LastLedgerReport,
 }
 
 impl Meta {
@@ -39,6 +41,7 @@ impl Meta {
             Meta::LastFullRefreshAt => "last_full_refresh_at",
             Meta::LastReconcile => "last_reconcile",
             Meta::FeedWatermark => "feed_watermark_ms",
+            Meta::LastLedgerReport => "last_ledger_report",
         }
     }
 }
