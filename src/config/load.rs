@@ -70,7 +70,8 @@ impl Config {
         let mut track = serde_path_to_error::Track::new();
         let parsed: Result<Config, _> = serde_ignored::deserialize(
             serde_path_to_error::Deserializer::new(toml::Value::Table(value), &mut track),
-            |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+            // An optional section shows as `?` in the path: leave it out of the key.
+            |path: serde_ignored::Path<'_>| unknown.push(path.to_string().replace(".?", "")),
         );
         let mut problems: Vec<Problem> = unknown
             .into_iter()
