@@ -246,6 +246,11 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             if let Some(every) = settings.easypoints.as_ref().and_then(|e| e.report_interval) {
                 tracker.spawn(l.clone().report_loop(every, shutdown.child_token()));
             }
+            // As often as the settle time allows a verdict, within 10 s .. 5 min.
+            let every = l
+                .settle()
+                .clamp(Duration::from_secs(10), Duration::from_secs(300));
+            tracker.spawn(l.clone().smapify_loop(every, shutdown.child_token()));
             Some(l)
         }
         None => None,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub sales: Gauge,
     pub returns: Gauge,
     pub return_shortfall_points: Gauge,
+    /// Customers whose Smaregi and easyPoints balances differ (the last cross-ledger report).
+    pub ledger_differences: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -73,6 +75,12 @@ impl Metrics {
         let sales = Gauge::default();
         let returns = Gauge::default();
         let return_shortfall_points = Gauge::default();
+        let ledger_differences = Gauge::default();
+        registry.register(
+            "ledger_differences",
+            "Customers whose Smaregi and easyPoints balances differ (last cross-ledger report)",
+            ledger_differences.clone(),
+        );
         registry.register("sales", "Sales recorded by this store", sales.clone());
         registry.register("returns", "Returns recorded by this store", returns.clone());
         registry.register(
@@ -151,6 +159,7 @@ impl Metrics {
             sales,
             returns,
             return_shortfall_points,
+            ledger_differences,
         }
     }
 

@@ -325,6 +325,21 @@ async fn the_report_lists_a_lost_change_after_the_settle_time_never_an_in_flight
     assert_eq!(d["recent_deltas"][0]["txn_id"], "ep-lost", "{d}");
     assert_eq!(d["recent_deltas"][0]["delta"], 100);
     assert!(r["in_flight"].as_u64().unwrap() >= 1, "{r}");
+    let m = a
+        .http
+        .get(format!("{}/metrics", a.proc.url))
+        .bearer_auth(REGISTER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&m, "pointsd_ledger_differences", None),
+        Some(1.0),
+        "{m}"
+    );
 
     // The last report is kept; running one takes a manager.
     let (st, last) = a.get("/v1/reconcile/ledgers").await;
@@ -359,6 +374,52 @@ async fn the_report_lists_a_lost_change_after_the_settle_time_never_an_in_flight
         "{text}"
     );
 
+    assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_doctor_say_when_smapify_is_not_carrying_our_changes() {
+    let sim = smapify_sim(200, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &sim, "settle_s = 1").await;
+    let id = customer_with_points(&sim, &[]);
+    // Smapify is not running: this store's change never reaches easyPoints.
+    sim.set_ep_faults(EpFaults {
+        paused: true,
+        ..EpFaults::default()
+    });
+    let (st, v) = a.txn("ep-stuck", "earn", &id, 5).await;
+    assert_eq!((st, v["status"].as_str()), (201, Some("confirmed")), "{v}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, r) = a.report(MANAGER_TOKEN).await;
+    let warning = "changes to Smaregi are not reaching easyPoints — is Smapify's point sync on?";
+    assert_eq!(r["smapify"]["carrying"], false, "{r}");
+    assert_eq!(r["smapify"]["warning"], warning, "{r}");
+    let (_, s) = a.get("/v1/status").await;
+    assert_eq!(s["easypoints"]["smapify"]["warning"], warning, "{s}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["doctor", "--config"])
+        .arg(dir.path().join("pointsd.toml"))
+        .arg("--data-dir")
+        .arg(&a.data)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("smapify") && l.contains(warning)),
+        "{text}"
+    );
+
+    // Smapify runs again and carries what waited: the next check says so.
+    sim.set_ep_faults(EpFaults::default());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, r) = a.report(MANAGER_TOKEN).await;
+    assert_eq!(r["smapify"]["carrying"], true, "{r}");
+    assert!(r["smapify"]["warning"].is_null(), "{r}");
     assert_no_write_to_easypoints(&sim);
     sim.shutdown().await;
 }

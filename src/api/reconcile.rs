@@ -73,6 +73,7 @@ pub(super) async fn run_ledger_report(
     match tokio::time::timeout(Duration::from_secs(300), l.run_report()).await {
         Ok(Ok(r)) => Ok(Json(r)),
         Ok(Err(crate::sync::LedgerError::Store(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(ApiError::Upstream(e.to_string())),
         Err(_) => Err(ApiError::Upstream(
             "the report took longer than 300 s; the last one kept is at GET /v1/reconcile/ledgers"
                 .into(),

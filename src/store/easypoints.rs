@@ -121,6 +121,26 @@ impl Store {
         .await
     }
 
+    /// When this store's transactions applied between `from_ms` and `to_ms` reached Smaregi
+    /// (unix ms, oldest first; at most `limit`).
+    pub async fn applied_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT updated_at FROM txns INDEXED BY txns_state WHERE state = 'applied' \
+                 AND updated_at >= ?1 AND updated_at <= ?2 AND delta <> 0 \
+                 ORDER BY updated_at LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![from_ms, to_ms, limit as i64], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub async fn ledger_activity(&self, customer_id: &str) -> Result<LedgerActivity, StoreError> {
         let id = customer_id.to_string();
         self.read(move |c| {

@@ -33,6 +33,8 @@ pub enum Meta {
     FeedWatermark,
     /// The last cross-ledger (Smaregi / easyPoints) report (JSON).
     LastLedgerReport,
+    /// The last check that Smapify carries this store's changes to easyPoints (JSON).
+    SmapifyCheck,
 }
 
 impl Meta {
@@ -42,6 +44,7 @@ impl Meta {
             Meta::LastReconcile => "last_reconcile",
             Meta::FeedWatermark => "feed_watermark_ms",
             Meta::LastLedgerReport => "last_ledger_report",
+            Meta::SmapifyCheck => "smapify_check",
         }
     }
 }

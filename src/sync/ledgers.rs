@@ -53,12 +53,40 @@ pub struct LedgerReport {
     pub not_compared: usize,
     pub settle_s: u64,
     pub window_days: u64,
+    /// Whether Smapify carries this store's changes (checked with every report).
+    pub smapify: Option<SmapifyCheck>,
+}
+
+/// What `status` and `doctor` say when Smapify is not carrying this store's changes.
+pub const SMAPIFY_NOT_CARRYING: &str =
+    "changes to Smaregi are not reaching easyPoints — is Smapify's point sync on?";
+
+/// How far back the Smapify check looks for this store's applied changes.
+const SMAPIFY_LOOKBACK_MS: i64 = 24 * 3_600_000;
+
+/// Whether Smapify carries this store's changes to easyPoints: the latest of this store's
+/// deltas applied to Smaregi in the last day and older than the settle time, against the
+/// allotments easyPoints lists with `app_reference: "Smapify"` since then (allotments name no
+/// customer, so any Smapify allotment counts: Smapify is running).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SmapifyCheck {
+    /// `null`: nothing to judge by (no change of this store old enough).
+    pub carrying: Option<bool>,
+    pub checked_at: String,
+    /// This store's changes the check looked for.
+    pub deltas: usize,
+    /// Smapify allotments easyPoints lists since the latest of them.
+    pub smapify_allotments: usize,
+    /// Set when `carrying` is false: what to do.
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    EasyPoints(#[from] EasyPointsError),
 }
 
 /// The easyPoints side of the agent.
@@ -177,6 +205,7 @@ impl Ledgers {
             not_compared: 0,
             settle_s: s.settle.as_secs(),
             window_days: s.report_window.as_secs() / 86_400,
+            smapify: None,
         };
         for id in ids {
             let Some(c) = self.store.customer(&id).await? else {
@@ -240,6 +269,13 @@ impl Ledgers {
                 first_seen_at: crate::clock::rfc3339(first_seen),
             });
         }
+        report.smapify = match self.check_smapify().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "the Smapify check could not run with the report");
+                None
+            }
+        };
         if !report.differences.is_empty() {
             tracing::warn!(
                 customers = report.differences.len(),
@@ -258,6 +294,78 @@ impl Ledgers {
             .meta(Meta::LastLedgerReport)
             .await?
             .and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Checks that Smapify carries this store's changes (see [`SmapifyCheck`]) and keeps the
+    /// verdict for `status` and `doctor`.
+    pub async fn check_smapify(&self) -> Result<SmapifyCheck, LedgerError> {
+        let now = self.clock.now_ms();
+        let settle = self.settle().as_millis() as i64;
+        let ours = self
+            .store
+            .applied_between(now - SMAPIFY_LOOKBACK_MS, now - settle, 1_000)
+            .await?;
+        let mut check = SmapifyCheck {
+            carrying: None,
+            checked_at: crate::clock::rfc3339(now),
+            deltas: ours.len(),
+            smapify_allotments: 0,
+            warning: None,
+        };
+        if let Some(last) = ours.last() {
+            // Smapify carries in order: once the latest of our settled changes has arrived,
+            // so have the others. A little before it, for the two clocks' skew.
+            let after = crate::clock::rfc3339(last - 2_000);
+            for page in 1..=4 {
+                let items = self.client.allotments(Some(&after), page).await?;
+                check.smapify_allotments += items
+                    .iter()
+                    .filter(|a| a.app_reference.as_deref() == Some("Smapify"))
+                    .count();
+                if check.smapify_allotments > 0
+                    || items.len() < crate::upstream::easypoints::MAX_PER_PAGE as usize
+                {
+                    break;
+                }
+            }
+            let carrying = check.smapify_allotments > 0;
+            check.carrying = Some(carrying);
+            if !carrying {
+                check.warning = Some(SMAPIFY_NOT_CARRYING.into());
+                tracing::warn!(
+                    deltas = check.deltas,
+                    "{SMAPIFY_NOT_CARRYING} (no Smapify allotment in easyPoints since this store's last settled change)"
+                );
+            }
+        }
+        let json = serde_json::to_string(&check).expect("plain struct serializes");
+        self.store.set_meta(Meta::SmapifyCheck, json).await?;
+        Ok(check)
+    }
+
+    /// The last Smapify check kept, if one has run.
+    pub async fn last_smapify_check(&self) -> Result<Option<SmapifyCheck>, StoreError> {
+        Ok(self
+            .store
+            .meta(Meta::SmapifyCheck)
+            .await?
+            .and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// The Smapify check, every `every` until `shutdown` (one easyPoints request a time at
+    /// most, and none while this store has written nothing).
+    pub async fn smapify_loop(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.check_smapify().await {
+                tracing::debug!(error = %e, "the Smapify check could not run; it runs again later");
+            }
+        }
     }
 
     /// The periodic report (`easypoints.report_interval_s`), until `shutdown`.

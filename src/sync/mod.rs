@@ -13,7 +13,9 @@
 
 pub mod feed;
 mod ledgers;
-pub use ledgers::{LedgerDifference, LedgerError, LedgerReport, Ledgers};
+pub use ledgers::{
+    LedgerDifference, LedgerError, LedgerReport, Ledgers, SMAPIFY_NOT_CARRYING, SmapifyCheck,
+};
 mod lookup;
 pub use lookup::LookupRefresh;
 mod pull;
