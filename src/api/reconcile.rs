@@ -69,7 +69,7 @@ pub(super) async fn run_ledger_report(
 ) -> Result<Json<crate::sync::LedgerReport>, ApiError> {
     require_manager(&caller, "run a cross-ledger report")?;
     let l = ledgers(&st)?;
-    // Paced by easyPoints' own limit: 500 customers at 2/s take about four minutes.
+    // Paced at half easyPoints' own limit: 200 customers at 2/s take about three minutes.
     match tokio::time::timeout(Duration::from_secs(300), l.run_report()).await {
         Ok(Ok(r)) => Ok(Json(r)),
         Ok(Err(crate::sync::LedgerError::Store(e))) => Err(e.into()),

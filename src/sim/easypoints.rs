@@ -635,6 +635,107 @@ mod tests {
         }
     }
 
+    fn client() -> reqwest::Client {
+        crate::http_client_builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn easypoints_is_strict_and_smapify_carries_both_ways() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let s = super::super::SimHandle::start(
+            any,
+            any,
+            super::super::SimOptions {
+                customers: 3,
+                easypoints: EasyPointsSimOptions {
+                    rate_limit_per_s: Some(3),
+                    ..EasyPointsSimOptions::default()
+                },
+                smapify: Some(SmapifyOptions {
+                    delay_ms: 0,
+                    ..SmapifyOptions::default()
+                }),
+                ..super::super::SimOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let http = client();
+        let id = s.shopify_id("1").unwrap();
+        let url = format!("{}/point_balances/{id}", s.easypoints_url());
+        let get = |url: String, auth: Option<(&'static str, &'static str)>| {
+            let http = http.clone();
+            async move {
+                let mut r = http.get(url);
+                if let Some((u, p)) = auth {
+                    r = r.basic_auth(u, Some(p));
+                }
+                let r = r.send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap_or_default(),
+                )
+            }
+        };
+        let good = Some(("sim-ep-public", "sim-ep-secret"));
+        // Basic auth is required; a known customer answers the documented shape.
+        assert_eq!(get(url.clone(), None).await.0, 401);
+        assert_eq!(
+            get(url.clone(), Some(("sim-ep-public", "wrong"))).await.0,
+            401
+        );
+        let (st, v) = get(url.clone(), good).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["data"]["id"], id.as_str());
+        assert_eq!(v["data"]["point_balance"], s.balance("1").unwrap());
+        assert_eq!(v["data"]["expiration_delay"], 12);
+        // The limit counts every request: the fourth within a second is 429.
+        let (st, _) = get(url.clone(), good).await;
+        assert_eq!(st, 429);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // Unknown customers are 404; page sizes beyond 250 are refused.
+        assert_eq!(
+            get(format!("{}/point_balances/42", s.easypoints_url()), good)
+                .await
+                .0,
+            404
+        );
+        let list = format!("{}/point_allotments", s.easypoints_url());
+        assert_eq!(get(format!("{list}?per_page=251"), good).await.0, 400);
+        assert_eq!(get(format!("{list}?after=yesterday"), good).await.0, 400);
+
+        // A Smaregi change reaches easyPoints as a Smapify allotment; an online order reaches
+        // Smaregi; an inactivity expiry zeroes easyPoints and then Smaregi.
+        s.sale_elsewhere("1", 5).unwrap();
+        s.ep_order(&id, 7).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ep = s.ep_customer(&id).unwrap();
+        assert_eq!(ep.point_balance, s.balance("1").unwrap());
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let (st, v) = get(format!("{list}?type=api"), good).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["data"][0]["app_reference"], "Smapify");
+        assert_eq!(v["data"][0]["point_value"], 5);
+        s.ep_expire_in(&id, 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(s.ep_customer(&id).unwrap().point_balance, 0);
+        assert_eq!(s.balance("1"), Some(0));
+        // A lost change stays lost: the ledgers differ.
+        s.set_ep_faults(EpFaults {
+            lose_next: 1,
+            ..EpFaults::default()
+        });
+        s.sale_elsewhere("1", 9).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(s.ep_customer(&id).unwrap().point_balance, 0);
+        assert_eq!(s.balance("1"), Some(9));
+        assert_eq!(s.smapify_mirror().1.len(), 1);
+        // Nothing but GETs reached it, and every one was logged.
+        assert!(s.ep_requests().iter().all(|r| r.method == "GET"));
+        assert_eq!(s.ep_requests().len(), 8);
+        s.shutdown().await;
+    }
+
     #[test]
     fn months_are_calendar_months() {
         let jan31 = crate::clock::parse_stamp("2027-01-31T10:00:00Z").unwrap();

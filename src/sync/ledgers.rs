@@ -17,7 +17,7 @@ use crate::store::{CustomerRow, EasyPointsRead, Meta, RecentDelta, Store, StoreE
 use crate::upstream::easypoints::{EasyPoints, EasyPointsError};
 
 /// Customers one report compares at most (the most recently active first).
-const REPORT_CUSTOMERS: usize = 500;
+const REPORT_CUSTOMERS: usize = 200;
 /// Recent deltas listed per differing customer.
 const REPORT_DELTAS: usize = 10;
 
@@ -43,7 +43,7 @@ pub struct LedgerReport {
     /// Customers whose two balances were compared.
     pub compared: usize,
     pub differences: Vec<LedgerDifference>,
-    /// Customers looked up or written in the window (at most 500 are taken).
+    /// Customers looked up or written in the window (at most 200 are taken).
     pub candidates: usize,
     /// Skipped: a transaction of this store is still on its way to Smaregi.
     pub in_flight: usize,
@@ -225,7 +225,14 @@ impl Ledgers {
                 report.not_compared += 1;
                 continue;
             };
-            let ep = match self.client.point_balance(&shopify_id).await {
+            let ep = self.client.point_balance(&shopify_id).await;
+            // The report takes at most half of easyPoints' budget: a cashier's look-up must
+            // still find a slot within its own short budget.
+            tokio::time::sleep(Duration::from_secs_f64(
+                1.0 / f64::from(s.max_requests_per_second.max(1)),
+            ))
+            .await;
+            let ep = match ep {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::debug!(error = %e, customer_id = %id, "easyPoints read failed; customer not compared");
