@@ -184,7 +184,15 @@ pub(super) async fn demo(
         Some(&data_dir.join("logs")),
         settings.config.log.retention_files,
     );
-    let samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
+    let mut samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
+    if smapify {
+        // Smapify's customer sync numbers members by their Shopify id.
+        for c in &mut samples {
+            if let Ok(key) = c.customer_id.parse() {
+                c.code = sim::sample_member_code(key, &sim::SmapifyOptions::default());
+            }
+        }
+    }
     let url = format!("http://{listen}");
     println!("pointsd demo: {customers} sample customers on a built-in simulated Smaregi");
     println!("  cashier page:    {url}/   (sign in with the register token)");

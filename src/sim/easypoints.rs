@@ -156,6 +156,11 @@ pub(super) struct EpState {
     window: VecDeque<Instant>,
 }
 
+/// The member code Smapify's customer sync gives the simulator's sample customer `key`.
+pub fn sample_member_code(key: u64, o: &SmapifyOptions) -> String {
+    member_code(SHOPIFY_ID_BASE + key, o)
+}
+
 /// A member code as Smapify writes it for a Shopify id.
 fn member_code(shopify_id: u64, o: &SmapifyOptions) -> String {
     let n = (shopify_id as i128 + o.code_offset as i128).to_string();
@@ -200,7 +205,8 @@ fn iso(ms: i64) -> String {
 
 impl SimState {
     /// With Smapify on: member codes become Shopify ids (as Smapify's customer sync writes
-    /// them) and every member gets an easyPoints balance equal to their Smaregi one.
+    /// them), Smaregi's expiry dates are empty, and every member gets an easyPoints balance
+    /// equal to their Smaregi one.
     pub(super) fn start_smapify(&mut self) {
         let Some(o) = self.opts.smapify.clone() else {
             return;
@@ -208,7 +214,9 @@ impl SimState {
         let now = now_ms();
         for (key, c) in self.customers.iter_mut() {
             let shopify = SHOPIFY_ID_BASE + key;
-            c.code = member_code(shopify, &o);
+            c.code = sample_member_code(*key, &o);
+            // Smapify requires Smaregi's own expiry switched off: easyPoints owns it.
+            c.expire_date = None;
             let id = shopify.to_string();
             self.ep.by_smaregi.insert(c.customer_id.clone(), id.clone());
             self.ep.customers.insert(

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use easypoints::{
     EasyPointsSimOptions, EpAllotment, EpCustomer, EpFaults, EpRequest, Mirror, SmapifyOptions,
+    sample_member_code,
 };
 pub use limits::AgentCounts;
 pub use options::{Faults, SimOptions};
