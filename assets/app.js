@@ -142,6 +142,61 @@
       code_idempotency_conflict: 'この取引番号はすでに別の内容で使われています。もう一度押すと新しい取引として送られます。',
       code_upstream_unavailable: '本部 (スマレジ) に接続できません。しばらくしてからお試しください。',
       code_not_resolvable: 'この取引はすでに処理されています。',
+      sale_title: 'お会計 (ポイント利用・付与)',
+      sale_amount_label: 'お会計金額 (円・税込)',
+      sale_use_label: '利用するポイント',
+      sale_use_all: '全部使う',
+      sale_use_hint: 'この会計で {n} pt まで利用できます。',
+      sale_use_hint_none: 'この会計ではポイントを利用できません。',
+      sale_use_hint_start: '金額を入力すると、利用できるポイントと獲得ポイントが表示されます。',
+      sale_receipt_label: 'レシート番号 (任意・返品のときに使います)',
+      sale_pv_used: '利用',
+      sale_pv_earned: '獲得',
+      sale_pv_net: '差引',
+      sale_pv_after: '会計後の残高',
+      sale_rules: '計算: {rules}',
+      sale_submit: '会計を確定する',
+      sale_submit_n: '{amount} 円の会計を確定する',
+      sale_amount_first: '先にお会計金額を入力してください。',
+      err_receipt: 'レシート番号は空白なしの半角英数字・記号 64 文字以内で入力してください。',
+      result_sale: '{name} 様: {amount} 円のお会計で {used} pt 利用、{earned} pt 獲得。残高 {balance} pt。取引番号 {sale}',
+      return_title: '返品',
+      return_sale_label: 'レシートの取引番号 (スキャンまたは入力)',
+      return_lookup_button: '呼び出す',
+      return_lookup_empty: 'レシートの取引番号を入力するか、バーコードをスキャンしてください。',
+      return_sale_title: '取引 {sale} · 顧客 {customer} · {amount} 円 · {time}',
+      return_sale_external: '(他店・導入前のレシートから記録)',
+      rs_used: '利用ポイント',
+      rs_earned: '獲得ポイント',
+      rs_returned: '返品済み',
+      rs_returnable: '返品できる金額',
+      col_amount: '金額',
+      col_taken: '取消',
+      col_given: '返却',
+      col_shortfall: '不足',
+      yen: '{n} 円',
+      return_amount_label: '返品する金額 (円)',
+      return_submit: '一部を返品する',
+      return_submit_n: '{amount} 円を返品する',
+      return_all: '全額を返品する',
+      return_all_n: '残り全額 ({amount} 円) を返品する',
+      return_nothing_left: 'この取引はすべて返品済みです。',
+      return_preview: '獲得分 {taken} pt を取り消し、利用分 {given} pt をお返しします。',
+      result_return: '{amount} 円を返品しました: 獲得分 {taken} pt を取り消し、利用分 {given} pt をお返ししました。残高 {balance} pt。',
+      result_return_shortfall: 'お客様のポイントが足りず、{n} pt は取り消せませんでした (不足分として記録済み)。',
+      kind_sale: '会計',
+      kind_return: '返品',
+      split_sale: '利用 {used} / 獲得 {earned}',
+      split_return: '取消 {taken} / 返却 {given}',
+      code_spend_min_points: 'ポイントは 1 回 {min} pt 以上から利用できます。',
+      code_spend_unit: 'ポイントは {unit} pt 単位で利用できます。',
+      code_spend_max_share: 'この金額で利用できるのは {max} pt までです。',
+      code_spend_rule: 'この店舗のポイント利用ルールに合いません。',
+      code_changed_elsewhere_offline: 'オフライン中: このお客様のポイントは他店かオンラインで変わったため、今は利用できません。ポイントを使わない会計はできます。',
+      code_unknown_sale: 'この取引番号の会計はこの店舗に記録がありません。番号を確認するか、もう一度スキャンしてください。',
+      code_return_exceeds_sale: '返品できるのは残り {n} 円までです。',
+      code_sale_not_counted: 'この会計のポイントは反映されていないため、返品で戻すポイントはありません。',
+      code_idempotency_conflict_sale: 'このレシート番号はすでに別のお会計で使われています。番号を確認してください。',
       code_too_large: '送信内容が大きすぎます。'
     },
     en: {
@@ -269,6 +324,61 @@
       code_idempotency_conflict: 'This transaction number was already used for something else. Press again to send it as a new transaction.',
       code_upstream_unavailable: 'Headquarters (Smaregi) cannot be reached. Please try again later.',
       code_not_resolvable: 'This transaction has already been resolved.',
+      sale_title: 'Sale (use and earn points)',
+      sale_amount_label: 'Amount (yen, tax included)',
+      sale_use_label: 'Points to use',
+      sale_use_all: 'Use all',
+      sale_use_hint: 'Up to {n} points can be used on this sale.',
+      sale_use_hint_none: 'No points can be used on this sale.',
+      sale_use_hint_start: 'Enter the amount to see the points that can be used and earned.',
+      sale_receipt_label: 'Receipt number (optional; used for returns)',
+      sale_pv_used: 'Used',
+      sale_pv_earned: 'Earned',
+      sale_pv_net: 'Net',
+      sale_pv_after: 'Balance after',
+      sale_rules: 'Rules: {rules}',
+      sale_submit: 'Confirm sale',
+      sale_submit_n: 'Confirm ¥{amount} sale',
+      sale_amount_first: 'Enter the amount first.',
+      err_receipt: 'The receipt number must be 1–64 letters, digits or symbols, without spaces.',
+      result_sale: '{name}: ¥{amount} sale, {used} points used, {earned} points earned. Balance: {balance} points. Sale {sale}',
+      return_title: 'Return',
+      return_sale_label: 'Sale number from the receipt (scan or type)',
+      return_lookup_button: 'Find sale',
+      return_lookup_empty: 'Type the sale number from the receipt, or scan its barcode.',
+      return_sale_title: 'Sale {sale} · customer {customer} · ¥{amount} · {time}',
+      return_sale_external: '(recorded from a receipt of another store or from before pointsd)',
+      rs_used: 'Points used',
+      rs_earned: 'Points earned',
+      rs_returned: 'Returned',
+      rs_returnable: 'Still returnable',
+      col_amount: 'Amount',
+      col_taken: 'Taken back',
+      col_given: 'Given back',
+      col_shortfall: 'Shortfall',
+      yen: '¥{n}',
+      return_amount_label: 'Amount to return (yen)',
+      return_submit: 'Return part',
+      return_submit_n: 'Return ¥{amount}',
+      return_all: 'Return all',
+      return_all_n: 'Return all that is left (¥{amount})',
+      return_nothing_left: 'Everything on this sale has been returned.',
+      return_preview: 'Takes back {taken} earned points and gives back {given} used points.',
+      result_return: 'Returned ¥{amount}: took back {taken} earned points, gave back {given} used points. Balance: {balance} points.',
+      result_return_shortfall: 'The customer no longer had {n} of the points to take back; recorded as a shortfall.',
+      kind_sale: 'Sale',
+      kind_return: 'Return',
+      split_sale: 'used {used} / earned {earned}',
+      split_return: 'taken {taken} / given {given}',
+      code_spend_min_points: 'At least {min} points must be used at once.',
+      code_spend_unit: 'Points are used in multiples of {unit}.',
+      code_spend_max_share: 'At most {max} points can be used on this amount.',
+      code_spend_rule: "That is against this store's rules for using points.",
+      code_changed_elsewhere_offline: "Offline: this customer's points changed in another store or online, so they cannot be used now. A sale without points still works.",
+      code_unknown_sale: 'This store has no sale with that number. Check it, or scan again.',
+      code_return_exceeds_sale: 'At most ¥{n} can still be returned.',
+      code_sale_not_counted: "This sale's points never counted, so a return has nothing to give back.",
+      code_idempotency_conflict_sale: 'That receipt number was already used for another sale. Check the number.',
       code_too_large: 'The request is too large.'
     }
   };
@@ -292,6 +402,12 @@
     reviewMessage: null,
     lastSig: '',
     pollTimer: null,
+    saleQuote: null,     // last POST /v1/sales/quote answer for the sale form's figures
+    saleMax: null,       // {amount, max}: the most points a sale of that amount may use
+    saleSeq: 0,          // quotes answered out of order are dropped
+    saleTimer: null,
+    returnSale: null,    // GET /v1/sales/{id} answer shown in the return card
+    returnResult: null,  // {status, amount, taken, given, shortfall, balance, id}
     busy: {}
   };
 
@@ -442,6 +558,17 @@
         return msg('code_offline_redeem_limit', { limit: configLimit() });
       case 'not_found':
         return msg(ctx.txn ? 'code_not_found_txn' : 'code_not_found');
+      case 'spend_rule':
+        return spendMsg(p, ctx);
+      case 'return_exceeds_sale':
+        return ctx.returnable !== undefined
+          ? msg('code_return_exceeds_sale', { n: ctx.returnable }) : { text: p.detail };
+      case 'idempotency_conflict':
+        return msg(ctx.sale ? 'code_idempotency_conflict_sale' : 'code_idempotency_conflict');
+      case 'changed_elsewhere_offline':
+      case 'unknown_sale':
+      case 'sale_not_counted':
+        return msg('code_' + code);
       case 'validation':
       case 'bad_json':
         return msg('code_validation', { fields: function () { return fieldNames(p); } });
@@ -451,7 +578,6 @@
       case 'forbidden':
       case 'storage_full':
       case 'storage_error':
-      case 'idempotency_conflict':
       case 'upstream_unavailable':
       case 'not_resolvable':
       case 'too_large':
@@ -460,6 +586,23 @@
         if (p && p.detail) return { text: p.detail };
         return msg('err_generic', { status: f.status });
     }
+  }
+
+  /* A refused spend rule in the cashier's words, with the figure of the store's rule. */
+  function spendMsg(p, ctx) {
+    var sp = state.config && state.config.spend ? state.config.spend : null;
+    var rule = p ? p.rule : null;
+    if (sp && rule === 'spend.min_points') return msg('code_spend_min_points', { min: sp.min_points });
+    if (sp && rule === 'spend.unit') return msg('code_spend_unit', { unit: sp.unit });
+    if (sp && rule === 'spend.max_share' && ctx.amount) return msg('code_spend_max_share', { max: maxPointsFor(ctx.amount) });
+    return msg('code_spend_rule');
+  }
+
+  /* What spend.max_share allows on an amount, as the daemon counts it (ledger::max_points_for). */
+  function maxPointsFor(amount) {
+    var sp = state.config.spend;
+    var yen = Math.max(0, Math.min(amount, Math.floor(amount * sp.max_share + 1e-6)));
+    return Math.floor(yen / Math.max(1, sp.yen_per_point));
   }
 
   function fieldNames(p) {
@@ -555,9 +698,11 @@
     renderConn();
     renderBanner();
     renderCustomer();
+    renderSale();
     renderEarn();
     renderRedeem();
     renderResult();
+    renderReturn();
     renderRecent();
     renderReview();
     renderFooter();
@@ -752,6 +897,382 @@
     write('earn', body, 'earn-error');
   }
 
+
+  /* ------------------------------------------------------------------ sale */
+
+  /* The sale form's numbers: an empty "points to use" is 0; null where the input is unusable. */
+  function saleInputs() {
+    var amount = parseWhole($('sale-amount').value);
+    var raw = $('sale-use').value.replace(/\s/g, '');
+    return { amount: amount, used: raw === '' ? 0 : parseWhole(raw) };
+  }
+
+  function onSaleInput() {
+    setError('sale-error', null);
+    state.saleQuote = null;
+    renderSale();
+    if (state.saleTimer) clearTimeout(state.saleTimer);
+    state.saleTimer = setTimeout(requestQuote, 250);
+  }
+
+  function quote(c, amount, used) {
+    return api('POST', '/v1/sales/quote', { customer_id: c.customer_id, amount: amount, points_used: used }, { timeout: 8000 });
+  }
+
+  /* The daemon's figures for what the form says now; a refusal shows as the form's error. */
+  function requestQuote() {
+    state.saleTimer = null;
+    var c = state.customer;
+    var x = saleInputs();
+    state.saleSeq += 1;
+    var seq = state.saleSeq;
+    if (!c || !x.amount || x.used === null) {
+      state.saleQuote = null;
+      renderSale();
+      return Promise.resolve(null);
+    }
+    return quote(c, x.amount, x.used).then(function (q) {
+      if (seq !== state.saleSeq) return null;
+      state.saleQuote = q;
+      state.saleMax = { amount: x.amount, max: q.max_points_used };
+      setError('sale-error', null);
+      renderSale();
+      return q;
+    }, function (f) {
+      if (seq !== state.saleSeq) return null;
+      state.saleQuote = null;
+      if (f.status !== 401) setError('sale-error', failureMsg(f, { sale: true, amount: x.amount, spendable: spendable(c) }));
+      renderSale();
+      // The hint still says how many points this amount could use.
+      if (x.used > 0 && f.problem) {
+        quote(c, x.amount, 0).then(function (q) {
+          if (seq !== state.saleSeq) return;
+          state.saleMax = { amount: x.amount, max: q.max_points_used };
+          renderSale();
+        }, function () { /* the hint stays as it was */ });
+      }
+      return null;
+    });
+  }
+
+  /* "Use all": as many points as the rules and the balance allow on this amount. */
+  function useAll() {
+    var c = state.customer;
+    var x = saleInputs();
+    if (!c) return;
+    setError('sale-error', null);
+    if (!x.amount) {
+      setError('sale-error', msg('sale_amount_first'));
+      $('sale-amount').focus();
+      return;
+    }
+    quote(c, x.amount, 0).then(function (q) {
+      state.saleMax = { amount: x.amount, max: q.max_points_used };
+      $('sale-use').value = String(q.max_points_used);
+      return requestQuote();
+    }, function (f) {
+      if (f.status !== 401) setError('sale-error', failureMsg(f, { sale: true, amount: x.amount }));
+    });
+  }
+
+  function renderSale() {
+    var q = state.saleQuote;
+    var x = saleInputs();
+    var form = $('sale-form');
+    form.setAttribute('data-quote', q ? 'ready' : 'none');
+    show($('sale-preview'), !!q);
+    if (q) {
+      setText('sale-pv-used', fmt(q.points_used) + ' ' + t('pt'));
+      setText('sale-pv-earned', fmt(q.points_earned) + ' ' + t('pt'));
+      setText('sale-pv-net', signed(q.net_delta) + ' ' + t('pt'));
+      setText('sale-pv-after', fmt(q.balance_after ? q.balance_after.available : null) + ' ' + t('pt'));
+      var names = [];
+      for (var i = 0; i < (q.applied_rules || []).length; i++) names.push(q.applied_rules[i].rule);
+      setText('sale-rules', names.length ? t('sale_rules', { rules: names.join(', ') }) : '');
+    } else {
+      setText('sale-rules', '');
+    }
+    var hint = '';
+    if (!x.amount) hint = t('sale_use_hint_start');
+    else if (state.saleMax && state.saleMax.amount === x.amount) {
+      hint = state.saleMax.max > 0 ? t('sale_use_hint', { n: fmt(state.saleMax.max) }) : t('sale_use_hint_none');
+    }
+    setText('sale-use-hint', hint);
+    $('sale-submit').textContent = state.busy.sale ? t('working')
+      : x.amount ? t('sale_submit_n', { amount: fmt(x.amount) }) : t('sale_submit');
+  }
+
+  function submitSale(ev) {
+    ev.preventDefault();
+    var c = state.customer;
+    if (!c || state.busy.sale) return;
+    setError('sale-error', null);
+    var x = saleInputs();
+    if (!x.amount || x.amount < 1) {
+      setError('sale-error', msg('err_positive'));
+      $('sale-amount').focus();
+      return;
+    }
+    if (x.used === null) {
+      setError('sale-error', msg('err_positive'));
+      $('sale-use').focus();
+      return;
+    }
+    if (x.amount > 10000000000 || x.used > 10000000) {
+      setError('sale-error', msg('err_too_big'));
+      return;
+    }
+    var receipt = $('sale-receipt').value.replace(/^\s+|\s+$/g, '');
+    if (receipt && !validId(receipt)) {
+      setError('sale-error', msg('err_receipt'));
+      $('sale-receipt').focus();
+      return;
+    }
+    var body = { customer_id: c.customer_id, amount: x.amount, points_used: x.used };
+    if (state.register) body.register_id = state.register;
+    // A receipt number is the sale's id (a retry of it counts once); else one id per
+    // submission, kept until an answer settles it.
+    body.sale_id = receipt || txnIdFor('sale', body);
+    state.busy.sale = true;
+    $('sale-submit').disabled = true;
+    state.result = null;
+    renderResult();
+    renderSale();
+    api('POST', '/v1/sales', body, { timeout: 20000 }).then(function (ans) {
+      settled('sale');
+      if (state.customer && state.customer.customer_id === ans.customer_id && ans.balance) {
+        state.customer.balance = ans.balance;
+      }
+      state.result = {
+        kind: 'sale',
+        status: ans.status === 'confirmed' ? 'confirmed' : 'queued',
+        amount: ans.amount,
+        used: ans.points_used,
+        earned: ans.points_earned,
+        balance: ans.balance ? ans.balance.available : null,
+        name: c.name || c.customer_id,
+        txn: ans.txn_id,
+        sale: ans.sale_id
+      };
+      $('sale-amount').value = '';
+      $('sale-use').value = '';
+      $('sale-receipt').value = '';
+      state.saleQuote = null;
+      state.saleMax = null;
+      renderCustomer();
+      renderRedeem();
+      renderResult();
+      refreshRecent();
+      refreshCustomer();
+      pollSoon();
+      var look = $('lookup-input');
+      look.focus();
+      look.select();
+    }, function (f) {
+      if (isDefinitive(f)) settled('sale');
+      var ctx = { write: true, sale: true, amount: x.amount, spendable: spendable(c) };
+      if (f.problem && f.problem.code === 'insufficient_points') {
+        refreshCustomer().then(function () {
+          if (state.customer) setError('sale-error', msg('code_insufficient_points', { n: spendable(state.customer) }));
+        });
+      }
+      if (f.status !== 401) setError('sale-error', failureMsg(f, ctx));
+    }).then(function () {
+      state.busy.sale = false;
+      $('sale-submit').disabled = false;
+      renderSale();
+    });
+  }
+
+  /* ------------------------------------------------------------------ return */
+
+  function submitReturnLookup(ev) {
+    ev.preventDefault();
+    var input = $('return-sale-input');
+    var id = input.value.replace(/^\s+|\s+$/g, '');
+    setError('return-lookup-error', null);
+    if (!id) {
+      setError('return-lookup-error', msg('return_lookup_empty'));
+      input.focus();
+      return;
+    }
+    if (!validId(id)) {
+      setError('return-lookup-error', msg('code_unknown_sale'));
+      input.select();
+      return;
+    }
+    if (state.busy.returnLookup) return;
+    state.busy.returnLookup = true;
+    $('return-lookup-submit').disabled = true;
+    loadReturnSale(id, true).then(function () {
+      state.busy.returnLookup = false;
+      $('return-lookup-submit').disabled = false;
+    });
+  }
+
+  /* Reads a sale with its returns. `fresh`: the cashier asked for it (errors shown, focus
+     moves on); otherwise a quiet re-read after a return or a queue change. */
+  function loadReturnSale(id, fresh) {
+    return api('GET', '/v1/sales/' + encodeURIComponent(id), undefined, { timeout: 8000 }).then(function (sale) {
+      var changed = !state.returnSale || state.returnSale.sale_id !== sale.sale_id;
+      if (!fresh && changed) return;
+      state.returnSale = sale;
+      if (fresh && changed) {
+        state.returnResult = null;
+        $('return-amount').value = '';
+        setError('return-error', null);
+      }
+      var r = state.returnResult;
+      if (r && r.status === 'queued') {
+        for (var i = 0; i < sale.returns.length; i++) {
+          var x = sale.returns[i];
+          if (x.return_id === r.id && x.status === 'confirmed') { r.status = 'confirmed'; r.synced = true; }
+        }
+      }
+      renderReturn();
+      if (fresh) $('return-amount').focus();
+    }, function (f) {
+      if (!fresh) return;
+      state.returnSale = null;
+      state.returnResult = null;
+      if (f.status !== 401) setError('return-lookup-error', failureMsg(f, {}));
+      renderReturn();
+      $('return-sale-input').focus();
+      $('return-sale-input').select();
+    });
+  }
+
+  /* What returning `r` more yen takes back and gives back, by the cumulative rule: after
+     returns totalling R of amount A, floor(E·R/A) earned and floor(U·R/A) used points. */
+  function returnSplit(s, r) {
+    var a = s.amount;
+    var before = s.returned_amount;
+    var after = before + r;
+    return {
+      taken: Math.floor(s.points_earned * after / a) - Math.floor(s.points_earned * before / a),
+      given: Math.floor(s.points_used * after / a) - Math.floor(s.points_used * before / a)
+    };
+  }
+
+  function renderReturn() {
+    var s = state.returnSale;
+    var card = $('returns');
+    card.setAttribute('data-sale-id', s ? s.sale_id : '');
+    card.setAttribute('data-returnable', s ? String(s.returnable_amount) : '');
+    show($('return-sale'), !!s);
+    if (s) {
+      var title = t('return_sale_title', { sale: s.sale_id, customer: s.customer_id, amount: fmt(s.amount), time: dateTime(s.created_at) });
+      if (s.external) title += ' ' + t('return_sale_external');
+      setText('return-sale-title', title);
+      setText('rs-used', fmt(s.points_used) + ' ' + t('pt'));
+      setText('rs-earned', fmt(s.points_earned) + ' ' + t('pt'));
+      setText('rs-returned', t('yen', { n: fmt(s.returned_amount) }));
+      setText('rs-returnable', t('yen', { n: fmt(s.returnable_amount) }));
+      var body = $('rs-body');
+      while (body.firstChild) body.removeChild(body.firstChild);
+      show($('rs-table'), s.returns.length > 0);
+      for (var i = 0; i < s.returns.length; i++) {
+        var x = s.returns[i];
+        var tr = document.createElement('tr');
+        tr.setAttribute('data-return-id', x.return_id);
+        tr.setAttribute('data-state', x.state);
+        cell(tr, dateTime(x.created_at));
+        cell(tr, t('yen', { n: fmt(x.amount) }), 'num');
+        cell(tr, fmt(x.points_taken_back), 'num');
+        cell(tr, fmt(x.points_given_back), 'num');
+        cell(tr, fmt(x.shortfall), 'num');
+        cell(tr, stateBadge(x.state));
+        body.appendChild(tr);
+      }
+      var left = s.returnable_amount;
+      var r = parseWhole($('return-amount').value);
+      var preview = '';
+      if (left <= 0) preview = t('return_nothing_left');
+      else if (r && r <= left) {
+        var sp = returnSplit(s, r);
+        preview = t('return_preview', { taken: fmt(sp.taken), given: fmt(sp.given) });
+      }
+      setText('return-preview', preview);
+      $('return-amount').disabled = left <= 0;
+      $('return-submit').disabled = left <= 0 || !!state.busy.ret;
+      $('return-all').disabled = left <= 0 || !!state.busy.ret;
+      $('return-submit').textContent = state.busy.ret ? t('working')
+        : r ? t('return_submit_n', { amount: fmt(r) }) : t('return_submit');
+      $('return-all').textContent = left > 0 ? t('return_all_n', { amount: fmt(left) }) : t('return_all');
+    }
+    var res = state.returnResult;
+    var el = $('return-result');
+    el.setAttribute('data-status', res ? res.status : 'none');
+    show(el, !!res);
+    if (res) {
+      el.setAttribute('data-return-id', res.id);
+      setText('return-result-title', t('result_' + res.status));
+      var detail = t('result_return', { amount: fmt(res.amount), taken: fmt(res.taken), given: fmt(res.given), balance: fmt(res.balance) });
+      if (res.shortfall > 0) detail += ' ' + t('result_return_shortfall', { n: fmt(res.shortfall) });
+      if (res.status === 'queued') detail += ' ' + t('result_queued_help');
+      if (res.status === 'confirmed' && res.synced) detail += ' ' + t('result_synced');
+      setText('return-result-detail', detail);
+    }
+  }
+
+  /* Returns all that is left (`all`) or the amount typed. */
+  function sendReturn(all) {
+    var s = state.returnSale;
+    if (!s || state.busy.ret) return;
+    setError('return-error', null);
+    var body = { sale_id: s.sale_id };
+    if (!all) {
+      var r = parseWhole($('return-amount').value);
+      if (!r || r < 1) {
+        setError('return-error', msg('err_positive'));
+        $('return-amount').focus();
+        return;
+      }
+      if (r > s.returnable_amount) {
+        setError('return-error', msg('code_return_exceeds_sale', { n: s.returnable_amount }));
+        $('return-amount').focus();
+        return;
+      }
+      body.amount = r;
+    }
+    if (state.register) body.register_id = state.register;
+    body.return_id = txnIdFor('return', body);
+    state.busy.ret = true;
+    state.returnResult = null;
+    renderReturn();
+    api('POST', '/v1/returns', body, { timeout: 20000 }).then(function (ans) {
+      settled('return');
+      state.returnResult = {
+        status: ans.status === 'confirmed' ? 'confirmed' : 'queued',
+        amount: ans.amount,
+        taken: ans.points_taken_back,
+        given: ans.points_given_back,
+        shortfall: ans.shortfall,
+        balance: ans.balance ? ans.balance.available : null,
+        id: ans.return_id
+      };
+      $('return-amount').value = '';
+      if (state.customer && state.customer.customer_id === ans.customer_id && ans.balance) {
+        state.customer.balance = ans.balance;
+        renderCustomer();
+        renderRedeem();
+      }
+      refreshRecent();
+      pollSoon();
+      return loadReturnSale(s.sale_id, false);
+    }, function (f) {
+      if (isDefinitive(f)) settled('return');
+      // What is returnable may have changed at another register: read it again first.
+      return loadReturnSale(s.sale_id, false).then(function () {
+        var left = state.returnSale ? state.returnSale.returnable_amount : s.returnable_amount;
+        if (f.status !== 401) setError('return-error', failureMsg(f, { write: true, returnable: left }));
+      });
+    }).then(function () {
+      state.busy.ret = false;
+      renderReturn();
+    });
+  }
+
   /* ------------------------------------------------------------------ redeem */
 
   function spendable(c) {
@@ -866,10 +1387,13 @@
       return;
     }
     el.setAttribute('data-status', r.status);
-    el.setAttribute('data-txn-id', r.txn);
+    el.setAttribute('data-txn-id', r.txn || '');
+    el.setAttribute('data-kind', r.kind);
     setText('result-title', t('result_' + r.status));
-    var detail = t(r.kind === 'earn' ? 'result_earn' : 'result_redeem',
-      { name: r.name, points: fmt(r.points), balance: fmt(r.balance) });
+    var detail = r.kind === 'sale'
+      ? t('result_sale', { name: r.name, amount: fmt(r.amount), used: fmt(r.used), earned: fmt(r.earned), balance: fmt(r.balance), sale: r.sale })
+      : t(r.kind === 'earn' ? 'result_earn' : 'result_redeem',
+        { name: r.name, points: fmt(r.points), balance: fmt(r.balance) });
     if (r.status === 'queued') detail += ' ' + t('result_queued_help');
     if (r.status === 'confirmed' && r.synced) detail += ' ' + t('result_synced');
     if (r.status === 'rejected') detail = t('code_upstream_rejected');
@@ -880,7 +1404,7 @@
   /* A result that said "saved — will sync" follows its transaction until it settles. */
   function refreshResult() {
     var r = state.result;
-    if (!r || r.status !== 'queued') return;
+    if (!r || r.status !== 'queued' || !r.txn) return;
     api('GET', '/v1/transactions/' + encodeURIComponent(r.txn), undefined, { timeout: 8000 }).then(function (x) {
       if (state.result !== r || !x) return;
       if (x.state === 'applied') { r.status = 'confirmed'; r.synced = true; }
@@ -911,12 +1435,19 @@
       // A new look-up starts over; the last result stays only for the same customer.
       setError('earn-error', null);
       setError('redeem-error', null);
+      setError('sale-error', null);
       if (changed) {
         state.result = null;
         $('earn-value').value = '';
         $('redeem-points').value = '';
+        $('sale-amount').value = '';
+        $('sale-use').value = '';
+        $('sale-receipt').value = '';
+        state.saleQuote = null;
+        state.saleMax = null;
       }
       renderCustomer();
+      renderSale();
       renderResult();
       renderEarn();
       renderRedeem();
@@ -976,6 +1507,15 @@
     return td;
   }
 
+  /* The kind, and for a sale or a return the split its net delta stands for. */
+  function kindText(x) {
+    var k = t('kind_' + x.kind);
+    var sp = x.split;
+    if (!sp) return k;
+    if (x.kind === 'sale') return k + ' (' + t('split_sale', { used: fmt(sp.points_used), earned: fmt(sp.points_earned) }) + ')';
+    return k + ' (' + t('split_return', { taken: fmt(sp.points_taken_back), given: fmt(sp.points_given_back) }) + ')';
+  }
+
   function renderRecent() {
     var list = state.recent;
     var body = $('recent-body');
@@ -991,7 +1531,7 @@
       tr.setAttribute('data-state', x.state);
       cell(tr, dateTime(x.created_at));
       cell(tr, x.customer_id);
-      cell(tr, t('kind_' + x.kind));
+      cell(tr, kindText(x));
       cell(tr, signed(x.delta), 'num');
       cell(tr, stateBadge(x.state));
       body.appendChild(tr);
@@ -1184,6 +1724,7 @@
         refreshReview();
         refreshCustomer();
         refreshResult();
+        if (state.returnSale) loadReturnSale(state.returnSale.sale_id, false);
       }
       schedulePoll(POLL_MS);
     });
@@ -1280,9 +1821,14 @@
     state.banner = null;
     state.lastSig = '';
     state.reviewMessage = null;
+    state.saleQuote = null;
+    state.saleMax = null;
+    state.returnSale = null;
+    state.returnResult = null;
     state.errors = {};
     state.errors['signin-error'] = why || null;
     $('lookup-input').value = '';
+    $('return-sale-input').value = '';
     showSignIn();
   }
 
@@ -1302,6 +1848,17 @@
     $('signout').addEventListener('click', function () { signOut(msg('signed_out')); });
     $('signin-form').addEventListener('submit', submitSignIn);
     $('lookup-form').addEventListener('submit', submitLookup);
+    $('sale-form').addEventListener('submit', submitSale);
+    $('sale-amount').addEventListener('input', onSaleInput);
+    $('sale-use').addEventListener('input', onSaleInput);
+    $('sale-use-all').addEventListener('click', useAll);
+    $('return-lookup-form').addEventListener('submit', submitReturnLookup);
+    $('return-form').addEventListener('submit', function (ev) { ev.preventDefault(); sendReturn(false); });
+    $('return-all').addEventListener('click', function () { sendReturn(true); });
+    $('return-amount').addEventListener('input', function () { setError('return-error', null); renderReturn(); });
+    $('return-sale-input').addEventListener('keydown', function (ev) {
+      if (ev.key === 'Escape') { ev.target.value = ''; setError('return-lookup-error', null); }
+    });
     $('earn-form').addEventListener('submit', submitEarn);
     $('redeem-form').addEventListener('submit', submitRedeem);
     $('earn-value').addEventListener('input', function () { setError('earn-error', null); renderEarn(); });

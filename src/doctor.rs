@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Settings, UpstreamKind};
 use crate::upstream::smaregi::Smaregi;
-use crate::upstream::{FailureClass, UpstreamError};
+use crate::upstream::{FailureClass, TxnQuery, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -468,10 +468,41 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
                 ),
             ));
             out.push(clock_check(date));
+            out.push(feed_check(&adapter).await);
         }
         Err(e) => out.push(credential_failure(&e)),
     }
     out
+}
+
+/// The change feed needs `pos.transactions:read` (DESIGN.md §9). Without it the agent falls
+/// back to full pulls every 300 s — which a chain's shared contract cannot carry — and judges
+/// lost answers by balance alone. One read of the last minute's transactions tells.
+async fn feed_check(adapter: &Smaregi) -> Check {
+    const FIX: &str = "grant the app the pos.transactions:read scope in the Smaregi developer console and update the app for this contract; until then the agent pulls in full every 300 s";
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let q = TxnQuery {
+        from: crate::clock::smaregi_stamp(now - 60_000),
+        to: crate::clock::smaregi_stamp(now),
+        customer_code: None,
+        page: 1,
+    };
+    match adapter.list_transactions(&q).await {
+        Ok(_) => Check::ok(
+            "change feed",
+            "pos.transactions:read is granted: the agent polls changes, not the whole directory",
+        ),
+        Err(e @ UpstreamError::MissingScope { .. }) => {
+            Check::warn("change feed", format!("no change feed: {e}"), FIX)
+        }
+        Err(e) => Check::warn(
+            "change feed",
+            format!("could not read the transaction list: {e}"),
+            "run doctor again; if it persists, check the app's scopes in the Smaregi developer console",
+        ),
+    }
 }
 
 fn credential_failure(e: &UpstreamError) -> Check {

@@ -86,7 +86,7 @@ async fn cashier_page_in_chromium() {
     let client = connect(&driver, &bins.chromium, profile.path()).await;
     let mut b = Browser {
         c: client,
-        shots: screenshot_dir(),
+        shots: screenshot_dir(""),
         step: 0,
     };
     let outcome = cashier_scenario(&mut b, &d, &sim).await;
@@ -113,6 +113,303 @@ async fn cashier_page_in_chromium() {
         started.elapsed().as_secs_f64(),
         b.shots.display()
     );
+}
+
+/// The sale and return flows of the cashier page: a sale with points and its preview (the
+/// daemon's quote as the cashier types), "use all", a refusal, a receipt scanned for a partial
+/// return and then the rest, in Japanese and in English; screenshots in
+/// `target/screenshots/sales/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sales_and_returns_in_chromium() {
+    let Some(bins) = browser_binaries() else {
+        return;
+    };
+    let sim = common::start_sim(40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&sim, "store-web-sales");
+    // A minimum to use, so a spend rule can be broken on screen.
+    cfg.spend.min_points = 100;
+    let mut d = TestDaemon::start(cfg, dir.path().into(), true).await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(&bins.chromedriver);
+    let client = connect(&driver, &bins.chromium, profile.path()).await;
+    let mut b = Browser {
+        c: client,
+        shots: screenshot_dir("sales"),
+        step: 0,
+    };
+    let outcome = sales_scenario(&mut b, &d, &sim).await;
+    if let Err(e) = &outcome {
+        let _ = b.shot("FAILED").await;
+        let page = b
+            .js("return document.body ? document.body.innerText : ''")
+            .await
+            .unwrap_or_default();
+        eprintln!(
+            "page text at failure:\n{}",
+            page.as_str().unwrap_or_default()
+        );
+        eprintln!("failed: {e:#}");
+    }
+    let _ = b.c.close().await;
+    drop(driver);
+    d.stop().await;
+    if let Err(e) = outcome {
+        panic!("browser sales scenario failed: {e:#}");
+    }
+}
+
+async fn sales_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> anyhow::Result<()> {
+    let cust = customer_with_points(sim, 500, 2_000, &[]);
+    let id = cust.customer_id.clone();
+    let start = cust.point;
+
+    b.c.goto(&d.url).await?;
+    b.wait(
+        "the sign-in form",
+        "return !document.getElementById('signin').hidden",
+    )
+    .await?;
+    b.watch_errors().await?;
+    b.type_into("token-input", &format!("{REGISTER_TOKEN}{ENTER}"))
+        .await?;
+    b.wait(
+        "the cashier view",
+        "return !document.getElementById('app').hidden",
+    )
+    .await?;
+    b.type_into("lookup-input", &format!("{}{ENTER}", cust.barcode))
+        .await?;
+    b.wait(
+        "the customer card",
+        &format!("return document.getElementById('customer').dataset.customerId === '{id}'"),
+    )
+    .await?;
+
+    // --- a sale: the preview is the daemon's quote, updated as the cashier types -------------
+    b.type_into("sale-amount", "2480").await?;
+    b.type_into("sale-use", "300").await?;
+    let quoted = |used: i64| {
+        format!(
+            "return document.getElementById('sale-form').dataset.quote === 'ready' && \
+             document.getElementById('sale-pv-used').textContent === '{} pt'",
+            grouped(used)
+        )
+    };
+    b.wait("the sale's quote", &quoted(300)).await?;
+    // 2480 yen less the 300 yen paid with points earns on 2180 yen: 21 points; net −279.
+    ensure!(b.text("sale-pv-earned").await? == "21 pt", "earned 21");
+    ensure!(b.text("sale-pv-net").await? == "−279 pt", "net −279");
+    ensure!(
+        b.text("sale-pv-after").await? == format!("{} pt", grouped(start - 279)),
+        "balance after the sale"
+    );
+    let hint = b.text("sale-use-hint").await?;
+    ensure!(
+        hint.contains(&grouped(start)),
+        "the hint says how many points may be used: {hint:?}"
+    );
+    ensure!(
+        b.text("sale-submit").await?.contains("2,480"),
+        "the button names the amount"
+    );
+    b.shot("sale-preview").await?;
+
+    // More points than the customer has: refused while typing, in words.
+    b.type_into("sale-use", "2400").await?;
+    b.wait(
+        "the refusal",
+        "return !document.getElementById('sale-error').hidden",
+    )
+    .await?;
+    let err = b.text("sale-error").await?;
+    ensure!(
+        err.contains("ポイントが足りません") && err.contains(&grouped(start)),
+        "insufficient points in Japanese: {err:?}"
+    );
+    ensure_sentence(&err)?;
+    ensure!(
+        b.hidden("sale-preview").await?,
+        "no figures for a refused sale"
+    );
+    b.scroll_to("sale-error").await?;
+    b.shot("sale-refused").await?;
+
+    // "Use all" takes what the rules and the balance allow; then back to 300.
+    b.c.find(Locator::Id("sale-use-all")).await?.click().await?;
+    b.wait("the quote using all points", &quoted(start)).await?;
+    ensure!(
+        b.js("return document.getElementById('sale-use').value")
+            .await?
+            == json!(start.to_string()),
+        "use all fills in the balance"
+    );
+    b.shot("sale-use-all").await?;
+    b.type_into("sale-use", "300").await?;
+    b.wait("the quote for 300 points", &quoted(300)).await?;
+    b.type_into("sale-receipt", "R-WEB-1").await?;
+    b.c.find(Locator::Id("sale-submit")).await?.click().await?;
+    b.wait_for(
+        "the sale to be confirmed",
+        Duration::from_secs(8),
+        "return document.getElementById('result').dataset.status === 'confirmed' && \
+         document.getElementById('result').dataset.kind === 'sale'",
+    )
+    .await?;
+    let detail = b.text("result-detail").await?;
+    ensure!(
+        detail.contains("300 pt 利用")
+            && detail.contains("21 pt 獲得")
+            && detail.contains(&grouped(start - 279))
+            && detail.contains("R-WEB-1"),
+        "sale result {detail:?}"
+    );
+    ensure!(
+        b.text("cust-available").await? == grouped(start - 279),
+        "the customer card shows the new balance"
+    );
+    b.wait(
+        "the sale in the recent list with its split",
+        "return Array.prototype.some.call(document.querySelectorAll('#recent-body tr'), \
+           function (tr) { return tr.textContent.indexOf('会計 (利用 300 / 獲得 21)') >= 0; })",
+    )
+    .await?;
+    b.scroll_to("result").await?;
+    b.shot("sale-confirmed").await?;
+
+    // --- a return: the receipt's barcode is scanned (the id, then Enter) -----------------------
+    b.type_into("return-sale-input", &format!("R-WEB-1{ENTER}"))
+        .await?;
+    b.wait(
+        "the sale to return",
+        "return document.getElementById('returns').dataset.saleId === 'R-WEB-1'",
+    )
+    .await?;
+    ensure!(
+        b.text("rs-returnable").await? == "2,480 円",
+        "all is returnable"
+    );
+    ensure!(
+        b.focused_id().await? == "return-amount",
+        "the amount field has the focus"
+    );
+    b.type_into("return-amount", "1240").await?;
+    let preview = b.text("return-preview").await?;
+    ensure!(
+        preview.contains("10 pt") && preview.contains("150 pt"),
+        "return preview {preview:?}"
+    );
+    b.scroll_to("return-sale").await?;
+    b.shot("return-found").await?;
+    b.type_into("return-amount", ENTER).await?;
+    b.wait_for(
+        "the partial return",
+        Duration::from_secs(8),
+        "return document.getElementById('return-result').dataset.status === 'confirmed' && \
+         document.getElementById('returns').dataset.returnable === '1240'",
+    )
+    .await?;
+    let detail = b.text("return-result-detail").await?;
+    ensure!(
+        detail.contains("1,240 円を返品")
+            && detail.contains("10 pt を取り消し")
+            && detail.contains("150 pt をお返し")
+            && detail.contains(&grouped(start - 279 + 140)),
+        "return result {detail:?}"
+    );
+    ensure!(
+        b.js("return document.querySelectorAll('#rs-body tr').length")
+            .await?
+            == json!(1),
+        "one return listed"
+    );
+    b.scroll_to("return-result").await?;
+    b.shot("return-partial").await?;
+
+    // --- English: the rest comes back --------------------------------------------------------
+    b.c.find(Locator::Id("lang-toggle")).await?.click().await?;
+    ensure!(
+        b.text("return-result-title").await? == "Confirmed",
+        "re-rendered in English"
+    );
+    ensure!(
+        b.text("return-all").await? == "Return all that is left (¥1,240)",
+        "the return-all button names what is left"
+    );
+    b.c.find(Locator::Id("return-all")).await?.click().await?;
+    b.wait_for(
+        "the rest returned",
+        Duration::from_secs(8),
+        "return document.getElementById('returns').dataset.returnable === '0' && \
+         document.getElementById('return-result-detail').textContent.indexOf('¥1,240') >= 0",
+    )
+    .await?;
+    let detail = b.text("return-result-detail").await?;
+    ensure!(
+        detail.contains("took back 11 earned points")
+            && detail.contains("gave back 150 used points")
+            && detail.contains(&format!("Balance: {} points", grouped(start))),
+        "full return restores the balance: {detail:?}"
+    );
+    ensure!(
+        b.text("return-preview").await? == "Everything on this sale has been returned.",
+        "nothing is left"
+    );
+    ensure!(
+        b.js("return document.getElementById('return-all').disabled")
+            .await?
+            == json!(true),
+        "return all is off"
+    );
+    b.wait(
+        "the customer card back at the starting balance",
+        &format!(
+            "return document.getElementById('cust-available').textContent === '{}'",
+            grouped(start)
+        ),
+    )
+    .await?;
+    b.scroll_to("return-result").await?;
+    b.shot("return-rest-en").await?;
+
+    // A spend rule broken, and an unknown receipt, in English.
+    b.type_into("sale-amount", "1000").await?;
+    b.type_into("sale-use", "50").await?;
+    b.wait(
+        "the spend rule refusal",
+        "return !document.getElementById('sale-error').hidden",
+    )
+    .await?;
+    let err = b.text("sale-error").await?;
+    ensure!(
+        err == "At least 100 points must be used at once.",
+        "spend.min_points in English: {err:?}"
+    );
+    b.type_into("return-sale-input", &format!("NO-SUCH-SALE{ENTER}"))
+        .await?;
+    b.wait(
+        "the unknown sale",
+        "return !document.getElementById('return-lookup-error').hidden",
+    )
+    .await?;
+    let err = b.text("return-lookup-error").await?;
+    ensure!(
+        err.starts_with("This store has no sale with that number"),
+        "unknown sale in English: {err:?}"
+    );
+    ensure!(b.hidden("return-sale").await?, "no sale shown");
+    b.scroll_to("return-lookup-error").await?;
+    b.shot("refusals-en").await?;
+    b.check_no_errors().await?;
+
+    // The upstream saw the sale once and each return once.
+    ensure!(
+        common::adds_for(sim, &id) == vec![-279, 140, 139],
+        "upstream adds {:?}",
+        common::adds_for(sim, &id)
+    );
+    Ok(())
 }
 
 /// Picks a customer the simulator gave a balance in a useful range (and no expired points).
@@ -764,11 +1061,13 @@ async fn connect(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
         .expect("a Chromium session through chromedriver")
 }
 
-fn screenshot_dir() -> PathBuf {
+/// `target/screenshots/` (or a folder in it, for a scenario running beside another), emptied
+/// of the last run's pictures.
+fn screenshot_dir(sub: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("screenshots");
+    let dir = target.join("screenshots").join(sub);
     std::fs::create_dir_all(&dir).expect("create target/screenshots");
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
@@ -853,6 +1152,17 @@ impl Browser {
             )
             .await?;
         Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Brings an element to the middle of the window, for the next screenshot.
+    async fn scroll_to(&self, id: &str) -> anyhow::Result<()> {
+        self.c
+            .execute(
+                "document.getElementById(arguments[0]).scrollIntoView({block: 'center'}); return true",
+                vec![json!(id)],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn focused_id(&self) -> anyhow::Result<String> {

@@ -152,3 +152,63 @@ async fn without_the_transactions_scope_full_pulls_keep_the_cache() {
     d.stop().await;
     sim.shutdown().await;
 }
+
+/// Many customers changed elsewhere: a full pull replaces their re-reads, but no sooner than
+/// the background re-reads would have spent as many requests — a busy chain's stores would
+/// otherwise all pull in full at every poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_changes_elsewhere_bring_a_full_pull_spaced_by_the_reread_budget() {
+    // 2,500 customers: a full pull is 3 pages of balances and 3 of the directory (costed as
+    // 6 requests); at 0.2 re-reads a second it may run once per 30 s.
+    let sim = sim_with(2_500, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&sim, "store-spaced");
+    c.sync.pull_interval_s = 10;
+    c.sync.reread_per_second = 0.2;
+    let mut d = TestDaemon::start(c, dir.path().to_path_buf(), true).await;
+    d.wait_for("the first feed poll", Duration::from_secs(30), |s| {
+        s["feed"]["last_poll_at"].is_string()
+    })
+    .await;
+    let filled = ops(&d.metrics_text().await, "list_balances", "ok");
+    assert_eq!(filled, 3.0, "2,500 customers: three pages of balances");
+    for id in 1..=30 {
+        sim.add_elsewhere(&id.to_string(), 5);
+    }
+    // The next poll marks them (30 > 6) but the last full pull is too recent: no full pull.
+    let polled = d.status().await["feed"]["last_poll_at"].clone();
+    let st = d
+        .wait_for("a poll that marks them", Duration::from_secs(30), |s| {
+            s["feed"]["last_poll_at"] != polled && s["feed"]["marked"].as_i64() >= Some(20)
+        })
+        .await;
+    assert_eq!(
+        ops(&d.metrics_text().await, "list_balances", "ok"),
+        filled,
+        "a full pull within the re-read budget's spacing: {st:#}"
+    );
+    // Once the spacing has passed, a poll still finding them marked pulls in full, and the
+    // full pull clears every mark at once (the re-reads alone would take 150 s).
+    let full_at = st["cache"]["last_full_refresh_at"].clone();
+    d.wait_for(
+        "the full pull and the marks cleared",
+        Duration::from_secs(90),
+        |s| s["cache"]["last_full_refresh_at"] != full_at && s["feed"]["marked"] == json!(0),
+    )
+    .await;
+    let m = d.metrics_text().await;
+    assert_eq!(
+        ops(&m, "list_balances", "ok"),
+        filled + 3.0,
+        "one more full pull"
+    );
+    let (s, v) = d.get("/v1/customers/7").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["balance"]["confirmed"].as_i64(),
+        sim.balance("7"),
+        "{v:#}"
+    );
+    d.stop().await;
+    sim.shutdown().await;
+}

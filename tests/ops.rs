@@ -73,6 +73,7 @@ async fn doctor_is_all_ok_against_a_working_upstream() {
         "tcp",
         "credentials",
         "clock",
+        "change feed",
         "log dir",
     ] {
         assert!(
@@ -81,6 +82,34 @@ async fn doctor_is_all_ok_against_a_working_upstream() {
             "no OK line for {name}:\n{out}"
         );
     }
+}
+
+/// An app without `pos.transactions:read`: a WARN naming the scope and the fix, not a FAIL
+/// (points still sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_warns_when_the_app_lacks_the_transactions_scope() {
+    let sim = SimHandle::start(
+        common::loopback(),
+        common::loopback(),
+        pointsd::sim::SimOptions {
+            customers: 10,
+            scopes: vec!["pos.customers:read".into(), "pos.customers:write".into()],
+            ..pointsd::sim::SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sim.url(), "sim-secret", free_port());
+    let o = doctor(&cfg, &dir.path().join("data")).await;
+    let out = lines(&o);
+    assert!(o.status.success(), "a missing feed is a warning:\n{out}");
+    let l = out
+        .lines()
+        .find(|l| l.starts_with("WARN") && l.contains("change feed"))
+        .unwrap_or_else(|| panic!("no WARN for the change feed:\n{out}"));
+    assert!(l.contains("pos.transactions:read"), "{l}");
+    assert!(out.contains("developer console"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

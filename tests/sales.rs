@@ -316,6 +316,49 @@ async fn partial_returns_follow_the_cumulative_rule_and_a_full_return_restores_t
         (json!(9), json!(100))
     );
     assert_eq!(g["returns"].as_array().unwrap().len(), 3);
+
+    // The outbox rows carry their split: the list, filtered by customer, and one row.
+    let (s, l) = env
+        .d
+        .get(&format!("/v1/transactions?customer_id={c}"))
+        .await;
+    assert_eq!(s, 200, "{l:#}");
+    let rows = l["transactions"].as_array().unwrap();
+    let sale = rows.iter().find(|t| t["kind"] == json!("sale")).unwrap();
+    assert_eq!(
+        sale["split"],
+        json!({"sale_id": "s-r", "amount": 1000, "points_used": 100, "points_earned": 9, "net_delta": -91}),
+        "{sale:#}"
+    );
+    let returns: Vec<&Value> = rows
+        .iter()
+        .filter(|t| t["kind"] == json!("return"))
+        .collect();
+    assert_eq!(returns.len(), 3, "{l:#}");
+    for r in &returns {
+        assert_eq!(r["split"]["sale_id"], json!("s-r"), "{r:#}");
+        assert_eq!(r["split"]["net_delta"], r["delta"], "{r:#}");
+    }
+    let (s, one) = env.d.get("/v1/transactions/return:r-3").await;
+    assert_eq!(s, 200, "{one:#}");
+    assert_eq!(
+        one["split"],
+        json!({"sale_id": "s-r", "return_id": "r-3", "amount": 334, "points_taken_back": 4,
+               "points_given_back": 34, "shortfall": 0, "net_delta": 30}),
+        "{one:#}"
+    );
+    let (_, st) = env.d.get("/v1/status").await;
+    assert_eq!(
+        (
+            st["sales"]["points_used"].clone(),
+            st["sales"]["points_earned"].clone(),
+            st["sales"]["points_taken_back"].clone(),
+            st["sales"]["points_given_back"].clone()
+        ),
+        (json!(100), json!(9), json!(9), json!(100)),
+        "{:#}",
+        st["sales"]
+    );
     env.finish().await;
 }
 

@@ -18,6 +18,8 @@
 //!
 //! Options (after `--`): `--stores K` (50), `--customers C` (200000), `--minutes M` steady
 //! phase (5), `--outage-minutes O` (3), `--sales-per-minute S` per store (6),
+//! `--outage-sales-per-minute S` per store while the link is down (30: the outage falls in a
+//! rush, so that every store still has a backlog well after the last one noticed the link back),
 //! `--online-per-minute R` contract-wide (30), `--drop-rate P` (0.1), `--fill-minutes F`
 //! longest wait for the first fills (10), `--new-keys` (write the chain config keys the agent
 //! gains with issue 13: `sync.pull_interval_s = 30`, `sync.full_refresh_interval_s = 86400`,
@@ -42,6 +44,7 @@ pub struct FleetOpts {
     pub minutes: f64,
     pub outage_minutes: f64,
     pub sales_per_minute: f64,
+    pub outage_sales_per_minute: f64,
     pub online_per_minute: f64,
     pub drop_rate: f64,
     pub fill_minutes: f64,
@@ -63,6 +66,7 @@ pub fn opts(args: &[String]) -> FleetOpts {
         minutes: 5.0,
         outage_minutes: 3.0,
         sales_per_minute: 6.0,
+        outage_sales_per_minute: 30.0,
         online_per_minute: 30.0,
         drop_rate: 0.1,
         fill_minutes: 10.0,
@@ -81,6 +85,7 @@ pub fn opts(args: &[String]) -> FleetOpts {
             "--minutes" => o.minutes = val(),
             "--outage-minutes" => o.outage_minutes = val(),
             "--sales-per-minute" => o.sales_per_minute = val(),
+            "--outage-sales-per-minute" => o.outage_sales_per_minute = val(),
             "--online-per-minute" => o.online_per_minute = val(),
             "--drop-rate" => o.drop_rate = val(),
             "--fill-minutes" => o.fill_minutes = val(),
@@ -322,6 +327,8 @@ fn store_of(delta: i64, stores: usize) -> Option<usize> {
 }
 
 const STEADY: u8 = 0;
+const OUTAGE: u8 = 1;
+const DRAIN: u8 = 2;
 const STOP: u8 = 3;
 
 #[allow(clippy::too_many_arguments)]
@@ -378,6 +385,7 @@ fn delta(a: &BTreeMap<String, AgentCounts>, b: &BTreeMap<String, AgentCounts>) -
         d.tokens += v.tokens - u.tokens;
         d.feed += v.feed - u.feed;
         d.throttled += v.throttled - u.throttled;
+        d.throttled_writes += v.throttled_writes - u.throttled_writes;
     }
     d
 }
@@ -385,6 +393,11 @@ fn delta(a: &BTreeMap<String, AgentCounts>, b: &BTreeMap<String, AgentCounts>) -
 fn share_429(d: &AgentCounts) -> Option<f64> {
     let n = d.reads + d.writes;
     (n > 0).then(|| d.throttled as f64 / n as f64)
+}
+
+/// 429s among write requests alone (the drain's own cost, undiluted by reads).
+fn share_429_writes(d: &AgentCounts) -> Option<f64> {
+    (d.writes > 0).then(|| d.throttled_writes as f64 / d.writes as f64)
 }
 
 struct Probe {
@@ -458,6 +471,9 @@ async fn probe(
             }
             if p.reread_s.is_none() && v["balance"]["available"].as_i64() == Some(expected) {
                 p.reread_s = Some(now);
+                // Showing the new balance is knowing of the change: a cashier's look-up
+                // re-reads a marked customer at once, so the mark itself is seldom seen.
+                p.marked_s.get_or_insert(now);
             }
             if p.reread_s.is_some() && (p.marked_s.is_some() || !p.field_seen) {
                 break;
@@ -571,6 +587,7 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
             shoppers.clone(),
         );
         let every = Duration::from_secs_f64(60.0 / o.sales_per_minute.max(0.01));
+        let every_outage = Duration::from_secs_f64(60.0 / o.outage_sales_per_minute.max(0.01));
         registers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(s as u64);
             // Spread the registers' first sales over one interval.
@@ -594,7 +611,12 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
                     sales[s].lock().unwrap().push(sale);
                 }
                 n += 1;
-                tokio::time::sleep(every.mul_f64(rng.random_range(0.5..1.5))).await;
+                let gap = if phase.load(Ordering::Relaxed) == OUTAGE {
+                    every_outage
+                } else {
+                    every
+                };
+                tokio::time::sleep(gap.mul_f64(rng.random_range(0.5..1.5))).await;
             }
         }));
     }
@@ -652,7 +674,7 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
         .count();
 
     // Outage of every store's link; the registers keep selling.
-    phase.store(1, Ordering::Relaxed);
+    phase.store(OUTAGE, Ordering::Relaxed);
     let mut probes: Vec<Probe> = Vec::new();
     for t in probe_tasks {
         if let Ok(Some(p)) = t.await {
@@ -680,7 +702,7 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
     );
 
     // Recovery: the drain.
-    phase.store(2, Ordering::Relaxed);
+    phase.store(DRAIN, Ordering::Relaxed);
     let counts_drain0 = sim.requests_by_agent();
     let adds0 = sim.adds().len();
     sim.set_faults(Faults {
@@ -907,7 +929,7 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
         300.0
     };
     rows.push(row(
-        "cross-store freshness, marked p50 / p99",
+        "cross-store freshness, marked (or already showing the new balance) p50 / p99",
         if field_seen {
             format!(
                 "{} / {} ({} of {} probes)",
@@ -956,9 +978,11 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
     rows.push(row(
         "429s, share of requests, steady / drain",
         format!(
-            "{} / {}",
+            "{} / {} (writes alone: {} / {})",
             q_s.map_or("n/a".into(), pct),
-            q_d.map_or("n/a".into(), pct)
+            q_d.map_or("n/a".into(), pct),
+            share_429_writes(&steady_d).map_or("n/a".into(), pct),
+            share_429_writes(&drain_d).map_or("n/a".into(), pct)
         ),
         "< 1% / < 5%",
         Some(q_s.unwrap_or(0.0) < 0.01 && q_d.unwrap_or(0.0) < 0.05),
@@ -1005,7 +1029,7 @@ pub async fn run(bin: &Path, out_dir: &Path, o: FleetOpts) {
         "at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
         "machine": {"cores": std::thread::available_parallelism().map_or(1, |n| n.get())},
         "params": {"stores": k, "customers": o.customers, "steady_minutes": o.minutes, "outage_minutes": o.outage_minutes,
-                   "sales_per_minute_per_store": o.sales_per_minute, "online_per_minute": o.online_per_minute,
+                   "sales_per_minute_per_store": o.sales_per_minute, "outage_sales_per_minute_per_store": o.outage_sales_per_minute, "online_per_minute": o.online_per_minute,
                    "drop_after_apply_rate": o.drop_rate, "new_keys": o.new_keys, "read_limit": READS_PER_S, "write_limit": WRITES_PER_S},
         "rows": rows.iter().map(|r| json!({"measure": r.measure, "value": r.value, "goal": r.goal, "met": r.met})).collect::<Vec<_>>(),
         "details": {

@@ -3,8 +3,10 @@
 //! Plain HTML, CSS and JavaScript (no build step, no external hosts: the page must work while
 //! the store's internet is down). The page talks to the public `/v1` API with the register's
 //! bearer token; the only extra route is `/page/config.json`, the store's non-secret display
-//! settings (earn rule, offline redeem policy, tiers), so the page can show how many points a
-//! purchase earns before the cashier confirms it.
+//! settings (earn rule, spend rules, offline redeem policy, tiers), so the page can show how
+//! many points a purchase earns before the cashier confirms it, and say in the cashier's
+//! language which spend rule a refused sale broke. A sale's own preview is the daemon's quote
+//! (`POST /v1/sales/quote`), never a figure the page computes.
 
 use axum::Json;
 use axum::Router;
@@ -16,6 +18,7 @@ use serde::Serialize;
 
 use super::AppRef;
 use crate::config::{Rounding, TierConfig};
+use crate::ledger::SpendConfig;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
@@ -65,6 +68,8 @@ struct PageConfig {
     offline_allow_redeem: bool,
     offline_max_redeem_points: i64,
     tiers: Vec<TierConfig>,
+    /// `[spend]`: the page names the figure of the rule a refused sale broke.
+    spend: SpendConfig,
 }
 
 async fn page_config(State(st): State<AppRef>) -> Response {
@@ -77,6 +82,7 @@ async fn page_config(State(st): State<AppRef>) -> Response {
         offline_allow_redeem: c.offline.allow_redeem,
         offline_max_redeem_points: c.offline.max_redeem_points,
         tiers: c.tiers.clone(),
+        spend: c.spend.clone(),
     })
     .into_response();
     r.headers_mut()

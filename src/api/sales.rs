@@ -29,6 +29,7 @@ use super::sales_input::*;
 /// The body of `POST /v1/sales/quote`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct QuoteRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
@@ -50,7 +51,8 @@ pub(super) struct QuoteAnswer {
     net_delta: i64,
     /// The balance as it would be after the sale.
     balance_after: Balance,
-    /// The most points this sale could use (spend rules and the balance).
+    /// The most points this sale could use ("use all"): the spend rules (share, unit,
+    /// minimum), the balance and, offline, the offline policy.
     max_points_used: i64,
     /// The rules that gave these figures, in the order they apply.
     applied_rules: Vec<AppliedRule>,
@@ -82,7 +84,19 @@ pub(super) async fn quote(
     };
     let q = q.map_err(refusal)?;
     let b = customer.balance();
-    let max = ledger::max_points_for(amount, &ctx.rules.spend).min(b.available.max(0));
+    // What a sale could spend: as the redeem checks count it (offline policy, expiry, points
+    // changed elsewhere), then the spend rules.
+    let expired = customer.expired(&ctx.today, ctx.now_ms);
+    let changed = ledger::check_changed_elsewhere(
+        customer.changed_elsewhere_at.as_deref(),
+        ctx.online,
+        &ctx.offline,
+    );
+    let spendable = match changed {
+        Ok(()) => ledger::max_spendable(b, expired, ctx.online, &ctx.offline),
+        Err(_) => 0,
+    };
+    let max = ledger::usable_points_for(amount, &ctx.rules.spend, spendable);
     Ok(Json(QuoteAnswer {
         customer_id,
         amount,
@@ -100,6 +114,7 @@ pub(super) async fn quote(
 /// The body of `POST /v1/sales` (unknown fields are refused).
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"sale_id": "R-0001", "customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct SaleRequest {
     /// The sale's id (e.g. the receipt number; or send the `Idempotency-Key` header).
     #[schema(pattern = "^[!-~]{1,64}$")]
@@ -400,6 +415,7 @@ pub(super) async fn get_sale(
 /// points_used}` with the receipt's figures.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"return_id": "RT-0001", "sale_id": "R-0001", "amount": 1240}))]
 pub struct ReturnRequest {
     /// The return's id (or send the `Idempotency-Key` header).
     #[schema(pattern = "^[!-~]{1,64}$")]

@@ -58,7 +58,13 @@ pub(super) struct EasyPointsStatus {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct SalesView {
     sales: i64,
+    /// Points used and earned over this store's sales.
+    points_used: i64,
+    points_earned: i64,
     returns: i64,
+    /// Earned points taken back and used points given back over all returns.
+    points_taken_back: i64,
+    points_given_back: i64,
     shortfall_points: i64,
     returns_with_shortfall: i64,
 }
@@ -145,7 +151,11 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         easypoints,
         sales: SalesView {
             sales: ss.sales,
+            points_used: ss.points_used,
+            points_earned: ss.points_earned,
             returns: ss.returns,
+            points_taken_back: ss.points_taken_back,
+            points_given_back: ss.points_given_back,
             shortfall_points: ss.shortfall_points,
             returns_with_shortfall: ss.returns_with_shortfall,
         },

@@ -19,7 +19,7 @@ use super::{ApiError, AppRef, AppState, openapi};
 use crate::clock;
 use crate::ledger::{self, Balance, RedeemRefusal, State as TxnState};
 use crate::store::{
-    AcceptCtx, AcceptOutcome, CustomerRow, Resolution, ResolveOutcome, TxnFilter, TxnRow,
+    AcceptCtx, AcceptOutcome, CustomerRow, Resolution, ResolveOutcome, TxnFilter, TxnRow, TxnSplit,
 };
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -47,10 +47,70 @@ pub struct TxnView {
     pub upstream_result: Option<Value>,
     pub resolved_by: Option<String>,
     pub resolution_note: Option<String>,
+    /// A sale's or a return's row (kind `sale` or `return`): the split its delta is the net of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitView>,
 }
 
-pub(super) fn txn_view(t: TxnRow) -> TxnView {
+/// The split behind a sale's or a return's net delta (DESIGN.md §10).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SplitView {
+    /// The sale (for a return: the sale returned).
+    pub sale_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_id: Option<String>,
+    /// Yen sold, or returned.
+    pub amount: i64,
+    /// A sale's points used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_used: Option<i64>,
+    /// A sale's points earned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_earned: Option<i64>,
+    /// A return's earned points taken back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_taken_back: Option<i64>,
+    /// A return's used points given back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_given_back: Option<i64>,
+    /// A return's earned points due back that the customer no longer had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<i64>,
+    /// The sale's or the return's whole net delta (a return whose take-back the upstream
+    /// refused has a smaller follow-up row, so it can differ from this row's delta).
+    pub net_delta: i64,
+}
+
+fn split_view(s: TxnSplit) -> SplitView {
+    match s {
+        TxnSplit::Sale(x) => SplitView {
+            sale_id: x.sale_id,
+            return_id: None,
+            amount: x.amount,
+            points_used: Some(x.points_used),
+            points_earned: Some(x.points_earned),
+            points_taken_back: None,
+            points_given_back: None,
+            shortfall: None,
+            net_delta: x.net_delta,
+        },
+        TxnSplit::Return(x) => SplitView {
+            sale_id: x.sale_id,
+            return_id: Some(x.return_id),
+            amount: x.amount,
+            points_used: None,
+            points_earned: None,
+            points_taken_back: Some(x.points_taken_back),
+            points_given_back: Some(x.points_given_back),
+            shortfall: Some(x.shortfall),
+            net_delta: x.net_delta,
+        },
+    }
+}
+
+pub(super) fn txn_view(t: TxnRow, split: Option<TxnSplit>) -> TxnView {
     TxnView {
+        split: split.map(split_view),
         next_attempt_at: matches!(t.state, TxnState::Pending | TxnState::Ambiguous)
             .then(|| clock::rfc3339(t.next_attempt_at)),
         created_at: clock::rfc3339(t.created_at),
@@ -265,7 +325,7 @@ pub(super) fn answer_of(
     };
     let view = customer_view(st, customer);
     Ok(Json(WriteAnswer {
-        txn: txn_view(txn),
+        txn: txn_view(txn, None),
         status,
         balance: view.balance,
         customer: view,
@@ -295,6 +355,7 @@ pub(super) async fn txn_detail(st: &AppState, txn_id: &str) -> Result<Json<TxnDe
         .txn(txn_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No transaction with txn_id {txn_id:?}.")))?;
+    let split = st.store.splits(vec![t.clone()]).await?.pop().flatten();
     let resolutions = st
         .store
         .resolutions(txn_id)
@@ -309,7 +370,7 @@ pub(super) async fn txn_detail(st: &AppState, txn_id: &str) -> Result<Json<TxnDe
         })
         .collect();
     Ok(Json(TxnDetail {
-        txn: txn_view(t),
+        txn: txn_view(t, split),
         resolutions,
     }))
 }
@@ -473,7 +534,12 @@ pub(super) async fn list_transactions(
             limit,
         })
         .await?;
+    let splits = st.store.splits(rows.clone()).await?;
     Ok(Json(TxnList {
-        transactions: rows.into_iter().map(txn_view).collect(),
+        transactions: rows
+            .into_iter()
+            .zip(splits)
+            .map(|(t, s)| txn_view(t, s))
+            .collect(),
     }))
 }

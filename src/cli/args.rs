@@ -108,6 +108,50 @@ pub enum Cmd {
         #[command(flatten)]
         w: WriteArgs,
     },
+    /// Record a sale: points used and earned on one receipt, sent upstream as one change.
+    Sale {
+        customer: String,
+        /// Yen, tax included.
+        amount: i64,
+        /// Points the customer uses on this sale, or `all` (as many as the rules and the
+        /// balance allow).
+        #[arg(long = "use", value_name = "POINTS")]
+        use_points: Option<String>,
+        /// The sale's id, e.g. the receipt number (default: a new one, printed so a retry can
+        /// reuse it; the same id is counted once).
+        #[arg(long = "id", value_name = "SALE_ID")]
+        sale_id: Option<String>,
+        /// Show the figures (a quote) and record nothing.
+        #[arg(long)]
+        quote: bool,
+        #[arg(long)]
+        register_id: Option<String>,
+        #[arg(long)]
+        staff_id: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Return all (no AMOUNT) or part of a sale: its earned points are taken back and its used
+    /// points given back in proportion.
+    Return {
+        sale_id: String,
+        /// Yen returned (default: all that is still returnable).
+        amount: Option<i64>,
+        /// The return's id (default: a new one, printed so a retry can reuse it).
+        #[arg(long = "id", value_name = "RETURN_ID")]
+        return_id: Option<String>,
+        #[arg(long)]
+        register_id: Option<String>,
+        #[arg(long)]
+        staff_id: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Sales recorded by this store.
+    Sales {
+        #[command(subcommand)]
+        cmd: SalesCmd,
+    },
     /// The review queue: transactions whose exactly-once delivery could not be proven.
     Review {
         #[command(subcommand)]
@@ -148,7 +192,8 @@ pub enum Cmd {
         #[arg(long, env = "POINTSD_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// List transactions in the outbox.
+    /// List transactions in the outbox (sales and returns with their split).
+    #[command(visible_alias = "transactions")]
     Queue {
         /// pending, sending, ambiguous, applied, rejected, needs_review, discarded
         #[arg(long)]
@@ -198,6 +243,16 @@ pub enum ServiceCmd {
     Status {
         #[arg(long)]
         user: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SalesCmd {
+    /// A sale, its returns and what is still returnable.
+    Show {
+        sale_id: String,
+        #[command(flatten)]
+        c: ClientArgs,
     },
 }
 

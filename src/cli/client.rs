@@ -169,6 +169,19 @@ pub fn render_status(v: &Value) -> String {
         num(v, &["queue", "rejected"]),
         num(v, &["queue", "oldest_pending_age_s"]),
     ));
+    if v.get("sales").is_some_and(Value::is_object) {
+        s.push_str(&format!(
+            "sales: {} (points used {}, earned {}); returns: {} (taken back {}, given back {}, shortfall {} points on {} returns)\n",
+            num(v, &["sales", "sales"]),
+            num(v, &["sales", "points_used"]),
+            num(v, &["sales", "points_earned"]),
+            num(v, &["sales", "returns"]),
+            num(v, &["sales", "points_taken_back"]),
+            num(v, &["sales", "points_given_back"]),
+            num(v, &["sales", "shortfall_points"]),
+            num(v, &["sales", "returns_with_shortfall"]),
+        ));
+    }
     s.push_str(&format!(
         "cache: {} customers, last full refresh {}\n",
         num(v, &["cache", "customers"]),
@@ -211,6 +224,143 @@ pub fn render_write(v: &Value) -> String {
     )
 }
 
+fn sync_state(v: &Value) -> String {
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
+    let how = if status == "confirmed" {
+        "confirmed by the upstream"
+    } else {
+        "saved — will sync"
+    };
+    format!("{how} (state {})", num(v, &["state"]))
+}
+
+fn rules_lines(v: &Value) -> String {
+    let mut s = String::new();
+    if let Some(rules) = v.get("applied_rules").and_then(Value::as_array) {
+        if !rules.is_empty() {
+            s.push_str("rules applied:\n");
+        }
+        for r in rules {
+            s.push_str(&format!(
+                "  {}: {}\n",
+                num(r, &["rule"]),
+                num(r, &["detail"])
+            ));
+        }
+    }
+    s
+}
+
+/// A signed figure, as a change to a balance reads: +21, -279, 0.
+fn delta(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(c) => cur = c,
+            None => return "-".into(),
+        }
+    }
+    match cur.as_i64() {
+        Some(n) if n > 0 => format!("+{}", group_thousands(n)),
+        Some(n) => group_thousands(n),
+        None => "-".into(),
+    }
+}
+
+pub fn render_quote(v: &Value) -> String {
+    format!(
+        "quote for customer {}: {} yen\n  points used   {}\n  points earned {}\n  net change    {}\navailable after the sale {} points (at most {} points could be used)\n{}(nothing was recorded)\n",
+        num(v, &["customer_id"]),
+        num(v, &["amount"]),
+        num(v, &["points_used"]),
+        num(v, &["points_earned"]),
+        delta(v, &["net_delta"]),
+        num(v, &["balance_after", "available"]),
+        num(v, &["max_points_used"]),
+        rules_lines(v),
+    )
+}
+
+pub fn render_sale(v: &Value) -> String {
+    format!(
+        "sale {} for customer {}: {} yen\n  points used   {}\n  points earned {}\n  net change    {}\n{}\navailable now {} points\n{}",
+        num(v, &["sale_id"]),
+        num(v, &["customer_id"]),
+        num(v, &["amount"]),
+        num(v, &["points_used"]),
+        num(v, &["points_earned"]),
+        delta(v, &["net_delta"]),
+        sync_state(v),
+        num(v, &["balance", "available"]),
+        rules_lines(v),
+    )
+}
+
+pub fn render_return(v: &Value) -> String {
+    let mut s = format!(
+        "return {} of sale {} (customer {}): {} yen\n  earned points taken back {}\n  used points given back   {}\n  net change               {}\n",
+        num(v, &["return_id"]),
+        num(v, &["sale_id"]),
+        num(v, &["customer_id"]),
+        num(v, &["amount"]),
+        num(v, &["points_taken_back"]),
+        num(v, &["points_given_back"]),
+        delta(v, &["net_delta"]),
+    );
+    if v.get("shortfall").and_then(Value::as_i64).unwrap_or(0) > 0 {
+        s.push_str(&format!(
+            "  shortfall                {} (points due back the customer no longer had; not taken)\n",
+            num(v, &["shortfall"])
+        ));
+    }
+    s.push_str(&format!(
+        "{}\navailable now {} points\n",
+        sync_state(v),
+        num(v, &["balance", "available"])
+    ));
+    s
+}
+
+pub fn render_sale_detail(v: &Value) -> String {
+    let mut s = render_sale(v);
+    if v.get("external").and_then(Value::as_bool) == Some(true) {
+        s.push_str("(recorded from a receipt for a return: a sale this store never recorded)\n");
+    }
+    let returns = v
+        .get("returns")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if returns.is_empty() {
+        s.push_str("no returns\n");
+    } else {
+        s.push_str(&format!(
+            "{:<24} {:>10} {:>10} {:>10} {:>9} {:<13}\n",
+            "RETURN", "YEN", "TAKEN", "GIVEN", "SHORT", "STATE"
+        ));
+        for r in &returns {
+            s.push_str(&format!(
+                "{:<24} {:>10} {:>10} {:>10} {:>9} {:<13}\n",
+                num(r, &["return_id"]),
+                num(r, &["amount"]),
+                num(r, &["points_taken_back"]),
+                num(r, &["points_given_back"]),
+                num(r, &["shortfall"]),
+                num(r, &["state"]),
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "returned {} yen, still returnable {} yen; taken back {}, given back {}, shortfall {}\n",
+        num(v, &["returned_amount"]),
+        num(v, &["returnable_amount"]),
+        num(v, &["points_taken_back"]),
+        num(v, &["points_given_back"]),
+        num(v, &["shortfall"]),
+    ));
+    s
+}
+
 fn transactions(v: &Value) -> Vec<Value> {
     v.get("transactions")
         .and_then(Value::as_array)
@@ -225,9 +375,16 @@ pub fn render_queue(v: &Value) -> String {
     }
     let mut s = format!(
         "{:<24} {:<10} {:<8} {:>10} {:<13} {:>4}  {}\n",
-        "TXN", "CUSTOMER", "KIND", "DELTA", "STATE", "TRY", "LAST ERROR"
+        "TXN", "CUSTOMER", "KIND", "DELTA", "STATE", "TRY", "SPLIT / LAST ERROR"
     );
     for r in rows {
+        let mut detail = split_text(&r);
+        if let Some(e) = r.get("last_error").and_then(Value::as_str) {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(e);
+        }
         s.push_str(&format!(
             "{:<24} {:<10} {:<8} {:>10} {:<13} {:>4}  {}\n",
             num(&r, &["txn_id"]),
@@ -236,10 +393,39 @@ pub fn render_queue(v: &Value) -> String {
             num(&r, &["delta"]),
             num(&r, &["state"]),
             num(&r, &["attempts"]),
-            num(&r, &["last_error"]),
+            detail,
         ));
     }
     s
+}
+
+/// A sale's or a return's split, as one phrase ("" for other rows).
+fn split_text(r: &Value) -> String {
+    let Some(sp) = r.get("split").filter(|v| v.is_object()) else {
+        return String::new();
+    };
+    if sp.get("return_id").is_some_and(|v| v.is_string()) {
+        let mut s = format!(
+            "return {} of sale {}: {} yen, taken back {}, given back {}",
+            num(sp, &["return_id"]),
+            num(sp, &["sale_id"]),
+            num(sp, &["amount"]),
+            num(sp, &["points_taken_back"]),
+            num(sp, &["points_given_back"]),
+        );
+        if sp.get("shortfall").and_then(Value::as_i64).unwrap_or(0) > 0 {
+            s.push_str(&format!(", shortfall {}", num(sp, &["shortfall"])));
+        }
+        s
+    } else {
+        format!(
+            "sale {}: {} yen, used {}, earned {}",
+            num(sp, &["sale_id"]),
+            num(sp, &["amount"]),
+            num(sp, &["points_used"]),
+            num(sp, &["points_earned"]),
+        )
+    }
 }
 
 pub fn render_review(v: &Value) -> String {
@@ -358,6 +544,51 @@ mod tests {
         assert_eq!(group_thousands(999), "999");
         assert_eq!(group_thousands(1000), "1,000");
         assert_eq!(group_thousands(-1234567), "-1,234,567");
+    }
+
+    #[test]
+    fn renders_a_sale_and_its_split_in_the_queue() {
+        let sale = serde_json::json!({"sale_id":"S1","customer_id":"7","amount":2480,"points_used":300,
+            "points_earned":21,"net_delta":-279,"state":"pending","status":"queued",
+            "balance":{"available":1221},"applied_rules":[{"rule":"earn.basis","detail":"after points: 2180 yen"}]});
+        let s = render_sale(&sale);
+        for want in [
+            "sale S1",
+            "2,480 yen",
+            "used   300",
+            "earned 21",
+            "-279",
+            "saved — will sync",
+            "1,221",
+            "earn.basis",
+        ] {
+            assert!(s.contains(want), "{want:?} in {s}");
+        }
+        let q = serde_json::json!({"transactions":[
+            {"txn_id":"sale:S1","customer_id":"7","kind":"sale","delta":-279,"state":"applied","attempts":1,
+             "split":{"sale_id":"S1","amount":2480,"points_used":300,"points_earned":21,"net_delta":-279}},
+            {"txn_id":"return:R1","customer_id":"7","kind":"return","delta":140,"state":"pending","attempts":0,
+             "split":{"sale_id":"S1","return_id":"R1","amount":1240,"points_taken_back":10,"points_given_back":150,"shortfall":0,"net_delta":140}}]});
+        let s = render_queue(&q);
+        assert!(s.contains("sale S1: 2,480 yen, used 300, earned 21"), "{s}");
+        assert!(
+            s.contains("return R1 of sale S1: 1,240 yen, taken back 10, given back 150"),
+            "{s}"
+        );
+        assert!(!s.contains("shortfall"), "no shortfall to show: {s}");
+    }
+
+    #[test]
+    fn renders_a_return_with_its_shortfall() {
+        let v = serde_json::json!({"return_id":"R1","sale_id":"S1","customer_id":"7","amount":1000,
+            "points_taken_back":4,"points_given_back":0,"net_delta":-4,"shortfall":6,"state":"applied",
+            "status":"confirmed","balance":{"available":0}});
+        let s = render_return(&v);
+        assert!(
+            s.contains("taken back 4") && s.contains("shortfall                6"),
+            "{s}"
+        );
+        assert!(s.contains("confirmed by the upstream"), "{s}");
     }
 
     #[test]

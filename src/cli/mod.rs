@@ -4,7 +4,8 @@
 //! - [`args`]: the command tree and flags (clap).
 //! - [`paths`]: `Paths::resolve`, the one lookup of config file, data dir and log dir.
 //! - [`serve`]: `run`, `demo`, `service-run` (Windows SCM), `sim`, and the stop signals.
-//! - [`remote`]: the commands that are clients of a running daemon: URL and token, requests.
+//! - [`remote`]: the commands that are clients of a running daemon: URL and token, requests
+//!   (`status`, `balance`, `earn`, `redeem`, `sale`, `return`, `sales show`, `queue`, ...).
 //! - [`client`]: the HTTP client those commands use, and how their answers are rendered.
 //! - [`admin`]: `config check`, `doctor`, `service ...` (with `uninstall --purge`).
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use args::Cli;
-use args::{Cmd, ConfigCmd, ReviewCmd};
+use args::{Cmd, ConfigCmd, ReviewCmd, SalesCmd};
 pub use paths::Paths;
 
 /// Runs one command to its end, on a runtime of its own.
@@ -116,6 +117,50 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             points,
             w,
         } => remote::write("redeem", customer, points, w).await,
+        Cmd::Sale {
+            customer,
+            amount,
+            use_points,
+            sale_id,
+            quote,
+            register_id,
+            staff_id,
+            c,
+        } => {
+            let sale = remote::SaleArgs {
+                customer,
+                amount,
+                use_points,
+                sale_id,
+                register_id,
+                staff_id,
+            };
+            if quote {
+                remote::quote(sale, c).await
+            } else {
+                remote::sale(sale, c).await
+            }
+        }
+        Cmd::Return {
+            sale_id,
+            amount,
+            return_id,
+            register_id,
+            staff_id,
+            c,
+        } => {
+            let ret = remote::ReturnArgs {
+                sale_id,
+                amount,
+                return_id,
+                register_id,
+                staff_id,
+            };
+            remote::sale_return(ret, c).await
+        }
+        Cmd::Sales {
+            cmd: SalesCmd::Show { sale_id, c },
+        } => remote::sale_show(sale_id, c).await,
         Cmd::Review {
             cmd: ReviewCmd::List { c },
         } => remote::review_list(c).await,

@@ -1,6 +1,6 @@
 //! The commands that are clients of a running daemon (`status`, `balance`, `earn`, `redeem`,
-//! `queue`, `review`, `reconcile`): where the daemon is and which token to use, the request,
-//! and the answer rendered for a person or as JSON.
+//! `sale`, `return`, `sales show`, `queue`, `review`, `reconcile`): where the daemon is and
+//! which token to use, the request, and the answer rendered for a person or as JSON.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -114,10 +114,7 @@ pub(super) async fn write(
     w: WriteArgs,
 ) -> Result<ExitCode> {
     let cl = client_for(&w.c)?;
-    let txn_id = w.txn_id.clone().unwrap_or_else(|| {
-        use rand::Rng;
-        format!("cli-{:016x}", rand::rng().random::<u64>())
-    });
+    let txn_id = w.txn_id.clone().unwrap_or_else(new_id);
     let body = json!({
         "txn_id": txn_id,
         "customer_id": customer,
@@ -130,6 +127,129 @@ pub(super) async fn write(
     let v = cl.post("/v1/transactions", &body, None).await?;
     print_out(&w.c, &v, client::render_write);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new id for a write the user gave none: random, so two commands never share one.
+fn new_id() -> String {
+    use rand::Rng;
+    format!("cli-{:016x}", rand::rng().random::<u64>())
+}
+
+/// A write whose answer never came may or may not be recorded: say which id to retry with
+/// (the daemon counts an id once). A definitive refusal (4xx) recorded nothing; no hint.
+fn retry_hint(e: client::ClientError, what: &str, flag_id: &str) -> anyhow::Error {
+    let unsure = match &e {
+        client::ClientError::Problem { status, .. } => *status >= 500,
+        _ => true,
+    };
+    let e = anyhow::Error::new(e);
+    if unsure {
+        e.context(format!(
+            "the {what} may not have been recorded; to retry it, run the same command with --id {flag_id} (it is counted once)"
+        ))
+    } else {
+        e
+    }
+}
+
+/// What `sale` (and `sale --quote`) was given.
+pub(super) struct SaleArgs {
+    pub customer: String,
+    pub amount: i64,
+    /// A number of points, or `all`.
+    pub use_points: Option<String>,
+    pub sale_id: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+}
+
+/// `--use`: a number, or `all` (asks the daemon for the most this sale may use).
+async fn points_to_use(cl: &Client, s: &SaleArgs) -> Result<i64> {
+    match s.use_points.as_deref().map(str::trim) {
+        None => Ok(0),
+        Some(a) if a.eq_ignore_ascii_case("all") => {
+            let body = json!({"customer_id": s.customer, "amount": s.amount});
+            let q = cl.post("/v1/sales/quote", &body, None).await?;
+            q["max_points_used"]
+                .as_i64()
+                .context("the daemon's quote has no max_points_used")
+        }
+        Some(n) => n.parse::<i64>().ok().filter(|n| *n >= 0).with_context(|| {
+            format!("--use {n:?}: give a whole number of points (0 or more) or `all`")
+        }),
+    }
+}
+
+pub(super) async fn quote(s: SaleArgs, c: ClientArgs) -> Result<ExitCode> {
+    let cl = client_for(&c)?;
+    let used = points_to_use(&cl, &s).await?;
+    let body = json!({"customer_id": s.customer, "amount": s.amount, "points_used": used});
+    let v = cl.post("/v1/sales/quote", &body, None).await?;
+    print_out(&c, &v, client::render_quote);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn sale(s: SaleArgs, c: ClientArgs) -> Result<ExitCode> {
+    let cl = client_for(&c)?;
+    let used = points_to_use(&cl, &s).await?;
+    let sale_id = s.sale_id.clone().unwrap_or_else(new_id);
+    let body = json!({
+        "sale_id": sale_id,
+        "customer_id": s.customer,
+        "amount": s.amount,
+        "points_used": used,
+        "register_id": s.register_id,
+        "staff_id": s.staff_id,
+    });
+    let v = cl
+        .post("/v1/sales", &body, None)
+        .await
+        .map_err(|e| retry_hint(e, "sale", &sale_id))?;
+    print_out(&c, &v, client::render_sale);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `return` was given.
+pub(super) struct ReturnArgs {
+    pub sale_id: String,
+    pub amount: Option<i64>,
+    pub return_id: Option<String>,
+    pub register_id: Option<String>,
+    pub staff_id: Option<String>,
+}
+
+pub(super) async fn sale_return(r: ReturnArgs, c: ClientArgs) -> Result<ExitCode> {
+    let cl = client_for(&c)?;
+    let return_id = r.return_id.clone().unwrap_or_else(new_id);
+    let mut body = json!({
+        "return_id": return_id,
+        "sale_id": r.sale_id,
+        "register_id": r.register_id,
+        "staff_id": r.staff_id,
+    });
+    if let Some(a) = r.amount {
+        body["amount"] = json!(a);
+    }
+    let v = cl
+        .post("/v1/returns", &body, None)
+        .await
+        .map_err(|e| retry_hint(e, "return", &return_id))?;
+    print_out(&c, &v, client::render_return);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn sale_show(sale_id: String, c: ClientArgs) -> Result<ExitCode> {
+    let path = format!("/v1/sales/{}", path_segment(&sale_id));
+    let v = client_for(&c)?.get(&path).await?;
+    print_out(&c, &v, client::render_sale_detail);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An id as one path segment (`/` and the like escaped).
+fn path_segment(s: &str) -> String {
+    let mut u = reqwest::Url::parse("http://x/").expect("static URL");
+    u.path_segments_mut().expect("a base URL").push(s);
+    u.path().trim_start_matches('/').to_string()
 }
 
 pub(super) async fn review_list(c: ClientArgs) -> Result<ExitCode> {

@@ -190,6 +190,26 @@ pub fn is_expired_at(expires_ms: Option<i64>, now_ms: i64) -> bool {
 /// Online, the upstream has the last word (it expires points before it subtracts), so only the
 /// local balance is checked. Offline, the `[offline]` policy applies and confirmed points past
 /// their upstream expiry date are not spendable (DESIGN.md §2.8).
+/// What of a balance may be spent: offline, expired points are not (DESIGN.md §2.8).
+fn spendable_balance(balance: Balance, expired: bool, online: bool) -> i64 {
+    if expired && !online {
+        (balance.available - balance.confirmed).max(0)
+    } else {
+        balance.available
+    }
+}
+
+/// The most points [`check_redeem`] lets one spend use: the spendable balance and, offline,
+/// the store's offline policy.
+pub fn max_spendable(balance: Balance, expired: bool, online: bool, policy: &OfflineConfig) -> i64 {
+    let spendable = spendable_balance(balance, expired, online).max(0);
+    match online {
+        true => spendable,
+        false if !policy.allow_redeem => 0,
+        false => spendable.min(policy.max_redeem_points),
+    }
+}
+
 pub fn check_redeem(
     points: i64,
     balance: Balance,
@@ -208,11 +228,7 @@ pub fn check_redeem(
             });
         }
     }
-    let spendable = if expired && !online {
-        (balance.available - balance.confirmed).max(0)
-    } else {
-        balance.available
-    };
+    let spendable = spendable_balance(balance, expired, online);
     if points > spendable {
         return Err(RedeemRefusal::Insufficient {
             requested: points,
@@ -225,6 +241,33 @@ pub fn check_redeem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_spendable_is_what_check_redeem_lets_through() {
+        let b = Balance::new(300, 50);
+        let p = OfflineConfig {
+            max_redeem_points: 100,
+            ..OfflineConfig::default()
+        };
+        let off = OfflineConfig {
+            allow_redeem: false,
+            ..OfflineConfig::default()
+        };
+        for (expired, online, policy, want) in [
+            (false, true, &p, 350),
+            (true, true, &p, 350), // online, the upstream decides about expiry
+            (false, false, &p, 100), // the offline limit
+            (true, false, &p, 50), // offline, only the pending part of an expired balance
+            (false, false, &off, 0),
+        ] {
+            let got = max_spendable(b, expired, online, policy);
+            assert_eq!(got, want, "expired {expired}, online {online}");
+            if got > 0 {
+                assert!(check_redeem(got, b, expired, online, policy).is_ok());
+            }
+            assert!(check_redeem(got + 1, b, expired, online, policy).is_err());
+        }
+    }
 
     #[test]
     fn changed_elsewhere_points_are_not_spendable_offline_unless_allowed() {

@@ -219,6 +219,16 @@ pub fn max_points_for(amount: i64, spend: &SpendConfig) -> i64 {
     yen.clamp(0, amount) / spend.yen_per_point.max(1)
 }
 
+/// The most points a sale of `amount` may use when the customer can spend `spendable`: the
+/// spend rules' share, the balance, rounded down to the rule's unit; 0 when that falls below
+/// the rule's minimum (the "use all" of a register).
+pub fn usable_points_for(amount: i64, spend: &SpendConfig, spendable: i64) -> i64 {
+    let unit = spend.unit.max(1);
+    let max = max_points_for(amount, spend).min(spendable.max(0));
+    let max = max - max % unit;
+    if max < spend.min_points { 0 } else { max }
+}
+
 /// Step 1: the spend rules. Using no points needs none.
 pub fn check_spend(
     amount: i64,

@@ -256,6 +256,37 @@ fn spend_rules_table() {
 }
 
 #[test]
+fn use_all_is_the_most_the_rules_and_the_balance_allow() {
+    let d = SpendConfig::default();
+    let unit10 = SpendConfig {
+        unit: 10,
+        min_points: 100,
+        ..SpendConfig::default()
+    };
+    let half = SpendConfig {
+        max_share: 0.5,
+        ..SpendConfig::default()
+    };
+    for (amount, spend, spendable, want) in [
+        (2480, &d, 5000, 2480),    // the whole amount
+        (2480, &d, 467, 467),      // the whole balance
+        (2480, &d, -5, 0),         // nothing to spend
+        (2480, &unit10, 467, 460), // down to the unit
+        (2480, &unit10, 99, 0),    // below the minimum: none
+        (2480, &half, 5000, 1240), // the share
+    ] {
+        let got = usable_points_for(amount, spend, spendable);
+        assert_eq!(got, want, "{amount} yen, {spend:?}, {spendable} spendable");
+        if got > 0 {
+            assert!(
+                check_spend(amount, got, spend).is_ok(),
+                "{got} passes the rules"
+            );
+        }
+    }
+}
+
+#[test]
 fn campaign_windows() {
     let c = weekend_double();
     assert!(c.applies(&day("2026-12-01", Weekday::Sat)));

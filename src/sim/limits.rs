@@ -45,6 +45,9 @@ pub struct AgentCounts {
     pub feed: u64,
     /// Requests answered 429, by a limit or by the `throttle_rate` fault.
     pub throttled: u64,
+    /// Of those, write-class requests refused by the write limit.
+    #[serde(default)]
+    pub throttled_writes: u64,
 }
 
 /// At most `limit` admitted requests in any one-second span.

@@ -29,7 +29,7 @@
 mod admin;
 mod conn;
 mod easypoints;
-mod limits;
+pub(crate) mod limits;
 mod options;
 mod smaregi;
 mod state;

@@ -305,6 +305,12 @@ impl SimState {
         let r = self.limits.admit(class, Instant::now());
         if r.is_err() {
             self.throttled(agent);
+            if class == Class::Write {
+                self.agents
+                    .entry(agent.to_string())
+                    .or_default()
+                    .throttled_writes += 1;
+            }
         }
         r
     }
@@ -566,7 +572,8 @@ mod tests {
                 writes: 0,
                 tokens: 1,
                 feed: 0,
-                throttled: 1
+                throttled: 1,
+                throttled_writes: 0
             }
         );
         assert_eq!(
@@ -576,7 +583,8 @@ mod tests {
                 writes: 2,
                 tokens: 0,
                 feed: 1,
-                throttled: 1
+                throttled: 1,
+                throttled_writes: 1
             }
         );
     }

@@ -66,7 +66,8 @@ pub use review::*;
 pub use rows::*;
 pub use sales::{
     NewReturn, NewSale, PriceRefusal, QuoteOutcome, Receipt, ReturnOutcome, ReturnRecord,
-    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats, return_txn_id, sale_txn_id,
+    ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats, TxnSplit, return_txn_id,
+    sale_txn_id,
 };
 pub use writer::*;
 

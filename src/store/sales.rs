@@ -186,11 +186,46 @@ pub enum ReturnOutcome {
     },
 }
 
+/// The sale or the return an outbox row of kind `sale` or `return` carries: where its split
+/// is kept (the outbox row has only the net delta).
+#[derive(Debug, Clone)]
+pub enum TxnSplit {
+    Sale(SaleRow),
+    Return(ReturnRow),
+}
+
+/// The split behind one outbox row, if it is a sale's or a return's. A sale's row is named
+/// after its sale; a return's rows (a refused take-back is followed by a smaller one) all carry
+/// the return's canonical request, which names it.
+pub(super) fn split_of(c: &Connection, t: &TxnRow) -> rusqlite::Result<Option<TxnSplit>> {
+    use crate::ledger::OutboxKind;
+    match t.kind {
+        OutboxKind::Sale => {
+            let Some(id) = t.txn_id.strip_prefix("sale:") else {
+                return Ok(None);
+            };
+            Ok(sale_row(c, id)?.map(TxnSplit::Sale))
+        }
+        OutboxKind::Return => {
+            let Ok(req) = serde_json::from_str::<NewReturn>(&t.request) else {
+                return Ok(None);
+            };
+            Ok(return_row(c, &req.return_id)?.map(TxnSplit::Return))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Totals for `status` and `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SalesStats {
     pub sales: i64,
+    /// Over this store's own sales (not receipts recorded for returns).
+    pub points_used: i64,
+    pub points_earned: i64,
     pub returns: i64,
+    pub points_taken_back: i64,
+    pub points_given_back: i64,
     /// Earned points returns could not take back (summed over all returns).
     pub shortfall_points: i64,
     pub returns_with_shortfall: i64,
@@ -492,20 +527,43 @@ impl Store {
         .await
     }
 
+    /// The sale or return behind each row (`None` for earn, redeem, adjust), in order.
+    pub async fn splits(&self, txns: Vec<TxnRow>) -> Result<Vec<Option<TxnSplit>>, StoreError> {
+        if !txns.iter().any(|t| {
+            matches!(
+                t.kind,
+                crate::ledger::OutboxKind::Sale | crate::ledger::OutboxKind::Return
+            )
+        }) {
+            return Ok(vec![None; txns.len()]);
+        }
+        self.read(move |c| txns.iter().map(|t| split_of(c, t)).collect())
+            .await
+    }
+
     pub async fn sales_stats(&self) -> Result<SalesStats, StoreError> {
         self.read(|c| {
-            let sales = c.query_row("SELECT COUNT(*) FROM sales WHERE external = 0", [], |r| {
-                r.get(0)
-            })?;
-            let (returns, shortfall_points, returns_with_shortfall) = c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(shortfall), 0), COUNT(*) FILTER (WHERE shortfall > 0) \
-                 FROM returns",
+            let (sales, points_used, points_earned) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(points_used), 0), COALESCE(SUM(points_earned), 0) \
+                 FROM sales WHERE external = 0",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
+            let (returns, taken, given, shortfall_points, returns_with_shortfall) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(points_taken_back), 0), \
+                   COALESCE(SUM(points_given_back), 0), COALESCE(SUM(shortfall), 0), \
+                   COUNT(*) FILTER (WHERE shortfall > 0) \
+                 FROM returns",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
             Ok(SalesStats {
                 sales,
+                points_used,
+                points_earned,
                 returns,
+                points_taken_back: taken,
+                points_given_back: given,
                 shortfall_points,
                 returns_with_shortfall,
             })

@@ -115,11 +115,21 @@ impl SyncEngine {
                             fs.unavailable = None;
                             fs.interval = interval;
                         }
-                        // More marked than a full pull costs: pull in full instead.
+                        // More marked than a full pull costs: pull in full instead — but no
+                        // more often than the background re-reads would have spent as many
+                        // requests. Marks pile up by design (a store sees the whole chain's
+                        // changes and re-reads a few a second), so without that spacing every
+                        // store of a busy chain would pull in full at every poll: 50 stores
+                        // × 400 pages for 200,000 members is more than the contract has.
                         if let Ok((marked, _)) = self.store.marked_stats().await
                             && let Ok(n) = self.store.customer_count().await
-                            && marked > 2 * (n / 1000 + 1)
+                            && let cost = 2 * (n / 1000 + 1)
+                            && marked > cost
                             && full.page == 0
+                            && self.last_full_age().await.is_none_or(|age| {
+                                age.as_secs_f64()
+                                    >= cost as f64 / self.opts.reread_per_second.max(0.01)
+                            })
                         {
                             tracing::info!(
                                 marked,

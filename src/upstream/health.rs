@@ -203,6 +203,16 @@ impl<U: Upstream> Upstream for Observed<U> {
         self.permit(Class::Write).await;
         let t = Instant::now();
         let r = self.inner.add_points(customer_id, delta).await;
+        if let (Some(b), Ok(applied)) = (&self.budget, &r)
+            && let Some(id) = applied
+                .transaction_ids
+                .iter()
+                .flatten()
+                .filter_map(|id| id.parse::<u64>().ok())
+                .max()
+        {
+            b.observe_write_seq(id);
+        }
         self.note("add_points", t, &r);
         r
     }
