@@ -53,6 +53,9 @@
       stale_hint: 'この残高は {time} 時点のもので、最新でない可能性があります。',
       stale_never: 'この残高はまだ本部で確認されていません。',
       expired_hint: '有効期限切れ: オフライン中は確定分のポイントを利用できません。',
+      expiry_on: 'ポイントは {date} に失効します。',
+      expiry_soon: 'ポイントは {date} に失効します(あと {days} 日)。',
+      expiry_moves: 'easyPoints の有効期限: お買い物やポイント付与があると、約 {months} か月後に延びます。',
       local_only: 'オフライン中に登録された顧客です。本部ではまだ確認されていません。',
       earn_title: 'ポイント付与',
       earn_mode: '付与方法',
@@ -230,6 +233,9 @@
       stale_hint: 'This balance is from {time} and may be out of date.',
       stale_never: 'This balance has not been confirmed by headquarters yet.',
       expired_hint: 'Expired: confirmed points cannot be spent while offline.',
+      expiry_on: 'Points expire on {date}.',
+      expiry_soon: 'Points expire on {date} (in {days} days).',
+      expiry_moves: 'easyPoints expiry: a sale or earn moves the date to about {months} months from now.',
       local_only: 'Customer registered while offline; headquarters has not confirmed it yet.',
       earn_title: 'Earn points',
       earn_mode: 'Earn by',
@@ -780,7 +786,8 @@
     setText('cust-available', fmt(b.available));
     setText('cust-confirmed', fmt(b.confirmed));
     setText('cust-pending', b.pending ? signed(b.pending) : fmt(0));
-    setText('cust-expires', c.expires_at ? String(c.expires_at).slice(0, 10) : t('no_expiry'));
+    setText('cust-expires', c.expires_at ? expiryDate(c) : t('no_expiry'));
+    renderExpiry(c);
     setText('cust-asof', c.as_of ? dateTime(c.as_of) : t('never'));
     var stale = $('cust-stale');
     stale.textContent = c.stale ? (c.as_of ? t('stale_hint', { time: dateTime(c.as_of) }) : t('stale_never')) : '';
@@ -791,6 +798,32 @@
     var local = $('cust-local');
     local.textContent = c.local_only ? t('local_only') : '';
     show(local, !!c.local_only);
+  }
+
+  /* A Smaregi expiry is a date; an easyPoints one an instant, shown as the store's local date. */
+  function expiryDate(c) {
+    var d = c.expires_source === 'easypoints' ? parseTime(c.expires_at) : null;
+    if (!d) return String(c.expires_at).slice(0, 10);
+    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
+  }
+
+  /* "Points expire on …", a warning within 30 days, and for easyPoints that activity moves it. */
+  function renderExpiry(c) {
+    var el = $('cust-expiry');
+    var at = !c.expires_at || c.expired ? null : c.expires_source === 'easypoints'
+      ? parseTime(c.expires_at) : parseTime(String(c.expires_at).slice(0, 10) + 'T23:59:59+09:00');
+    if (!at) { el.textContent = ''; show(el, false); el.removeAttribute('data-days'); return; }
+    var days = Math.max(0, Math.ceil((at.getTime() - Date.now()) / 86400000));
+    var soon = days <= 30;
+    var text = t(soon ? 'expiry_soon' : 'expiry_on', { date: expiryDate(c), days: fmt(days) });
+    var e = c.easypoints;
+    if (c.expires_source === 'easypoints' && e && e.expiration_delay) {
+      text += ' ' + t('expiry_moves', { months: fmt(e.expiration_delay) });
+    }
+    el.textContent = text;
+    el.setAttribute('data-days', String(days));
+    el.className = soon ? 'hint warn' : 'hint';
+    show(el, true);
   }
 
   /* ------------------------------------------------------------------ earn */

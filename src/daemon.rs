@@ -17,7 +17,7 @@ use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Secret, Settings, SimEndpoint, UpstreamKind};
 use crate::metrics::Metrics;
-use crate::sim::{SimHandle, SimOptions};
+use crate::sim::{SimHandle, SimOptions, SmapifyOptions};
 use crate::store::{Store, StoreError};
 use crate::sync::schedule::Schedule;
 use crate::sync::{SyncEngine, SyncOptions};
@@ -52,6 +52,8 @@ pub enum DaemonError {
     MissingSmaregi,
     #[error("cannot start the upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cannot start the easyPoints client: {0}")]
+    EasyPoints(#[from] crate::upstream::easypoints::EasyPointsError),
     #[error("cannot start the built-in simulator: {0}")]
     Simulator(#[source] std::io::Error),
     #[error("cannot start the metrics push ([telemetry]): {0}")]
@@ -174,6 +176,11 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
                 customers: sc.customers,
                 seed: sc.seed,
                 state_file: Some(data_dir.join("sim-state.json")),
+                smapify: settings.easypoints.as_ref().map(|e| SmapifyOptions {
+                    code_offset: e.code_offset,
+                    check_digit: e.code_check_digit == crate::config::CheckDigit::Trailing,
+                    ..SmapifyOptions::default()
+                }),
                 ..SimOptions::default()
             },
         )
@@ -238,6 +245,11 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
                 cert = %t.info.cert_file.display(),
                 "serving HTTPS; devices can pin this certificate fingerprint"
             );
+            // HQ's expiry alert reads this (installers/prometheus/pointsd-alerts.yml).
+            metrics
+                .tls_cert_expiry
+                .get_or_create(&crate::metrics::CertLabels { certificate: "api" })
+                .set(t.info.not_after_unix);
             Some(t)
         }
         None => None,
@@ -251,6 +263,29 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             .clone()
             .watch(data_dir.clone(), shutdown.child_token()),
     );
+    let ledgers = match settings.easypoints.clone() {
+        Some(mut ep) => {
+            if let Some(sim) = &sim {
+                // The built-in simulator serves easyPoints too (with Smapify between the two).
+                let o = sim.options();
+                ep.api_base = sim.easypoints_url();
+                ep.public_key = o.easypoints.public_key;
+                ep.secret_key = Secret::new(o.easypoints.secret_key);
+            }
+            let client = crate::upstream::easypoints::EasyPoints::new(ep)?;
+            let l = crate::sync::Ledgers::new(client, store.clone(), clock.clone(), engine.clone());
+            if let Some(every) = settings.easypoints.as_ref().and_then(|e| e.report_interval) {
+                tracker.spawn(l.clone().report_loop(every, shutdown.child_token()));
+            }
+            // As often as the settle time allows a verdict, within 10 s .. 5 min.
+            let every = l
+                .settle()
+                .clamp(Duration::from_secs(10), Duration::from_secs(300));
+            tracker.spawn(l.clone().smapify_loop(every, shutdown.child_token()));
+            Some(l)
+        }
+        None => None,
+    };
     let store_for_close = store.clone();
     let telemetry = settings
         .config
@@ -274,6 +309,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
         tls: tls.as_ref().map(|t| t.info.clone()),
         data_dir: data_dir.clone(),
+        ledgers,
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())

@@ -140,6 +140,7 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
         ));
     }
     out.extend(upstream_checks(&settings).await);
+    out.extend(easypoints_checks(&settings, &input.data_dir.join("pointsd.db")).await);
     out.push(dir_check("log dir", &input.log_dir));
     out
 }
@@ -184,6 +185,64 @@ fn cert_expiry_check(info: &crate::api::tls::CertInfo, now_unix: i64) -> Check {
     } else {
         Check::ok("tls", what)
     }
+}
+
+/// A Smapify merchant's easyPoints: the credentials (one read), and what the running daemon
+/// last found about Smapify carrying this store's changes.
+async fn easypoints_checks(settings: &Settings, db: &Path) -> Vec<Check> {
+    use crate::upstream::easypoints::{EasyPoints, EasyPointsError};
+    let Some(ep) = settings.easypoints.clone() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if settings.config.upstream.kind == UpstreamKind::Sim {
+        out.push(Check::ok(
+            "easypoints",
+            "built-in simulator (upstream.kind = \"sim\"); nothing to reach",
+        ));
+    } else {
+        let base = ep.api_base.clone();
+        let read = match EasyPoints::new(ep) {
+            Ok(c) => c.allotments(None, 1).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        out.push(match read {
+            Ok(()) => Check::ok(
+                "easypoints",
+                format!("{base} accepts the credentials (pointsd only reads there)"),
+            ),
+            Err(e @ EasyPointsError::Auth(_)) => Check::fail(
+                "easypoints",
+                e.to_string(),
+                "copy public_key and secret_key again from the easyPoints app's settings (API credentials)",
+            ),
+            Err(e) => Check::warn(
+                "easypoints",
+                e.to_string(),
+                "check the network path to easyPoints (proxy, firewall) and easypoints.api_base",
+            ),
+        });
+    }
+    let verdict = crate::store::inspect::meta_readonly(db, crate::store::Meta::SmapifyCheck)
+        .and_then(|j| serde_json::from_str::<crate::sync::SmapifyCheck>(&j).ok());
+    match verdict {
+        Some(c) if c.carrying == Some(false) => out.push(Check::warn(
+            "smapify",
+            format!(
+                "{} (checked {}: none of {} recent change(s) of this store arrived)",
+                crate::sync::SMAPIFY_NOT_CARRYING,
+                c.checked_at,
+                c.deltas
+            ),
+            "in the Smapify app, check that point sync is switched on; then `pointsd reconcile --ledgers`",
+        )),
+        Some(c) if c.carrying == Some(true) => out.push(Check::ok(
+            "smapify",
+            format!("Smapify carries this store's changes to easyPoints (checked {})", c.checked_at),
+        )),
+        _ => {}
+    }
+    out
 }
 
 fn dir_check(name: &'static str, dir: &Path) -> Check {

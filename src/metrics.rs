@@ -90,6 +90,8 @@ pub struct Metrics {
     pub telemetry_last_success: Gauge,
     /// When this process started, for ages that have no event yet (no feed poll so far).
     pub started: std::time::Instant,
+    /// Customers whose Smaregi and easyPoints balances differ (the last cross-ledger report).
+    pub ledger_differences: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -223,6 +225,12 @@ impl Metrics {
             "When the receiver last accepted a push, unix seconds (0: not yet)",
             telemetry_last_success.clone(),
         );
+        let ledger_differences = Gauge::default();
+        registry.register(
+            "ledger_differences",
+            "Customers whose Smaregi and easyPoints balances differ (last cross-ledger report)",
+            ledger_differences.clone(),
+        );
         registry.register("sales", "Sales recorded by this store", sales.clone());
         registry.register("returns", "Returns recorded by this store", returns.clone());
         registry.register(
@@ -316,6 +324,7 @@ impl Metrics {
             telemetry_buffered,
             telemetry_last_success,
             started: std::time::Instant::now(),
+            ledger_differences,
         }
     }
 

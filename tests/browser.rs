@@ -160,6 +160,129 @@ async fn sales_and_returns_in_chromium() {
     }
 }
 
+/// A Smapify merchant's customer: the card says when easyPoints expires the points, warns
+/// within 30 days, and says that activity moves the date (JA and EN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn easypoints_expiry_in_chromium() {
+    let Some(bins) = browser_binaries() else {
+        return;
+    };
+    let sim = SimHandle::start(
+        common::loopback(),
+        common::loopback(),
+        pointsd::sim::SimOptions {
+            customers: 10,
+            smapify: Some(pointsd::sim::SmapifyOptions::default()),
+            ..pointsd::sim::SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&sim, "store-web-ep");
+    cfg.api.lookup_refresh_after_s = 0;
+    cfg.api.lookup_refresh_budget_ms = 2_000;
+    cfg.easypoints = Some(pointsd::config::EasyPointsConfig {
+        public_key: "sim-ep-public".into(),
+        secret_key: pointsd::config::Secret::new("sim-ep-secret"),
+        api_base: sim.easypoints_url(),
+        ..Default::default()
+    });
+    let mut d = TestDaemon::start(cfg, dir.path().into(), true).await;
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(&bins.chromedriver);
+    let client = connect(&driver, &bins.chromium, profile.path()).await;
+    let mut b = Browser {
+        c: client,
+        shots: screenshot_dir("easypoints"),
+        step: 0,
+    };
+    let outcome = easypoints_scenario(&mut b, &d, &sim).await;
+    if let Err(e) = &outcome {
+        let _ = b.shot("FAILED").await;
+        eprintln!("failed: {e:#}");
+    }
+    let _ = b.c.close().await;
+    drop(driver);
+    d.stop().await;
+    if let Err(e) = outcome {
+        panic!("browser easyPoints scenario failed: {e:#}");
+    }
+}
+
+async fn easypoints_scenario(
+    b: &mut Browser,
+    d: &TestDaemon,
+    sim: &SimHandle,
+) -> anyhow::Result<()> {
+    let cust = customer_with_points(sim, 1, 1_000_000, &[]);
+    let shopify = sim
+        .shopify_id(&cust.customer_id)
+        .expect("synced with easyPoints");
+    // easyPoints expires the balance in ten days and a bit, for inactivity.
+    sim.ep_expire_in(&shopify, 10 * 86_400 - 3_600);
+    b.c.goto(&d.url).await?;
+    b.wait(
+        "the sign-in form",
+        "return !document.getElementById('signin').hidden",
+    )
+    .await?;
+    b.type_into("token-input", &format!("{REGISTER_TOKEN}{ENTER}"))
+        .await?;
+    b.wait(
+        "the cashier view",
+        "return !document.getElementById('app').hidden",
+    )
+    .await?;
+    b.type_into("lookup-input", &format!("{}{ENTER}", cust.customer_id))
+        .await?;
+    b.wait(
+        "the expiry sentence",
+        "return !document.getElementById('cust-expiry').hidden",
+    )
+    .await?;
+    let ja = b.text("cust-expiry").await?;
+    ensure!(
+        ja.contains("に失効します") && ja.contains("あと 10 日") && ja.contains("約 12 か月後"),
+        "Japanese expiry warning: {ja:?}"
+    );
+    ensure!(
+        b.attr_js("cust-expiry", "days").await? == "10",
+        "ten days left"
+    );
+    ensure!(
+        b.js("return document.getElementById('cust-expiry').className")
+            .await?
+            == json!("hint warn"),
+        "within 30 days it is a warning"
+    );
+    b.shot("easypoints-expiry-ja").await?;
+    b.c.find(Locator::Id("lang-toggle")).await?.click().await?;
+    let en = b.text("cust-expiry").await?;
+    ensure!(
+        en.starts_with("Points expire on ")
+            && en.contains("(in 10 days)")
+            && en.contains("about 12 months"),
+        "English expiry warning: {en:?}"
+    );
+    // Far off: said plainly, no warning.
+    sim.ep_expire_in(&shopify, 100 * 86_400);
+    b.type_into("lookup-input", &format!("{}{ENTER}", cust.customer_id))
+        .await?;
+    b.wait(
+        "the expiry without a warning",
+        "return document.getElementById('cust-expiry').dataset.days === '100'",
+    )
+    .await?;
+    ensure!(
+        b.js("return document.getElementById('cust-expiry').className")
+            .await?
+            == json!("hint"),
+        "no warning 100 days out"
+    );
+    Ok(())
+}
+
 async fn sales_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> anyhow::Result<()> {
     let cust = customer_with_points(sim, 500, 2_000, &[]);
     let id = cust.customer_id.clone();

@@ -199,8 +199,8 @@ fn example_with_commented_keys() -> toml::Value {
         .lines()
         .map(|line| {
             let rest = line.trim_start().strip_prefix("# ").unwrap_or("");
-            // A commented-out array-of-tables entry (`# [[earn.campaigns]]`) is switched on too.
-            // So is a commented-out optional table (`# [api.tls]`).
+            // A commented-out array-of-tables entry (`# [[earn.campaigns]]`) or optional table
+            // (`# [api.tls]`, `# [easypoints]`) is switched on too.
             if rest.starts_with('[') && rest.ends_with(']') && !rest.contains(' ') {
                 return rest.to_string();
             }
@@ -236,6 +236,10 @@ fn every_key_config() -> Config {
         ..TokenConfig::default()
     }];
     c.tiers = vec![TierConfig::default()];
+    c.easypoints = Some(pointsd::config::EasyPointsConfig {
+        secret_key_file: Some("/etc/pointsd/easypoints.secret".into()),
+        ..Default::default()
+    });
     c.earn.campaigns = vec![CampaignConfig {
         from: Some("2026-12-01".into()),
         to: Some("2026-12-31".into()),
@@ -314,6 +318,24 @@ fn example_config_documents_every_key_with_its_default() {
         checked += 1;
     }
     assert!(checked >= 20, "only {checked} defaults compared");
+
+    // The optional [easypoints] section shows its defaults too.
+    let ep = &documented["easypoints"];
+    let ep_default = toml::Value::try_from(pointsd::config::EasyPointsConfig::default()).unwrap();
+    for key in [
+        "api_base",
+        "code_offset",
+        "code_check_digit",
+        "max_requests_per_second",
+        "settle_s",
+        "report_window_days",
+        "report_interval_s",
+    ] {
+        assert_eq!(
+            ep[key], ep_default[key],
+            "easypoints.{key}: the example does not show the default"
+        );
+    }
 
     // The example's Smaregi URLs are the sandbox; the defaults are production.
     let smaregi = &documented["upstream"]["smaregi"];

@@ -717,6 +717,28 @@ async fn a_generated_certificate_is_served_and_its_fingerprint_is_in_status() {
         .as_str()
         .expect("tls in status");
     assert_eq!(fp, sha256_hex(&served), "{status:#}");
+    // HQ's expiry alert has its series: the certificate's notAfter, in unix seconds.
+    let metrics = https_client(&pem)
+        .get(lan.url("/metrics"))
+        .bearer_auth(REGISTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let not_after = time::OffsetDateTime::parse(
+        status["tls"]["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    assert!(
+        metrics.contains(&format!(
+            "pointsd_tls_certificate_expiry_timestamp_seconds{{certificate=\"api\"}} {not_after}"
+        )),
+        "{metrics}"
+    );
     // Plain HTTP is not served on the HTTPS port.
     let plain = Lan::client_from(1)
         .get(format!("http://127.0.0.1:{}/v1/health", lan.port))

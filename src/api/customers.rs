@@ -26,9 +26,15 @@ pub struct CustomerView {
     /// The figure may be out of date: offline, never confirmed, or older than `stale_after_s`.
     pub stale: bool,
     pub online: bool,
+    /// When the points expire: easyPoints' inactivity expiry (an instant) for a Smapify
+    /// merchant once read, else Smaregi's `pointExpireDate`.
     pub expires_at: Option<String>,
-    /// The upstream expiry date has passed: confirmed points are not spendable offline.
+    /// Which ledger `expires_at` comes from: `"easypoints"` or `"smaregi"` (null: none).
+    pub expires_source: Option<&'static str>,
+    /// The expiry has passed: confirmed points are not spendable offline.
     pub expired: bool,
+    /// What easyPoints said at the last read (Smapify merchants only).
+    pub easypoints: Option<EasyPointsView>,
     pub tier: Option<String>,
     /// Created offline; the upstream has not confirmed this customer yet.
     pub local_only: bool,
@@ -36,6 +42,20 @@ pub struct CustomerView {
     /// shop) at this upstream time, and the cache has not re-read them since (`stale` is then
     /// true; a look-up online re-reads at once).
     pub changed_elsewhere_at: Option<String>,
+}
+
+/// The easyPoints figures of a customer, as last read.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EasyPointsView {
+    pub shopify_customer_id: String,
+    /// `null`: easyPoints has no balance for this customer.
+    pub balance: Option<i64>,
+    pub expires_at: Option<String>,
+    /// Months without activity before the whole balance expires; a sale or earn is
+    /// activity, so after one the date moves to about now + this.
+    pub expiration_delay: Option<i64>,
+    /// RFC 3339.
+    pub read_at: String,
 }
 
 pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
@@ -48,7 +68,7 @@ pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
             || c.changed_elsewhere_at.is_some(),
         changed_elsewhere_at: c.changed_elsewhere_at.clone(),
         online,
-        expired: ledger::is_expired(c.expires_at.as_deref(), &clock::jst_date(now)),
+        expired: c.expired(&clock::jst_date(now), now),
         tier: ledger::tier_for(balance.available, &st.settings.config.tiers),
         as_of: c.as_of.map(clock::rfc3339),
         customer_id: c.customer_id,
@@ -56,7 +76,23 @@ pub(super) fn customer_view(st: &AppState, c: CustomerRow) -> CustomerView {
         barcode: c.barcode,
         name: c.name,
         balance,
-        expires_at: c.expires_at,
+        expires_source: match (&c.easypoints, &c.expires_at) {
+            (Some(e), _) if e.expires_at.is_some() => Some("easypoints"),
+            (_, Some(_)) => Some("smaregi"),
+            _ => None,
+        },
+        expires_at: c
+            .easypoints
+            .as_ref()
+            .and_then(|e| e.expires_at.clone())
+            .or(c.expires_at),
+        easypoints: c.easypoints.map(|e| EasyPointsView {
+            shopify_customer_id: e.shopify_id,
+            balance: e.balance,
+            expires_at: e.expires_at,
+            expiration_delay: e.expiration_delay,
+            read_at: clock::rfc3339(e.read_at),
+        }),
         local_only: c.local_only,
     }
 }
@@ -79,8 +115,29 @@ pub(super) async fn get_customer(
 
 /// While online, a look-up of a customer whose cached figure is older than
 /// `api.lookup_refresh_after_s` asks the upstream first, within a short budget; whatever
-/// happens, the cache answers (a hung upstream never blocks a register).
+/// happens, the cache answers (a hung upstream never blocks a register). For a Smapify
+/// merchant, easyPoints is read alongside, within the same budget.
 pub(super) async fn fresher(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError> {
+    let api = &st.settings.api;
+    let Some(ledgers) = st
+        .ledgers
+        .as_ref()
+        .filter(|_| st.health.is_online() && !c.local_only)
+    else {
+        return fresher_smaregi(st, c).await;
+    };
+    let (ep, smaregi) = tokio::join!(
+        ledgers.lookup_refresh(&c, api.lookup_refresh_budget, api.lookup_refresh_after),
+        fresher_smaregi(st, c.clone())
+    );
+    let c = smaregi?;
+    if ep {
+        return Ok(st.store.customer(&c.customer_id).await?.unwrap_or(c));
+    }
+    Ok(c)
+}
+
+async fn fresher_smaregi(st: &AppState, c: CustomerRow) -> Result<CustomerRow, ApiError> {
     let api = &st.settings.api;
     let age_limit = api.lookup_refresh_after.as_millis() as i64;
     // A customer the change feed marked is re-read at once, whatever the figure's age.

@@ -8,7 +8,8 @@
 //! - [`transactions`]: the write path, listing, detail, review resolution.
 //! - [`sales`]: sales (quote, sale, detail) and returns, each one write with its split.
 //! - [`status`]: `/v1/health`, `/v1/status`, `/metrics`.
-//! - [`reconcile`]: the last reconciliation report, and running one.
+//! - [`reconcile`]: the last reconciliation report, and running one; the same for the
+//!   cross-ledger (Smaregi / easyPoints) report.
 //! - [`input`]: ids, query parameters and JSON bodies, checked the same way everywhere.
 //! - [`watch`]: the write-through wait (`Watch`, a guard that always unwatches).
 //! - [`problem`]: problem+json errors (`ApiError`).
@@ -63,7 +64,7 @@ pub use transactions::TxnView;
 
 use auth::{auth, whoami};
 use customers::{find_customer, get_customer};
-use reconcile::{last_reconcile, run_reconcile};
+use reconcile::{last_ledger_report, last_reconcile, run_ledger_report, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
 pub(crate) use status::refresh_metrics;
 use status::{health, metrics, status};
@@ -95,6 +96,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// The served certificate, with `[api.tls]`.
     pub tls: Option<tls::CertInfo>,
+    /// easyPoints, for a Smapify merchant (`[easypoints]`); read only.
+    pub ledgers: Option<Arc<crate::sync::Ledgers>>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
@@ -122,6 +125,10 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
         .route("/v1/tokens", get(list_tokens).post(add_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route(
+            "/v1/reconcile/ledgers",
+            get(last_ledger_report).post(run_ledger_report),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

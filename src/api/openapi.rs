@@ -10,7 +10,10 @@ use utoipa::{Modify, OpenApi};
 use super::auth::__path_whoami;
 use super::customers::{__path_find_customer, __path_get_customer};
 use super::problem::Problem;
-use super::reconcile::{__path_last_reconcile, __path_run_reconcile};
+use super::reconcile::{
+    __path_last_ledger_report, __path_last_reconcile, __path_run_ledger_report,
+    __path_run_reconcile,
+};
 use super::sales::{
     __path_get_sale, __path_post_return, __path_post_sale, __path_quote, QuoteRequest,
     ReturnRequest, SaleRequest,
@@ -97,8 +100,8 @@ impl Modify for BearerAuth {
     paths(
         health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
         get_transaction, resolve_transaction, quote, post_sale, get_sale, post_return,
-        last_reconcile, run_reconcile, metrics, super::tokens::list_tokens,
-        super::tokens::add_token, super::tokens::revoke_token
+        last_reconcile, run_reconcile, last_ledger_report, run_ledger_report, metrics,
+        super::tokens::list_tokens, super::tokens::add_token, super::tokens::revoke_token
     ),
     components(schemas(Problem, TxnRequest, ResolveRequest, QuoteRequest, SaleRequest, ReturnRequest)),
     modifiers(&BearerAuth),

@@ -86,7 +86,7 @@ pub(super) async fn quote(
     let b = customer.balance();
     // What a sale could spend: as the redeem checks count it (offline policy, expiry, points
     // changed elsewhere), then the spend rules.
-    let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+    let expired = customer.expired(&ctx.today, ctx.now_ms);
     let changed = ledger::check_changed_elsewhere(
         customer.changed_elsewhere_at.as_deref(),
         ctx.online,

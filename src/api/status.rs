@@ -47,6 +47,18 @@ pub(super) struct StatusView {
     telemetry: crate::telemetry::TelemetryStatus,
     /// The served TLS certificate (with `[api.tls]`): its fingerprint, for pinning.
     tls: Option<super::tls::CertInfo>,
+    /// A Smapify merchant's easyPoints (null without `[easypoints]`).
+    easypoints: Option<EasyPointsStatus>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EasyPointsStatus {
+    /// Whether Smapify carries this store's changes to easyPoints; its `warning` says
+    /// "changes to Smaregi are not reaching easyPoints — is Smapify's point sync on?" when not.
+    smapify: Option<crate::sync::SmapifyCheck>,
+    /// The last cross-ledger report: when, and how many customers differed.
+    last_report_at: Option<String>,
+    differences: Option<usize>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -130,8 +142,20 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let feed = st.sync.feed_status().await;
     let budget = st.sync.budget_snapshot();
     let ss = st.store.sales_stats().await?;
+    let easypoints = match &st.ledgers {
+        Some(l) => {
+            let report = l.last_report().await?;
+            Some(EasyPointsStatus {
+                smapify: l.last_smapify_check().await?,
+                last_report_at: report.as_ref().map(|r| r.run_at.clone()),
+                differences: report.map(|r| r.differences.len()),
+            })
+        }
+        None => None,
+    };
     Ok(Json(StatusView {
         tls: st.tls.clone(),
+        easypoints,
         sales: SalesView {
             sales: ss.sales,
             points_used: ss.points_used,
@@ -221,6 +245,11 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
             .map_or(0, |t| ((now - t) / 1000).max(0)),
     );
     m.cache_customers.set(st.store.customer_count().await?);
+    if let Some(l) = &st.ledgers
+        && let Some(r) = l.last_report().await?
+    {
+        m.ledger_differences.set(r.differences.len() as i64);
+    }
     let ss = st.store.sales_stats().await?;
     m.sales.set(ss.sales);
     m.returns.set(ss.returns);

@@ -30,6 +30,10 @@ pub enum Cmd {
         /// Sample customers in the simulator.
         #[arg(long, default_value_t = 1000)]
         customers: u32,
+        /// A Smapify merchant: the simulator runs easyPoints beside Smaregi with Smapify
+        /// between them, and the agent reads both (see `pointsd reconcile --ledgers`).
+        #[arg(long)]
+        smapify: bool,
     },
     /// Run the daemon with a config file (what the system service runs).
     Run {
@@ -65,6 +69,22 @@ pub enum Cmd {
         /// Keep the simulator's state in this JSON file.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Run easyPoints (under /api/shopify) with Smapify carrying changes between it and
+        /// Smaregi; member codes become Shopify customer ids.
+        #[arg(long)]
+        smapify: bool,
+        /// Smapify's delay carrying a change between the ledgers.
+        #[arg(long, default_value_t = 2000)]
+        smapify_delay_ms: u64,
+        /// Smapify's start number added to member codes.
+        #[arg(long, default_value_t = 0)]
+        code_offset: i64,
+        /// Smapify appends a check digit to member codes.
+        #[arg(long)]
+        check_digit: bool,
+        /// easyPoints requests per second before 429 (0: no limit).
+        #[arg(long, default_value_t = 5)]
+        easypoints_rate_limit: u32,
     },
     /// Show the daemon's status: online, queue, cache.
     Status(ClientArgs),
@@ -143,6 +163,10 @@ pub enum Cmd {
         /// Show the last report instead of running a new one.
         #[arg(long)]
         last: bool,
+        /// The cross-ledger report instead (Smapify merchants): customers whose Smaregi and
+        /// easyPoints balances differ beyond Smapify's settle time.
+        #[arg(long)]
+        ledgers: bool,
         #[command(flatten)]
         c: ClientArgs,
     },

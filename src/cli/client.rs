@@ -520,6 +520,65 @@ pub fn render_reconcile(v: &Value) -> String {
     s
 }
 
+/// The cross-ledger report as a table (a merchant sends it to support).
+pub fn render_ledger_report(v: &Value) -> String {
+    let diffs = v
+        .get("differences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut s = format!(
+        "cross-ledger report at {}: {} customers compared, {} differ (Smaregi vs easyPoints, settle {} s)\n\
+         skipped: {} in flight, {} settling, {} not compared\n",
+        num(v, &["run_at"]),
+        num(v, &["compared"]),
+        diffs.len(),
+        num(v, &["settle_s"]),
+        num(v, &["in_flight"]),
+        num(v, &["settling"]),
+        num(v, &["not_compared"]),
+    );
+    if diffs.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "{:<16} {:<16} {:>10} {:>10} {:>10}  {:<25} {}\n",
+        "CUSTOMER", "SHOPIFY ID", "SMAREGI", "EASYPOINTS", "DIFF", "FIRST SEEN", "RECENT DELTAS"
+    ));
+    for d in &diffs {
+        let deltas: Vec<String> = d
+            .get("recent_deltas")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        format!(
+                            "{:+} {}",
+                            t["delta"].as_i64().unwrap_or(0),
+                            num(t, &["state"])
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<16} {:<16} {:>10} {:>10} {:>10}  {:<25} {}\n",
+            num(d, &["customer_id"]),
+            num(d, &["shopify_customer_id"]),
+            num(d, &["smaregi"]),
+            num(d, &["easypoints"]),
+            num(d, &["difference"]),
+            num(d, &["first_seen_at"]),
+            if deltas.is_empty() {
+                "-".to_string()
+            } else {
+                deltas.join(", ")
+            },
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,7 +56,8 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             listen,
             data_dir,
             customers,
-        } => serve::demo(listen, data_dir, customers).await,
+            smapify,
+        } => serve::demo(listen, data_dir, customers, smapify).await,
         Cmd::Run { cfg, data_dir } => serve::run(cfg, data_dir).await,
         Cmd::ServiceRun { cfg, data_dir } => serve::service_run(cfg, data_dir).await,
         Cmd::Sim {
@@ -69,6 +70,11 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             client_secret,
             rate_limit,
             state_file,
+            smapify,
+            smapify_delay_ms,
+            code_offset,
+            check_digit,
+            easypoints_rate_limit,
         } => {
             let opts = crate::sim::SimOptions {
                 customers,
@@ -78,6 +84,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 client_secret,
                 rate_limit_per_s: rate_limit,
                 state_file,
+                easypoints: crate::sim::EasyPointsSimOptions {
+                    rate_limit_per_s: (easypoints_rate_limit > 0).then_some(easypoints_rate_limit),
+                    ..Default::default()
+                },
+                smapify: smapify.then_some(crate::sim::SmapifyOptions {
+                    delay_ms: smapify_delay_ms,
+                    code_offset,
+                    check_digit,
+                    ..Default::default()
+                }),
                 ..Default::default()
             };
             serve::sim(listen, admin_listen, opts).await
@@ -159,7 +175,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     c,
                 },
         } => remote::review_resolve(txn_id, action, note, c).await,
-        Cmd::Reconcile { last, c } => remote::reconcile(last, c).await,
+        Cmd::Reconcile { last, ledgers, c } => remote::reconcile(last, ledgers, c).await,
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Add {

@@ -297,7 +297,23 @@ pub(super) async fn review_resolve(
 }
 
 /// Exit 2 when the report lists discrepancies.
-pub(super) async fn reconcile(last: bool, c: ClientArgs) -> Result<ExitCode> {
+pub(super) async fn reconcile(last: bool, ledgers: bool, c: ClientArgs) -> Result<ExitCode> {
+    if ledgers {
+        let v = if last {
+            client_for(&c)?.get("/v1/reconcile/ledgers").await?
+        } else {
+            manager_client_for(&c)?
+                .post("/v1/reconcile/ledgers", &json!({}), None)
+                .await?
+        };
+        print_out(&c, &v, client::render_ledger_report);
+        let diffs = v["differences"].as_array().map_or(0, Vec::len);
+        return Ok(if diffs > 0 {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     let v = if last {
         client_for(&c)?.get("/v1/reconcile").await?
     } else {

@@ -127,6 +127,7 @@ pub(super) async fn demo(
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     customers: u32,
+    smapify: bool,
 ) -> Result<ExitCode> {
     let env = config::env_map();
     let data_dir =
@@ -160,6 +161,17 @@ pub(super) async fn demo(
         },
     ];
     cfg.upstream.sim.customers = customers;
+    if smapify {
+        // The built-in simulator's easyPoints: the daemon points the client at it and uses
+        // its keys; these only satisfy validation.
+        cfg.easypoints = Some(config::EasyPointsConfig {
+            public_key: "built-in-simulator".into(),
+            secret_key: Secret::new("built-in-simulator"),
+            settle_s: 30,
+            report_interval_s: 300,
+            ..Default::default()
+        });
+    }
     cfg.tiers = vec![
         config::TierConfig {
             name: "Silver".into(),
@@ -181,7 +193,15 @@ pub(super) async fn demo(
         settings.config.log.retention_files,
         settings.config.log.max_total_mb,
     );
-    let samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
+    let mut samples = sim::sample_customers(customers.min(5), settings.config.upstream.sim.seed);
+    if smapify {
+        // Smapify's customer sync numbers members by their Shopify id.
+        for c in &mut samples {
+            if let Ok(key) = c.customer_id.parse() {
+                c.code = sim::sample_member_code(key, &sim::SmapifyOptions::default());
+            }
+        }
+    }
     let url = format!("http://{listen}");
     println!("pointsd demo: {customers} sample customers on a built-in simulated Smaregi");
     println!("  cashier page:    {url}/   (sign in with the register token)");
@@ -194,6 +214,14 @@ pub(super) async fn demo(
         println!(
             "    {:>4}  {}  {}  {} {}",
             c.customer_id, c.code, c.barcode, c.last_name, c.first_name
+        );
+    }
+    if smapify {
+        println!(
+            "  Smapify merchant: easyPoints runs beside Smaregi; member codes are Shopify ids"
+        );
+        println!(
+            "  cross-ledger report: pointsd reconcile --ledgers --url {url} --token {manager}"
         );
     }
     println!("  try:  pointsd balance 1 --url {url} --token {register}");

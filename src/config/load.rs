@@ -70,7 +70,8 @@ impl Config {
         let mut track = serde_path_to_error::Track::new();
         let parsed: Result<Config, _> = serde_ignored::deserialize(
             serde_path_to_error::Deserializer::new(toml::Value::Table(value), &mut track),
-            |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+            // An optional section shows as `?` in the path: leave it out of the key.
+            |path: serde_ignored::Path<'_>| unknown.push(path.to_string().replace(".?", "")),
         );
         let mut problems: Vec<Problem> = unknown
             .into_iter()
@@ -125,7 +126,8 @@ impl Config {
     }
 
     /// Fills each secret from its `*_file` key when that is set (`client_secret`, the
-    /// telemetry's bearer token and password); every problem names its key.
+    /// easyPoints `secret_key`, the telemetry's bearer token and password); every problem
+    /// names its key.
     pub fn read_secret_files(&mut self) -> Result<(), Vec<Problem>> {
         let mut problems: Vec<Problem> = self
             .telemetry
@@ -133,8 +135,27 @@ impl Config {
             .into_iter()
             .map(|(key, message)| Problem { key, message })
             .collect();
-        if let Err(more) = self.read_client_secret_file() {
-            problems.extend(more);
+        if let Some(sm) = self.upstream.smaregi.as_mut()
+            && let Some(file) = sm.client_secret_file.clone()
+            && let Err(p) = read_secret_file(
+                "upstream.smaregi.client_secret_file",
+                "client_secret",
+                &file,
+                &mut sm.client_secret,
+            )
+        {
+            problems.push(p);
+        }
+        if let Some(ep) = self.easypoints.as_mut()
+            && let Some(file) = ep.secret_key_file.clone()
+            && let Err(p) = read_secret_file(
+                "easypoints.secret_key_file",
+                "secret_key",
+                &file,
+                &mut ep.secret_key,
+            )
+        {
+            problems.push(p);
         }
         if problems.is_empty() {
             Ok(())
@@ -142,38 +163,36 @@ impl Config {
             Err(problems)
         }
     }
+}
 
-    fn read_client_secret_file(&mut self) -> Result<(), Vec<Problem>> {
-        let Some(sm) = self.upstream.smaregi.as_mut() else {
-            return Ok(());
-        };
-        let Some(file) = sm.client_secret_file.clone() else {
-            return Ok(());
-        };
-        let key = "upstream.smaregi.client_secret_file".to_string();
-        if !sm.client_secret.is_empty() {
-            return Err(vec![Problem {
-                key,
-                message: "set client_secret or client_secret_file, not both".into(),
-            }]);
+/// Reads one secret from `file` into `secret`, which must not be set as well.
+fn read_secret_file(
+    key: &str,
+    what: &str,
+    file: &Path,
+    secret: &mut Secret,
+) -> Result<(), Problem> {
+    let problem = |message: String| Problem {
+        key: key.to_string(),
+        message,
+    };
+    if !secret.is_empty() {
+        return Err(problem(format!("set {what} or {what}_file, not both")));
+    }
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => {
+            *secret = Secret::new(t.trim().to_string());
+            Ok(())
         }
-        match std::fs::read_to_string(&file) {
-            Ok(t) if !t.trim().is_empty() => {
-                sm.client_secret = Secret::new(t.trim().to_string());
-                Ok(())
-            }
-            Ok(_) => Err(vec![Problem {
-                key,
-                message: format!("{} is empty; put the client secret in it", file.display()),
-            }]),
-            Err(e) => Err(vec![Problem {
-                key,
-                message: format!(
-                    "cannot read {}: {e}; check the path and that the pointsd user may read it",
-                    file.display()
-                ),
-            }]),
-        }
+        Ok(_) => Err(problem(format!(
+            "{} is empty; put the {} in it",
+            file.display(),
+            what.replace('_', " ")
+        ))),
+        Err(e) => Err(problem(format!(
+            "cannot read {}: {e}; check the path and that the pointsd user may read it",
+            file.display()
+        ))),
     }
 }
 
@@ -191,7 +210,12 @@ impl Problem {
 /// default is a number or boolean reads the value as TOML, every other key takes it as a plain
 /// string (so a digits-only store id or secret stays a string, and needs no quoting).
 fn apply_env_overrides(table: &mut toml::Table, env: &BTreeMap<String, String>) {
-    let defaults = toml::Value::try_from(Config::default()).ok();
+    // Optional sections are typed by their own defaults too (`POINTSD_EASYPOINTS__SETTLE_S=60`).
+    let defaults = toml::Value::try_from(Config {
+        easypoints: Some(Default::default()),
+        ..Config::default()
+    })
+    .ok();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;

@@ -25,6 +25,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics pushed to HQ (Prometheus remote write); the telemetry component's own type.
     pub telemetry: TelemetryConfig,
+    /// The Smapify merchant's second ledger, read only (absent: not read at all).
+    pub easypoints: Option<EasyPointsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -291,6 +293,59 @@ impl Default for LogConfig {
             level: "info".into(),
             retention_files: 14,
             max_total_mb: 256,
+        }
+    }
+}
+
+/// How a Smaregi member code carries the Shopify customer id (Smapify's customer sync).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckDigit {
+    /// The member code is the number itself (Smapify's default).
+    #[default]
+    None,
+    /// Smapify appended one check digit to the member code; it is dropped before the id is
+    /// read (Smapify does not publish its algorithm, so the digit is not verified).
+    Trailing,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct EasyPointsConfig {
+    /// From the easyPoints app's settings (API credentials).
+    pub public_key: String,
+    pub secret_key: Secret,
+    /// Read the secret key from this file instead.
+    pub secret_key_file: Option<PathBuf>,
+    pub api_base: String,
+    /// Smapify's start number: the member code is the Shopify customer id plus this.
+    pub code_offset: i64,
+    pub code_check_digit: CheckDigit,
+    /// easyPoints requests per second at most (its own budget, apart from Smaregi's).
+    pub max_requests_per_second: u32,
+    /// How long Smapify may take to carry a change between the ledgers before a difference
+    /// counts (the cross-ledger report).
+    pub settle_s: u64,
+    /// The report compares customers this store looked up or wrote in the last this many
+    /// days.
+    pub report_window_days: u32,
+    /// Run the cross-ledger report this often (seconds); 0: only when asked.
+    pub report_interval_s: u64,
+}
+
+impl Default for EasyPointsConfig {
+    fn default() -> Self {
+        EasyPointsConfig {
+            public_key: String::new(),
+            secret_key: Secret::default(),
+            secret_key_file: None,
+            api_base: "https://loyalty.slrs.io/api/shopify".into(),
+            code_offset: 0,
+            code_check_digit: CheckDigit::None,
+            max_requests_per_second: 2,
+            settle_s: 300,
+            report_window_days: 30,
+            report_interval_s: 0,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::load::Problem;
 use super::sections::{Config, Role};
 use crate::secret::Secret;
+use crate::upstream::easypoints::EasyPointsSettings;
 use crate::upstream::smaregi::{PAGE_LIMIT, SmaregiSettings};
 
 /// A config that passed validation, with its text fields parsed into typed values.
@@ -21,6 +22,8 @@ pub struct Settings {
     /// `upstream.connect_timeout_ms` and `upstream.request_timeout_ms`.
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// `[easypoints]`, when the merchant runs Smapify (the second ledger, read only).
+    pub easypoints: Option<EasyPointsSettings>,
     /// Problems that do not stop the daemon but an operator should fix (e.g. file modes).
     pub warnings: Vec<Problem>,
 }
@@ -76,6 +79,22 @@ impl Settings {
             },
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             request_timeout: Duration::from_millis(u.request_timeout_ms),
+            easypoints: config.easypoints.as_ref().map(|e| EasyPointsSettings {
+                api_base: e.api_base.clone(),
+                public_key: e.public_key.clone(),
+                secret_key: e.secret_key.clone(),
+                code_offset: e.code_offset,
+                code_check_digit: e.code_check_digit,
+                max_requests_per_second: e.max_requests_per_second,
+                settle: Duration::from_secs(e.settle_s),
+                report_window: Duration::from_secs(u64::from(e.report_window_days) * 86_400),
+                report_interval: (e.report_interval_s > 0)
+                    .then(|| Duration::from_secs(e.report_interval_s)),
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                request_timeout: Duration::from_millis(u.request_timeout_ms),
+                proxy: u.proxy.clone(),
+                store_id: config.agent.store_id.clone(),
+            }),
             listen,
             tokens,
             config,

@@ -272,3 +272,102 @@ fn table_of_lan_and_token_rules() {
         }
     }
 }
+
+const EP: &str = "[easypoints]\npublic_key = \"pk\"\nsecret_key = \"ep-secret-0123456789\"\n";
+
+#[test]
+fn easypoints_defaults_and_every_rule() {
+    let s = parse(&format!("{GOOD}\n{EP}")).unwrap();
+    let ep = s.easypoints.expect("configured");
+    assert_eq!(ep.api_base, "https://loyalty.slrs.io/api/shopify");
+    assert_eq!(ep.max_requests_per_second, 2);
+    assert_eq!(ep.settle.as_secs(), 300);
+    assert_eq!(ep.report_window.as_secs(), 30 * 86_400);
+    assert!(ep.report_interval.is_none());
+    assert!(parse(GOOD).unwrap().easypoints.is_none());
+    let cases: &[(&str, &str)] = &[
+        ("[easypoints]\nsecret_key = \"x\"", "easypoints.public_key"),
+        ("[easypoints]\npublic_key = \"pk\"", "easypoints.secret_key"),
+        (
+            &format!("{EP}api_base = \"loyalty.slrs.io\""),
+            "easypoints.api_base",
+        ),
+        (&format!("{EP}code_offset = -1"), "easypoints.code_offset"),
+        (
+            &format!("{EP}code_check_digit = \"luhn\""),
+            "easypoints.code_check_digit",
+        ),
+        (
+            &format!("{EP}max_requests_per_second = 0"),
+            "easypoints.max_requests_per_second",
+        ),
+        (&format!("{EP}settle_s = 100000"), "easypoints.settle_s"),
+        (
+            &format!("{EP}report_window_days = 0"),
+            "easypoints.report_window_days",
+        ),
+        (
+            &format!("{EP}report_interval_s = 5"),
+            "easypoints.report_interval_s",
+        ),
+        (&format!("{EP}settle = 5"), "easypoints.settle"),
+    ];
+    for (extra, key) in cases {
+        let ks = keys(parse(&format!("{GOOD}\n{extra}\n")));
+        assert!(
+            ks.iter().any(|k| k == key),
+            "{extra:?}: expected {key} in {ks:?}"
+        );
+    }
+}
+
+#[test]
+fn easypoints_secret_from_env_or_file_never_in_debug_output() {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "POINTSD_EASYPOINTS__SECRET_KEY".into(),
+        "ep-from-env-0123456789".into(),
+    );
+    env.insert("POINTSD_EASYPOINTS__SETTLE_S".into(), "60".into());
+    let c = Config::parse(
+        &format!("{GOOD}\n[easypoints]\npublic_key = \"pk\"\n"),
+        &env,
+        "t",
+    )
+    .unwrap();
+    let s = c.validate().unwrap();
+    let ep = s.easypoints.clone().unwrap();
+    assert_eq!(ep.secret_key.expose(), "ep-from-env-0123456789");
+    assert_eq!(ep.settle.as_secs(), 60);
+    assert!(!format!("{s:?}").contains("ep-from-env"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ep.secret");
+    std::fs::write(&file, "ep-from-file-0123456789\n").unwrap();
+    let text = format!(
+        "{GOOD}\n[easypoints]\npublic_key = \"pk\"\nsecret_key_file = {:?}\n",
+        file.display().to_string()
+    );
+    let mut c = Config::parse(&text, &BTreeMap::new(), "t").unwrap();
+    c.read_secret_files().unwrap();
+    assert_eq!(
+        c.easypoints.as_ref().unwrap().secret_key.expose(),
+        "ep-from-file-0123456789"
+    );
+    // Both at once, or a missing file, is a problem naming the key.
+    let text = format!(
+        "{GOOD}\n{EP}secret_key_file = {:?}\n",
+        file.display().to_string()
+    );
+    let mut c = Config::parse(&text, &BTreeMap::new(), "t").unwrap();
+    let p = c.read_secret_files().unwrap_err();
+    assert_eq!(p[0].key, "easypoints.secret_key_file");
+    let text = format!(
+        "{GOOD}\n[easypoints]\npublic_key = \"pk\"\nsecret_key_file = \"/nonexistent/ep\"\n"
+    );
+    let mut c = Config::parse(&text, &BTreeMap::new(), "t").unwrap();
+    assert_eq!(
+        c.read_secret_files().unwrap_err()[0].key,
+        "easypoints.secret_key_file"
+    );
+}

@@ -407,6 +407,57 @@ impl Config {
         for (key, message) in self.telemetry.problems() {
             bad(&key, message);
         }
+        if let Some(ep) = &self.easypoints {
+            if ep.public_key.trim().is_empty() {
+                bad(
+                    "easypoints.public_key",
+                    "required; find it in the easyPoints app's settings (API credentials)".into(),
+                );
+            }
+            if ep.secret_key.is_empty() {
+                bad(
+                    "easypoints.secret_key",
+                    "required; set secret_key_file, or POINTSD_EASYPOINTS__SECRET_KEY".into(),
+                );
+            }
+            match reqwest::Url::parse(&ep.api_base) {
+                Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
+                _ => bad(
+                    "easypoints.api_base",
+                    format!(
+                        "{:?} is not an http(s) URL; the default is \"https://loyalty.slrs.io/api/shopify\"",
+                        ep.api_base
+                    ),
+                ),
+            }
+            if !(0..=1_000_000_000_000_000).contains(&ep.code_offset) {
+                bad(
+                    "easypoints.code_offset",
+                    "must be 0 or a positive start number (as set in Smapify)".into(),
+                );
+            }
+            if ep.max_requests_per_second == 0 || ep.max_requests_per_second > 100 {
+                bad(
+                    "easypoints.max_requests_per_second",
+                    "must be 1..=100".into(),
+                );
+            }
+            if ep.settle_s > 86_400 {
+                bad(
+                    "easypoints.settle_s",
+                    "must be at most 86400 (Smapify carries a change within minutes)".into(),
+                );
+            }
+            if ep.report_window_days == 0 || ep.report_window_days > 365 {
+                bad("easypoints.report_window_days", "must be 1..=365".into());
+            }
+            if ep.report_interval_s != 0 && ep.report_interval_s < 60 {
+                bad(
+                    "easypoints.report_interval_s",
+                    "must be 0 (off) or at least 60 seconds".into(),
+                );
+            }
+        }
         if self.log.retention_files == 0 {
             bad("log.retention_files", "must be at least 1".into());
         }
@@ -453,6 +504,10 @@ impl Config {
                 .as_ref()
                 .is_some_and(|s| !s.client_secret.is_empty())
             || self.telemetry.holds_secret()
+            || self
+                .easypoints
+                .as_ref()
+                .is_some_and(|e| !e.secret_key.is_empty() && e.secret_key_file.is_none())
     }
 }
 

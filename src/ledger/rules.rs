@@ -180,6 +180,11 @@ pub fn is_expired(expires_at: Option<&str>, today: &str) -> bool {
     }
 }
 
+/// Has an expiry instant (unix ms; easyPoints gives one, not a date) passed at `now_ms`?
+pub fn is_expired_at(expires_ms: Option<i64>, now_ms: i64) -> bool {
+    expires_ms.is_some_and(|t| now_ms >= t)
+}
+
 /// Whether a redeem of `points` may be accepted now.
 ///
 /// Online, the upstream has the last word (it expires points before it subtracts), so only the
@@ -342,6 +347,13 @@ mod tests {
         assert!(is_expired(Some("2026-01-01"), "2026-01-02"));
         assert!(!is_expired(Some("2026-01-02 00:00:00"), "2026-01-02"));
         assert!(!is_expired(None, "2026-01-02"));
+        for (at, now, expired) in [
+            (Some(1_000), 999, false),
+            (Some(1_000), 1_000, true),
+            (None, 5, false),
+        ] {
+            assert_eq!(is_expired_at(at, now), expired, "{at:?} at {now}");
+        }
     }
 
     #[test]

@@ -20,12 +20,15 @@
 //!   of them.
 //! - `admin.rs`: the admin API (`/_sim/...`).
 //! - `conn.rs`: accepting and serving connections (refusing, cutting, dropping one).
+//! - `easypoints.rs`: the easyPoints API under `/api/shopify` on the API port, the Smapify
+//!   mirror between the two ledgers, and their admin routes (`/_sim/easypoints/...`).
 
 // Early returns here are whole HTTP answers; boxing them buys nothing in a test server.
 #![allow(clippy::result_large_err)]
 
 mod admin;
 mod conn;
+mod easypoints;
 pub(crate) mod limits;
 mod options;
 mod smaregi;
@@ -40,6 +43,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use easypoints::{
+    EasyPointsSimOptions, EpAllotment, EpCustomer, EpFaults, EpRequest, Mirror, SmapifyOptions,
+    sample_member_code,
+};
 pub use limits::AgentCounts;
 pub use options::{Faults, SimOptions};
 pub use state::{
@@ -79,12 +86,13 @@ impl SimHandle {
         tracker.spawn(conn::serve_api(
             listener,
             addr,
-            smaregi::api_router(state.clone()),
+            smaregi::api_router(state.clone()).merge(easypoints::api_router(state.clone())),
             refuse_rx,
             stop.clone(),
             tracker.clone(),
         ));
-        let admin_app = admin::admin_router(state.clone(), refuse_tx.clone());
+        let admin_app = admin::admin_router(state.clone(), refuse_tx.clone())
+            .merge(easypoints::admin_router(state.clone()));
         let stop2 = stop.clone();
         tracker.spawn(async move {
             let _ = axum::serve(admin, admin_app)
@@ -102,6 +110,19 @@ impl SimHandle {
                 }
             }
             st.lock().expect("sim").persist();
+        });
+        // Smapify carries changes and easyPoints expires balances as time passes, whether or
+        // not anyone asks.
+        let st = state.clone();
+        let stop4 = stop.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = stop4.cancelled() => break,
+                    _ = tick.tick() => st.lock().expect("sim").ep_tick(),
+                }
+            }
         });
         tracker.close();
         Ok(SimHandle {
@@ -122,6 +143,59 @@ impl SimHandle {
     }
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
+    }
+    /// The easyPoints API's base (`api_base` of `[easypoints]`).
+    pub fn easypoints_url(&self) -> String {
+        format!("http://{}{}", self.addr, easypoints::PREFIX)
+    }
+    /// The Shopify id easyPoints knows a Smaregi customer by (Smapify merchants).
+    pub fn shopify_id(&self, customer_id: &str) -> Option<String> {
+        self.state
+            .lock()
+            .expect("sim")
+            .ep
+            .by_smaregi
+            .get(customer_id)
+            .cloned()
+    }
+    /// A customer as easyPoints holds them, by Shopify id.
+    pub fn ep_customer(&self, shopify_id: &str) -> Option<EpCustomer> {
+        let mut s = self.state.lock().expect("sim");
+        s.ep_tick();
+        s.ep.customers.get(shopify_id).cloned()
+    }
+    /// Makes a customer's easyPoints balance expire `secs` from now.
+    pub fn ep_expire_in(&self, shopify_id: &str, secs: i64) {
+        if let Some(c) = self
+            .state
+            .lock()
+            .expect("sim")
+            .ep
+            .customers
+            .get_mut(shopify_id)
+        {
+            c.expires_at_ms = state::now_ms() + secs * 1000;
+        }
+    }
+    /// An online order: easyPoints changes now, Smaregi once Smapify carried it.
+    pub fn ep_order(&self, shopify_id: &str, delta: i64) -> Result<EpCustomer, String> {
+        self.state.lock().expect("sim").ep_order(shopify_id, delta)
+    }
+    pub fn ep_faults(&self) -> EpFaults {
+        self.state.lock().expect("sim").ep.faults.clone()
+    }
+    pub fn set_ep_faults(&self, f: EpFaults) {
+        self.state.lock().expect("sim").ep.faults = f;
+    }
+    /// Every request the easyPoints side received, in order.
+    pub fn ep_requests(&self) -> Vec<EpRequest> {
+        self.state.lock().expect("sim").ep.requests.clone()
+    }
+    /// Changes Smapify is still carrying, and those it lost.
+    pub fn smapify_mirror(&self) -> (Vec<Mirror>, Vec<Mirror>) {
+        let mut s = self.state.lock().expect("sim");
+        s.ep_tick();
+        (s.ep.pending.clone(), s.ep.lost.clone())
     }
     pub fn options(&self) -> SimOptions {
         self.state.lock().expect("sim").opts.clone()

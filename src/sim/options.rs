@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::easypoints::{EasyPointsSimOptions, SmapifyOptions};
+
 /// Fault switches. Probabilities are 0.0..=1.0 per API request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -59,6 +61,13 @@ pub struct SimOptions {
     /// and an endpoint needing one the token lacks answers 403. Default: all three.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
+    /// The easyPoints side (credentials, rate limit), served under `/api/shopify`.
+    #[serde(default)]
+    pub easypoints: EasyPointsSimOptions,
+    /// A Smapify merchant: easyPoints holds every member, and Smapify carries changes between
+    /// the two ledgers. `None`: easyPoints knows no customer.
+    #[serde(default)]
+    pub smapify: Option<SmapifyOptions>,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -97,6 +106,8 @@ impl Default for SimOptions {
             subsecond_stamps: false,
             omit_transaction_head_ids: false,
             scopes: default_scopes(),
+            easypoints: EasyPointsSimOptions::default(),
+            smapify: None,
         }
     }
 }

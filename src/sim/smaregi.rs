@@ -474,6 +474,7 @@ async fn add_point(
             at_ms: now_ms(),
             transaction_head_id: id,
         });
+        s.smapify_from_smaregi(&customer_id, b.point);
         s.dirty = true;
         if !drop_it {
             return Json(answer).into_response();

@@ -131,6 +131,8 @@ pub(super) struct SimState {
     pub agents: BTreeMap<String, AgentCounts>,
     pub dirty: bool,
     pub rng: rand::rngs::StdRng,
+    /// easyPoints and Smapify (see `easypoints.rs`).
+    pub ep: super::easypoints::EpState,
 }
 
 pub(super) type Shared = Arc<Mutex<SimState>>;
@@ -263,7 +265,7 @@ impl SimState {
             opts.write_limit_per_s,
             opts.rate_limit_per_s,
         );
-        SimState {
+        let mut s = SimState {
             opts,
             customers,
             by_id,
@@ -278,7 +280,10 @@ impl SimState {
             agents: BTreeMap::new(),
             dirty: false,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed),
-        }
+            ep: Default::default(),
+        };
+        s.start_smapify();
+        s
     }
 
     /// Counts a request under its `User-Agent`, then applies the contract's limits to it:
@@ -394,6 +399,10 @@ impl SimState {
                 (8, ELSEWHERE_STORE)
             }
         };
+        if let Elsewhere::Sale { delta } = kind {
+            // Smapify carries a register's point change to easyPoints.
+            self.smapify_from_smaregi(customer_id, delta);
+        }
         Ok(self.record(key, division, store).expect("indexed"))
     }
 

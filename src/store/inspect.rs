@@ -51,3 +51,15 @@ pub fn inspect_readonly(db: &Path) -> Result<Inspection, InspectError> {
         queue,
     })
 }
+
+/// One value of the `sync_state` table of a database the daemon may own, read-only (`doctor`
+/// shows what the running daemon last found). `None` when absent or unreadable.
+pub fn meta_readonly(db: &Path, key: super::Meta) -> Option<String> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row(
+        "SELECT value FROM sync_state WHERE key = ?1",
+        [key.as_str()],
+        |r| r.get(0),
+    )
+    .ok()
+}

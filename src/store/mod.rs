@@ -11,7 +11,8 @@
 //! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
 //! `schema.rs` (migrations); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
 //! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
-//! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `review.rs` (a
+//! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `easypoints.rs` (a Smapify
+//! merchant's second ledger: cached reads, what the cross-ledger report needs); `review.rs` (a
 //! person's decisions); `sales.rs` and `returns.rs` (DESIGN.md §10); `inspect.rs` (read-only
 //! look for `doctor`); `error.rs`. rusqlite types stay inside this module.
 
@@ -38,6 +39,7 @@ macro_rules! open_rows {
 }
 
 mod cache;
+mod easypoints;
 mod error;
 mod feed;
 mod file;
@@ -54,6 +56,7 @@ mod tests;
 mod writer;
 
 pub use cache::*;
+pub use easypoints::*;
 pub use error::*;
 pub use feed::SeenChange;
 use file::*;

@@ -363,7 +363,7 @@ pub(super) fn accept_in(
     };
     let delta = new.delta(&ctx.earn);
     if new.kind == ledger::Kind::Redeem || delta < 0 {
-        let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+        let expired = customer.expired(&ctx.today, ctx.now_ms);
         let res = if new.kind == ledger::Kind::Redeem {
             ledger::check_changed_elsewhere(
                 customer.changed_elsewhere_at.as_deref(),

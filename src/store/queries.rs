@@ -31,6 +31,10 @@ pub enum Meta {
     LastReconcile,
     /// The change feed has stored every change up to this time (unix ms).
     FeedWatermark,
+    /// The last cross-ledger (Smaregi / easyPoints) report (JSON).
+    LastLedgerReport,
+    /// The last check that Smapify carries this store's changes to easyPoints (JSON).
+    SmapifyCheck,
 }
 
 impl Meta {
@@ -39,6 +43,8 @@ impl Meta {
             Meta::LastFullRefreshAt => "last_full_refresh_at",
             Meta::LastReconcile => "last_reconcile",
             Meta::FeedWatermark => "feed_watermark_ms",
+            Meta::LastLedgerReport => "last_ledger_report",
+            Meta::SmapifyCheck => "smapify_check",
         }
     }
 }

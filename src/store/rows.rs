@@ -20,11 +20,35 @@ pub struct CustomerRow {
     pub changed_elsewhere_at: Option<String>,
     /// When the agent marked it (unix ms).
     pub marked_at: Option<i64>,
+    /// The easyPoints figures last read for this customer (Smapify merchants only).
+    pub easypoints: Option<EasyPointsCached>,
+}
+
+/// What the last easyPoints read said about a customer.
+#[derive(Debug, Clone, Serialize)]
+pub struct EasyPointsCached {
+    pub shopify_id: String,
+    /// `None`: easyPoints has no balance for this customer.
+    pub balance: Option<i64>,
+    pub expires_at: Option<String>,
+    pub expires_ms: Option<i64>,
+    /// Months without activity before the whole balance expires.
+    pub expiration_delay: Option<i64>,
+    /// When it was read (unix ms).
+    pub read_at: i64,
 }
 
 impl CustomerRow {
     pub fn balance(&self) -> Balance {
         Balance::new(self.confirmed, self.pending)
+    }
+
+    /// Are the confirmed points past their expiry? Smaregi's date (JST `today`), or, for a
+    /// Smapify merchant, the instant easyPoints gave (its expiry is the one that counts there:
+    /// Smapify keeps Smaregi's empty).
+    pub fn expired(&self, today: &str, now_ms: i64) -> bool {
+        ledger::is_expired(self.expires_at.as_deref(), today)
+            || ledger::is_expired_at(self.easypoints.as_ref().and_then(|e| e.expires_ms), now_ms)
     }
 }
 
@@ -110,7 +134,9 @@ pub(super) const CUSTOMER_SELECT: &str = concat!(
        WHERE t.customer_id = c.customer_id AND ",
     open_rows!("t"),
     "), c.expires_at, c.upstream_updated_at, c.as_of, c.local_only, c.changed_elsewhere_at, \
-    c.marked_at FROM customers c"
+    c.marked_at, e.ep_shopify_id, e.ep_balance, e.ep_expires_at, e.ep_expires_ms, \
+    e.ep_delay_months, e.ep_read_at FROM customers c \
+    LEFT JOIN easypoints_balances e ON e.ep_customer = c.customer_id"
 );
 
 pub(super) fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
@@ -127,6 +153,17 @@ pub(super) fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
         local_only: r.get::<_, i64>(9)? != 0,
         changed_elsewhere_at: r.get(10)?,
         marked_at: r.get(11)?,
+        easypoints: match r.get::<_, Option<i64>>(17)? {
+            Some(read_at) => Some(EasyPointsCached {
+                shopify_id: r.get(12)?,
+                balance: r.get(13)?,
+                expires_at: r.get(14)?,
+                expires_ms: r.get(15)?,
+                expiration_delay: r.get(16)?,
+                read_at,
+            }),
+            None => None,
+        },
     })
 }
 

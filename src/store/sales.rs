@@ -337,7 +337,7 @@ pub(super) fn price(
     let quote = ledger::quote_sale(amount, points_used, &ctx.rules, tier, &ctx.day)
         .map_err(PriceRefusal::Spend)?;
     if points_used > 0 {
-        let expired = ledger::is_expired(customer.expires_at.as_deref(), &ctx.today);
+        let expired = customer.expired(&ctx.today, ctx.now_ms);
         ledger::check_changed_elsewhere(
             customer.changed_elsewhere_at.as_deref(),
             ctx.online,

@@ -324,6 +324,23 @@ CREATE TABLE returns (
 CREATE INDEX returns_sale ON returns(sale_id, created_at);
 CREATE INDEX returns_txn ON returns(txn_id) WHERE txn_id IS NOT NULL;
 "#,
+    // easyPoints, a Smapify merchant's second ledger (DESIGN.md §12), read on look-ups: its
+    // balance and inactivity expiry per customer, and since when a cross-ledger report has
+    // seen the two ledgers differ. Column names carry `ep_` so a join with `customers` never
+    // makes a name ambiguous. A NULL balance: easyPoints knows no such customer.
+    r#"
+CREATE TABLE easypoints_balances (
+    ep_customer      TEXT PRIMARY KEY NOT NULL REFERENCES customers(customer_id),
+    ep_shopify_id    TEXT NOT NULL,
+    ep_balance       INTEGER,
+    ep_expires_at    TEXT,
+    ep_expires_ms    INTEGER,
+    ep_delay_months  INTEGER,
+    ep_read_at       INTEGER NOT NULL,
+    ep_diff_since    INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE INDEX easypoints_read ON easypoints_balances(ep_read_at);
+"#,
 ];
 
 pub fn known_version() -> i64 {

@@ -8,9 +8,14 @@
 //! `verify.rs` (the read-back of a lost answer) and `readback.rs` (its pure verdict, table
 //! tested); `pull.rs` (probe, resumable full pull, reconcile); `feed.rs` (change feed, marks,
 //! background re-reads); `lookup.rs` (a cashier's look-up refresh and its breaker);
-//! `schedule.rs` (retry delays).
+//! `schedule.rs` (retry delays); `ledgers.rs` (a Smapify merchant's easyPoints: read on
+//! look-ups, and the cross-ledger report).
 
 pub mod feed;
+mod ledgers;
+pub use ledgers::{
+    LedgerDifference, LedgerError, LedgerReport, Ledgers, SMAPIFY_NOT_CARRYING, SmapifyCheck,
+};
 mod lookup;
 pub use lookup::LookupRefresh;
 mod pull;

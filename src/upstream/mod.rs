@@ -4,9 +4,11 @@
 //!
 //! Files: this one (trait, shared types, errors, lenient number parsing); `smaregi.rs` (the
 //! Smaregi Platform API adapter); `health.rs` (link state and the wrapper that records it);
-//! `budget.rs` (the agent's share of the contract: read/write pacing, AIMD, priorities).
+//! `budget.rs` (the agent's share of the contract: read/write pacing, AIMD, priorities);
+//! `easypoints.rs` (the easyPoints API, read only: a Smapify merchant's second ledger).
 
 pub mod budget;
+pub mod easypoints;
 pub mod health;
 pub mod smaregi;
 
