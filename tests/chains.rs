@@ -212,3 +212,53 @@ async fn many_changes_elsewhere_bring_a_full_pull_spaced_by_the_reread_budget() 
     d.stop().await;
     sim.shutdown().await;
 }
+
+/// A drain never waits behind a full pull: while the first fill of a large directory crawls
+/// at a tight read limit, queued earns go up at once (writes have their own lane, and a
+/// push's reads go first in the read lane).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_earns_go_up_while_a_long_full_pull_is_in_progress() {
+    // 30,000 customers: 30 pages of balances and 30 of the directory at 4 reads/s, 15 s at
+    // the very least.
+    let sim = sim_with(30_000, |o| {
+        o.read_limit_per_s = Some(4);
+        o.write_limit_per_s = Some(10);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&sim, "store-drain-first");
+    c.sync.online_budget_ms = 0;
+    c.sync.max_reads_per_second = Some(4);
+    let mut d = TestDaemon::start(c, dir.path().to_path_buf(), false).await;
+    d.wait_for(
+        "the fill under way and online",
+        Duration::from_secs(30),
+        |s| s["online"] == json!(true),
+    )
+    .await;
+    let before: Vec<i64> = (1..=10)
+        .map(|i| sim.balance(&i.to_string()).unwrap())
+        .collect();
+    for i in 1..=10 {
+        let (s, v) = d.earn(&format!("drain-{i}"), &i.to_string(), 5).await;
+        assert!(s == 200 || s == 201 || s == 202, "{s} {v}");
+    }
+    let st = d
+        .wait_for("every earn applied", Duration::from_secs(60), |s| {
+            s["queue"]["applied"] == json!(10)
+        })
+        .await;
+    assert!(
+        st["cache"]["last_full_refresh_at"].is_null(),
+        "the earns waited for the full pull: {st:#}"
+    );
+    for i in 1..=10 {
+        assert_eq!(
+            sim.balance(&i.to_string()).unwrap(),
+            before[i - 1] + 5,
+            "customer {i}"
+        );
+    }
+    d.stop().await;
+    sim.shutdown().await;
+}
