@@ -15,7 +15,8 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 URL=http://127.0.0.1:$PORT
-for _ in $(seq 100); do curl -sf "$URL/v1/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 600); do curl -sf "$URL/v1/health" >/dev/null && break; sleep 0.1; done
+curl -sf "$URL/v1/health" >/dev/null || { echo "the demo daemon did not start:"; cat "$WORK/demo.err"; exit 1; }
 # The manager token reaches every operation (a register token gets 403 on manager routes).
 TOKEN=$(cat "$WORK/demo-manager.token")
 # positive_data_acceptance is left out: some rules (exactly one of code/barcode/q, points xor

@@ -35,6 +35,14 @@ fn unit(addr: IpAddr) -> IpAddr {
 impl Throttle {
     /// `Some(seconds to wait)` when `addr` may not try a token now.
     pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        // The store PC itself (127.0.0.1, ::1) is not throttled: whoever runs there can read
+        // the config and the token file anyway, and a local tool's bad token must not lock the
+        // machine's own register out. Other loopback addresses are, like the LAN.
+        if addr == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            || addr == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        {
+            return None;
+        }
         let addr = unit(addr);
         let mut map = self.failures.lock().expect("throttle lock");
         let q = map.get_mut(&addr)?;
@@ -71,6 +79,21 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_pc_itself_is_never_throttled_other_loopback_addresses_are() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for addr in ["127.0.0.1", "::1", "127.0.0.2"] {
+            let a: IpAddr = addr.parse().unwrap();
+            for _ in 0..MAX_FAILURES {
+                t.failed(a, now);
+            }
+        }
+        assert_eq!(t.blocked("127.0.0.1".parse().unwrap(), now), None);
+        assert_eq!(t.blocked("::1".parse().unwrap(), now), None);
+        assert!(t.blocked("127.0.0.2".parse().unwrap(), now).is_some());
+    }
 
     #[test]
     fn ten_failures_block_that_address_for_the_rest_of_the_minute() {

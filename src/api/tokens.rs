@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::auth::{Caller, require_manager};
 use super::input::json_body;
-use super::openapi::{E400, E401, E403, E404, E409};
+use super::openapi::{E400, E401, E403, E404, E409, E422};
 use super::{ApiError, AppRef};
 use crate::config::Role;
 use crate::tokens::{self, TokenError, TokenFile};
@@ -104,7 +104,7 @@ pub(super) async fn list_tokens(
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "pointsd",
     request_body(content = Object, description = "`{\"name\": \"ipad-2\", \"role\": \"register\"}` (role defaults to register)"),
-    responses((status = 201, body = IssuedToken), E400, E401, E403, E409))]
+    responses((status = 201, body = IssuedToken), E400, E401, E403, E409, E422))]
 pub(super) async fn add_token(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
