@@ -46,11 +46,14 @@ mod file;
 pub mod inspect;
 mod outbox;
 mod queries;
+#[cfg(test)]
+mod reprepare_tests;
 mod returns;
 mod review;
 mod rows;
 mod sales;
 pub mod schema;
+mod stmt_stats;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -69,6 +72,7 @@ pub use sales::{
     ReturnRow, SaleCtx, SaleOutcome, SaleRecord, SaleRow, SalesStats, TxnSplit, return_txn_id,
     sale_txn_id,
 };
+pub use stmt_stats::{LiveStatement, PrepareCounter};
 pub use writer::*;
 
 use std::path::{Path, PathBuf};
@@ -93,12 +97,25 @@ pub struct Store {
     /// The writer and checkpoint threads, joined by [`Store::close`].
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Counts statement compilations when opened with [`Store::open_counting_prepares`].
+    prepares: Option<Arc<PrepareCounter>>,
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database, and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = open_writer(path)?;
+        Store::open_with(path, None)
+    }
+
+    /// [`Store::open`], counting every statement any of its connections compiles (first
+    /// prepares and re-prepares): the guard that hot statements come from the cache.
+    pub fn open_counting_prepares(path: &Path) -> Result<(Store, Arc<PrepareCounter>), StoreError> {
+        let counter = Arc::new(PrepareCounter::default());
+        Ok((Store::open_with(path, Some(counter.clone()))?, counter))
+    }
+
+    fn open_with(path: &Path, prepares: Option<Arc<PrepareCounter>>) -> Result<Store, StoreError> {
+        let mut conn = open_writer(path, prepares.as_ref())?;
         let ckpt = start_checkpointer(&mut conn, path)?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>(4 * GROUP_COMMIT_MAX);
         let storage = Arc::new(Mutex::new(StorageHealth {
@@ -120,7 +137,9 @@ impl Store {
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
+                prepares: prepares.clone(),
             }),
+            prepares,
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -198,5 +217,24 @@ impl Store {
         let r = f(&conn);
         self.readers.give(conn);
         r.map_err(StoreError::from)
+    }
+
+    /// Every statement the writer and the idle readers hold prepared, with SQLite's counters.
+    pub async fn live_statements(&self) -> Result<Vec<LiveStatement>, StoreError> {
+        let mut out = self.write(|c| Ok(stmt_stats::live_statements(c))).await?;
+        let idle = self
+            .readers
+            .idle
+            .lock()
+            .map_err(|_| StoreError::Batch("reader pool poisoned".into()))?;
+        for c in idle.iter() {
+            out.extend(stmt_stats::live_statements(c));
+        }
+        Ok(out)
+    }
+
+    /// The prepare counter, when the store was opened with one.
+    pub fn prepare_counter(&self) -> Option<&Arc<PrepareCounter>> {
+        self.prepares.as_ref()
     }
 }

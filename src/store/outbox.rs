@@ -4,12 +4,12 @@
 use super::*;
 
 pub(super) fn bump_apply_counter(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
+    // Cached like every statement on a send's completion (the re-prepare guard counts it).
+    conn.prepare_cached(
         "UPDATE sync_state SET value = CAST(value AS INTEGER) + 1 WHERE key = 'apply_counter' \
          RETURNING CAST(value AS INTEGER)",
-        [],
-        |r| r.get(0),
-    )
+    )?
+    .query_row([], |r| r.get(0))
 }
 
 /// What the accept rule needs to know besides the request.
@@ -305,11 +305,10 @@ impl Store {
 
     pub async fn apply_counter(&self) -> Result<i64, StoreError> {
         self.read(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT CAST(value AS INTEGER) FROM sync_state WHERE key = 'apply_counter'",
-                [],
-                |r| r.get(0),
-            )
+            )?
+            .query_row([], |r| r.get(0))
         })
         .await
     }
@@ -318,12 +317,11 @@ impl Store {
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
         // (A row scheduled before a clock change may lie far ahead; claim_due handles it.)
         self.read(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM txns INDEXED BY txns_due_at \
                  WHERE state IN ('pending','ambiguous')",
-                [],
-                |r| r.get(0),
-            )
+            )?
+            .query_row([], |r| r.get(0))
         })
         .await
     }

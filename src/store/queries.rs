@@ -116,15 +116,12 @@ impl Store {
             }
             // The oldest open row by sequence is the oldest by acceptance (one index step).
             q.oldest_pending_created_at = c
-                .query_row(
-                    concat!(
-                        "SELECT created_at FROM txns INDEXED BY txns_open_seq WHERE ",
-                        open_rows!(),
-                        " ORDER BY seq LIMIT 1"
-                    ),
-                    [],
-                    |r| r.get(0),
-                )
+                .prepare_cached(concat!(
+                    "SELECT created_at FROM txns INDEXED BY txns_open_seq WHERE ",
+                    open_rows!(),
+                    " ORDER BY seq LIMIT 1"
+                ))?
+                .query_row([], |r| r.get(0))
                 .optional()?;
             Ok(q)
         })
@@ -134,15 +131,12 @@ impl Store {
     /// Whether any transaction is waiting to go upstream (one step of the open-rows index).
     pub async fn has_open(&self) -> Result<bool, StoreError> {
         self.read(|c| {
-            c.query_row(
-                concat!(
-                    "SELECT EXISTS (SELECT 1 FROM txns INDEXED BY txns_open_seq WHERE ",
-                    open_rows!(),
-                    ")"
-                ),
-                [],
-                |r| r.get(0),
-            )
+            c.prepare_cached(concat!(
+                "SELECT EXISTS (SELECT 1 FROM txns INDEXED BY txns_open_seq WHERE ",
+                open_rows!(),
+                ")"
+            ))?
+            .query_row([], |r| r.get(0))
         })
         .await
     }
@@ -150,10 +144,9 @@ impl Store {
     pub async fn meta(&self, key: Meta) -> Result<Option<String>, StoreError> {
         let key = key.as_str();
         self.read(move |c| {
-            c.query_row("SELECT value FROM sync_state WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()
+            c.prepare_cached("SELECT value FROM sync_state WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
         })
         .await
     }
