@@ -1342,3 +1342,53 @@ async fn openapi_document_is_served_and_checked_in() {
     assert_eq!(s, 200);
     assert_eq!(served, v);
 }
+
+/// Look-ups of one customer whose figure is old, all at once: one upstream read answers them
+/// all (refreshes coalesce), and every look-up shows the balance the upstream now holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_customer_share_one_upstream_read() {
+    let sim = start_sim(20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&sim, "store-coalesce");
+    cfg.api.lookup_refresh_after_s = 0;
+    cfg.api.lookup_refresh_budget_ms = 3_000;
+    let mut d = TestDaemon::start(cfg, dir.path().to_path_buf(), true).await;
+    let reads = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("pointsd_upstream_requests_total{op=\"get_balance\""))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    };
+    // Changed elsewhere, so a refresh has something to show; slow, so the look-ups overlap.
+    sim.add_elsewhere("7", 25);
+    let want = sim.balance("7").unwrap();
+    set_faults(&sim, |f| f.latency_ms = 500);
+    let before = reads(&d.metrics_text().await);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (http, url) = (d.http.clone(), format!("{}/v1/customers/7", d.url));
+        set.spawn(async move {
+            let r = http
+                .get(url)
+                .bearer_auth(REGISTER_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = set.join_all().await;
+    set_faults(&sim, |f| f.latency_ms = 0);
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["balance"]["confirmed"], json!(want), "{body}");
+    }
+    let after = reads(&d.metrics_text().await);
+    assert_eq!(
+        after - before,
+        1,
+        "ten look-ups of one customer read it upstream once"
+    );
+    d.stop().await;
+    sim.shutdown().await;
+}

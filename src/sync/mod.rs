@@ -106,6 +106,9 @@ pub struct SyncEngine {
     /// Look-ups answer from the cache alone until then (unix ms): set when a look-up's
     /// refresh ran out of its budget (the start of an outage, before the probe notices).
     lookup_paused_until: std::sync::atomic::AtomicI64,
+    /// Look-up refreshes in flight, by customer: a second look-up of the same customer waits
+    /// for the first one's answer instead of asking the upstream again.
+    lookups_in_flight: lookup::InFlight,
     /// Customers another writer was seen moving, and when (unix ms): their sends read a
     /// fresh balance first for [`CONTENDED_FOR_MS`].
     contended: Mutex<HashMap<String, i64>>,
@@ -148,6 +151,7 @@ impl SyncEngine {
             feed: Mutex::new(feed::FeedState::default()),
             reread_wake: Notify::new(),
             lookup_paused_until: std::sync::atomic::AtomicI64::new(0),
+            lookups_in_flight: Default::default(),
             contended: Mutex::new(HashMap::new()),
         })
     }

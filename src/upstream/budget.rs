@@ -41,6 +41,8 @@ pub enum Priority {
 
 tokio::task_local! {
     static PRIORITY: Priority;
+    /// Set by [`Budget::prepaid`]: the task's next request already holds its slot.
+    static PREPAID: std::cell::Cell<bool>;
 }
 
 /// Runs `f` with its upstream requests at priority `p`.
@@ -206,6 +208,25 @@ impl Lane {
         (i, i.mul_f64(burst))
     }
 
+    /// The next slot if it comes within one pacing interval and nothing of a higher priority
+    /// waits: reserved (the pacer moves past it) and the wait returned. `None`: the lane is
+    /// spoken for; nothing is reserved.
+    fn reserve_next(&mut self, prio: Priority, now: Instant) -> Option<Duration> {
+        self.forget_unused_rate(now);
+        let (interval, credit) = self.interval();
+        let earliest = self.next_at.max(now.checked_sub(credit).unwrap_or(now));
+        let higher_waiting = self.waiting[..prio as usize].iter().any(|&n| n > 0);
+        let wait = earliest.saturating_duration_since(now);
+        if higher_waiting || wait > interval {
+            self.limited_at = Some(now);
+            return None;
+        }
+        self.next_at = earliest + interval;
+        self.granted += 1;
+        self.window_grants += 1;
+        Some(wait)
+    }
+
     /// A slot now, or how long to wait for one.
     fn try_take(&mut self, prio: Priority, now: Instant) -> Result<(), Duration> {
         self.forget_unused_rate(now);
@@ -333,6 +354,9 @@ impl Budget {
 
     /// Waits for a slot of `class` at the running task's priority.
     pub async fn acquire(&self, class: Class) {
+        if PREPAID.try_with(|p| p.replace(false)).unwrap_or(false) {
+            return;
+        }
         let prio = current_priority();
         let lane = self.lane(class);
         lane.lock().expect("budget").waiting[prio as usize] += 1;
@@ -344,6 +368,33 @@ impl Budget {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Takes the next slot of `class` at the running task's priority if it comes within one
+    /// pacing interval (waiting that long), else says no at once. A cashier's look-up refresh
+    /// asks this way: when the agent's share of the contract is spoken for, the register is
+    /// answered from the cache rather than after a queue (a flood of look-ups must not wait
+    /// behind the rate limit, issue 22).
+    pub async fn try_acquire(&self, class: Class) -> bool {
+        let prio = current_priority();
+        let wait = match self.lane(class).lock() {
+            Ok(mut lane) => lane.reserve_next(prio, Instant::now()),
+            Err(_) => None,
+        };
+        match wait {
+            None => false,
+            Some(w) => {
+                if !w.is_zero() {
+                    tokio::time::sleep(w).await;
+                }
+                true
+            }
+        }
+    }
+
+    /// Runs `f`, whose next request was paid for by [`Budget::try_acquire`].
+    pub async fn prepaid<F: Future>(f: F) -> F::Output {
+        PREPAID.scope(std::cell::Cell::new(true), f).await
     }
 
     /// A `transactionHeadId` from a `point/add` answer: the contract's transaction counter,
@@ -402,6 +453,33 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_takes_the_next_slot_within_one_interval_or_none_at_all() {
+        let mut l = Lane::new(10);
+        let t0 = Instant::now();
+        let cases: &[(u64, Option<u64>)] = &[
+            // (ms after t0, the wait a look-up gets, or None when it is refused)
+            (0, Some(0)),
+            (0, Some(100)),
+            (0, None),
+            (50, None),
+            (100, Some(100)),
+            (450, Some(0)),
+        ];
+        for &(at, want) in cases {
+            let got = l
+                .reserve_next(Priority::Lookup, t0 + Duration::from_millis(at))
+                .map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "at +{at} ms");
+        }
+        // A push waiting goes first: a look-up is refused even with the slot free.
+        l.waiting[Priority::Push as usize] = 1;
+        assert_eq!(
+            l.reserve_next(Priority::Lookup, t0 + Duration::from_secs(5)),
+            None
+        );
+    }
 
     #[test]
     fn a_429_halves_the_rate_once_per_burst_and_success_grows_it_back_only_when_limited() {
