@@ -143,7 +143,17 @@ struct Daemon {
 }
 
 fn write_config(dir: &Path, sim: &Sim, port: u16, rate: u32) -> PathBuf {
-    let cfg = dir.join("pointsd.toml");
+    write_config_as(dir, sim, port, rate, true)
+}
+
+/// `cache_only = false`: the default look-up refresh (a customer older than 30 s is asked of
+/// the upstream first, within 300 ms), as a store runs it.
+fn write_config_as(dir: &Path, sim: &Sim, port: u16, rate: u32, cache_only: bool) -> PathBuf {
+    let cfg = dir.join(if cache_only {
+        "pointsd.toml"
+    } else {
+        "pointsd-default-refresh.toml"
+    });
     std::fs::write(
         &cfg,
         format!(
@@ -151,8 +161,7 @@ fn write_config(dir: &Path, sim: &Sim, port: u16, rate: u32) -> PathBuf {
 store_id = "bench"
 [api]
 listen = "127.0.0.1:{port}"
-# The look-up benchmark measures the cache: no per-look-up upstream refresh.
-lookup_refresh_after_s = 86400
+{refresh}
 [[api.tokens]]
 name = "bench"
 token = "{TOKEN}"
@@ -172,7 +181,12 @@ concurrency = 8
 [log]
 level = "warn"
 "#,
-            sim = sim.url
+            sim = sim.url,
+            refresh = if cache_only {
+                "# The look-up benchmark measures the cache: no per-look-up upstream refresh.\nlookup_refresh_after_s = 86400"
+            } else {
+                "# The default look-up refresh (30 s, within 300 ms)."
+            }
         ),
     )
     .unwrap();
@@ -681,14 +695,71 @@ async fn suite() {
             b.rps, b.p99_ms
         ),
         ratio: Some(ratio),
-        goal: "≥ 0.6×, p99 ≤ 2 ms".into(),
-        met: ratio >= 0.6 && l.p99_ms <= 2.0 && l.errors == 0,
+        goal: if o.customers >= 1_000_000 {
+            "≥ 0.8×, p99 ≤ the baseline's".into()
+        } else {
+            "≥ 0.9×, p99 ≤ the baseline's".into()
+        },
+        met: ratio >= if o.customers >= 1_000_000 { 0.8 } else { 0.9 }
+            && l.p99_ms <= b.p99_ms
+            && l.errors == 0,
     });
     extra.insert(
         "lookups".into(),
         json!({"rps": l.rps, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "requests": l.requests, "errors": l.errors,
                "baseline_rps": b.rps, "baseline_p99_ms": b.p99_ms}),
     );
+
+    // The same look-ups with the default refresh, the upstream answering: a look-up of a
+    // customer older than 30 s asks the upstream first (at most one read slot's wait, coalesced
+    // per customer), so what the register waits for is bounded by the read budget, not by the
+    // flood. Goal: p99 within 2x of the cache-only p99 just measured.
+    let pid = d.p.0.id();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let mut d = d;
+    let _ = d.p.0.wait();
+    drop(d);
+    let cfg_refresh = write_config_as(&work, &sim, port, o.rate, false);
+    let (dr, _) = start_daemon(&bin, &cfg_refresh, &data, port, &http).await;
+    wait_for("the daemon online", Duration::from_secs(60), async || {
+        status(&http, &dr).await["online"] == json!(true)
+    })
+    .await;
+    let reads_before = upstream_reads(&http, &dr).await;
+    let r = wrk(&script, &dr.url, o.seconds, true);
+    let refreshes = upstream_reads(&http, &dr).await - reads_before;
+    eprintln!(
+        "look-ups, default refresh: {:.0}/s p99 {:.2} ms (errors {}); {refreshes:.0} upstream balance reads; cache-only p99 {:.2} ms",
+        r.rps, r.p99_ms, r.errors, l.p99_ms
+    );
+    rows.push(Row {
+        measure: format!(
+            "balance look-ups with the default refresh (30 s, 300 ms), upstream answering, {} customers",
+            o.customers
+        ),
+        value: format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; {refreshes:.0} refreshed from upstream",
+            r.rps, r.p50_ms, r.p99_ms
+        ),
+        baseline: format!("the cache-only look-ups above: p99 {:.2} ms", l.p99_ms),
+        ratio: Some(r.p99_ms / l.p99_ms),
+        goal: "p99 ≤ 2× the cache-only p99".into(),
+        met: r.p99_ms <= 2.0 * l.p99_ms && r.errors == 0,
+    });
+    extra.insert(
+        "lookups_default_refresh".into(),
+        json!({"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "upstream_reads": refreshes}),
+    );
+    let pid = dr.p.0.id();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let mut dr = dr;
+    let _ = dr.p.0.wait();
+    drop(dr);
+    let (d, _) = start_daemon(&bin, &cfg, &data, port, &http).await;
+    wait_for("the daemon online", Duration::from_secs(60), async || {
+        status(&http, &d).await["online"] == json!(true)
+    })
+    .await;
 
     // An outage: Q earns queued while the upstream refuses.
     outage(&http, &sim, &d).await;
@@ -783,8 +854,8 @@ async fn suite() {
         value: format!("{:.0}/s, p99 {:.2} ms", e.rps, e.p99_ms),
         baseline: format!("raw rusqlite 1-row inserts, WAL + FULL: {sql:.0}/s"),
         ratio: Some(e.rps / sql),
-        goal: "≥ 2×".into(),
-        met: e.rps / sql >= 2.0 && e.errors == 0,
+        goal: "≥ 3×".into(),
+        met: e.rps / sql >= 3.0 && e.errors == 0,
     });
     extra.insert(
         "earns".into(),
@@ -859,6 +930,16 @@ async fn db_counters(http: &reqwest::Client, d: &Daemon) -> (f64, f64) {
         get("pointsd_db_commits_total"),
         get("pointsd_db_write_jobs_total"),
     )
+}
+
+/// Balance reads the daemon made of the upstream so far (`/metrics`).
+async fn upstream_reads(http: &reqwest::Client, d: &Daemon) -> f64 {
+    metrics_text(http, d)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("pointsd_upstream_requests_total{op=\"get_balance\""))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn sim_adds(http: &reqwest::Client, sim: &Sim) -> usize {

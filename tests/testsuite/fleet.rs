@@ -5,7 +5,7 @@
 //! balances — and no timing assertions: the deadlines below are generous ceilings for a loaded
 //! 2-core machine, not measurements (the fleet bench measures; `cargo bench -- fleet`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

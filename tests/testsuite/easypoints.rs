@@ -4,7 +4,7 @@
 //! easyPoints outage that never blocks a look-up, config check, and secrets kept out of logs
 //! and answers. The agent never writes to easyPoints (the simulator's request log).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

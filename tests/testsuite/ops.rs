@@ -2,7 +2,7 @@
 //! then each kind of breakage reported as FAIL with a fix) and `service install --dry-run`
 //! for each platform.
 
-mod common;
+use crate::common;
 
 use common::free_port;
 

@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 // The local HTTP API end to end: a real daemon on loopback talking to the simulator over real
 // HTTP, checked the way a register (or its developer) would notice: statuses, balances, states
@@ -1312,7 +1312,7 @@ async fn whoami_names_the_token_and_its_role_never_the_token() {
 }
 
 /// The OpenAPI document is generated from the code; the checked-in copy must match it.
-/// Regenerate with `UPDATE_OPENAPI=1 cargo test --test api openapi`.
+/// Regenerate with `UPDATE_OPENAPI=1 cargo test --test testsuite openapi`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_served_and_checked_in() {
     let generated = pointsd::api::openapi::document();
@@ -1324,7 +1324,7 @@ async fn openapi_document_is_served_and_checked_in() {
     assert_eq!(
         checked_in.trim_end(),
         generated.trim_end(),
-        "openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test --test api openapi"
+        "openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test --test testsuite openapi"
     );
     let v: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert_eq!(v["openapi"], "3.1.0");

@@ -6,7 +6,7 @@
 //! shipped alert rules pass `promtool check rules` and their unit tests, and the shipped
 //! dashboard and rules ask only for metrics pointsd exports.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -175,6 +175,10 @@ fn store_of(sample: &Value) -> String {
         .to_string()
 }
 
+#[cfg_attr(
+    not(have_prometheus),
+    ignore = "requires prometheus and promtool (apt-get install prometheus; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_stores_push_into_a_real_prometheus_and_catch_up_after_an_outage() {
     let t = "three_stores_push_into_a_real_prometheus_and_catch_up_after_an_outage";
@@ -367,6 +371,10 @@ async fn three_stores_push_into_a_real_prometheus_and_catch_up_after_an_outage()
     prom.stop();
 }
 
+#[cfg_attr(
+    not(have_prometheus),
+    ignore = "requires prometheus and promtool (apt-get install prometheus; .ci/run does)"
+)]
 #[test]
 fn shipped_alert_rules_pass_promtool_and_their_unit_tests() {
     let t = "shipped_alert_rules_pass_promtool_and_their_unit_tests";

@@ -2,7 +2,7 @@
 //! lost, for a customer whose previous change fell in the same second, must still be settled
 //! exactly once — by the balance, and where that cannot decide, by the customer's transactions.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! Everything is checked from the outside: HTTP answers, the simulator's own ledger, exit
 //! codes and stderr of the real binary, and the database file's bytes.
 
-mod common;
+use crate::common;
 use common::adds_for;
 
 use common::free_port;

@@ -2,7 +2,7 @@
 //! early 413, least privilege, throttled sign-ins, strict HTTP, tokens issued and revoked
 //! live, TLS, and a stop with half-sent connections open.
 
-mod common;
+use crate::common;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

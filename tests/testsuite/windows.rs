@@ -12,7 +12,7 @@
 //! SIGKILL), one for msiexec and the service manager, so an installed service cannot meet
 //! the other tests' folders or ports.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -409,6 +409,10 @@ async fn wait_full_cache(base: &str, token: &str) {
 // ---------------------------------------------------------------------------------------------
 // The exe under Wine
 
+#[cfg_attr(
+    not(have_wine),
+    ignore = "requires Wine and MinGW (apt-get install wine64 gcc-mingw-w64-x86-64; .ci/run does)"
+)]
 #[test]
 fn exe_prints_its_version_under_wine() {
     let Some((exe, prefix)) = ready("exe_prints_its_version_under_wine") else {
@@ -434,6 +438,10 @@ fn exe_prints_its_version_under_wine() {
     );
 }
 
+#[cfg_attr(
+    not(have_wine),
+    ignore = "requires Wine and MinGW (apt-get install wine64 gcc-mingw-w64-x86-64; .ci/run does)"
+)]
 #[test]
 fn exe_checks_the_example_config_as_on_linux() {
     let Some((exe, prefix)) = ready("exe_checks_the_example_config_as_on_linux") else {
@@ -472,6 +480,10 @@ fn exe_checks_the_example_config_as_on_linux() {
     );
 }
 
+#[cfg_attr(
+    not(have_wine),
+    ignore = "requires Wine and MinGW (apt-get install wine64 gcc-mingw-w64-x86-64; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_answers_lookups_and_earns_from_linux_and_stops_cleanly() {
     let t = "demo_answers_lookups_and_earns_from_linux_and_stops_cleanly";
@@ -557,6 +569,10 @@ fn run_config(dir: &Path, port: u16, sim_url: &str) -> PathBuf {
     )
 }
 
+#[cfg_attr(
+    not(have_wine),
+    ignore = "requires Wine and MinGW (apt-get install wine64 gcc-mingw-w64-x86-64; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn run_without_data_dir_uses_program_data_and_keeps_acknowledged_earns_after_sigkill() {
     let t = "run_without_data_dir_uses_program_data_and_keeps_acknowledged_earns_after_sigkill";
@@ -618,6 +634,10 @@ async fn run_without_data_dir_uses_program_data_and_keeps_acknowledged_earns_aft
     assert!(st.success(), "{st}:\n{}", d.stderr());
 }
 
+#[cfg_attr(
+    not(have_wine),
+    ignore = "requires Wine and MinGW (apt-get install wine64 gcc-mingw-w64-x86-64; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn run_user_keeps_config_data_and_logs_in_local_app_data() {
     let t = "run_user_keeps_config_data_and_logs_in_local_app_data";
@@ -770,6 +790,10 @@ fn dump_tables(msi: &Path) -> std::collections::BTreeMap<String, Table> {
     tables
 }
 
+#[cfg_attr(
+    not(have_msitools),
+    ignore = "requires wixl and msitools (apt-get install wixl msitools; .ci/run does)"
+)]
 #[test]
 fn msi_built_with_wixl_has_the_designed_tables() {
     let t = "msi_built_with_wixl_has_the_designed_tables";

@@ -2,7 +2,7 @@
 //! earns, the daemon is killed with SIGKILL mid-load, restarted, and every acknowledged
 //! transaction is still there, reaches the upstream exactly once, and balances add up.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -24,7 +24,7 @@
 //! `cargo test --test torture -- --ignored --nocapture`.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! Chains (issue 13): the upstream load follows changes, a full pull survives a 429 without
 //! starting over, and an app without `pos.transactions:read` falls back to full pulls.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

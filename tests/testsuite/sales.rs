@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 // Sales and returns end to end (issue 14, DESIGN.md §10): a real daemon on loopback against the
 // simulator, checked as a register would notice: figures, balances, statuses, the adds the

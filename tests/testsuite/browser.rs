@@ -9,7 +9,7 @@
 //! except under CI (`CI` set), where it fails. `POINTSD_CHROMEDRIVER` and `POINTSD_CHROMIUM`
 //! point at other binaries.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -66,6 +66,10 @@ async fn page_and_assets_are_served_with_types_and_headers() {
     d.stop().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "requires Chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cashier_page_in_chromium() {
     let Some(bins) = browser_binaries() else {
@@ -119,6 +123,10 @@ async fn cashier_page_in_chromium() {
 /// daemon's quote as the cashier types), "use all", a refusal, a receipt scanned for a partial
 /// return and then the rest, in Japanese and in English; screenshots in
 /// `target/screenshots/sales/`.
+#[cfg_attr(
+    not(have_browser),
+    ignore = "requires Chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sales_and_returns_in_chromium() {
     let Some(bins) = browser_binaries() else {
@@ -162,6 +170,10 @@ async fn sales_and_returns_in_chromium() {
 
 /// A Smapify merchant's customer: the card says when easyPoints expires the points, warns
 /// within 30 days, and says that activity moves the date (JA and EN).
+#[cfg_attr(
+    not(have_browser),
+    ignore = "requires Chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn easypoints_expiry_in_chromium() {
     let Some(bins) = browser_binaries() else {
@@ -537,6 +549,10 @@ async fn sales_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> any
 
 /// The cashier page over HTTPS with a generated certificate, Chromium pinning its key (as an
 /// iPad that was given the certificate would trust it): sign in, look up, earn.
+#[cfg_attr(
+    not(have_browser),
+    ignore = "requires Chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cashier_page_over_https_with_a_pinned_generated_certificate() {
     let Some(bins) = browser_binaries() else {

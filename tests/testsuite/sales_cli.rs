@@ -3,7 +3,7 @@
 //! the simulator, checked as a person at a terminal or a script would: figures, exit codes,
 //! readable refusals, JSON that parses, and what the simulator applied.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! Needs root (`ip netns`, `nft`); skipped with a notice otherwise, but fails when `CI` is set.
 //! Only the namespace, veth pair and 10.231.<n>.0/30 addresses created here are touched.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -477,6 +477,10 @@ fn passed_through_ambiguous(seen: &[(String, String)]) -> bool {
 /// it as applied by read-back once the link returns — never resend it. A second earn for the
 /// same customer and one for another customer, written during the partition, answer "queued"
 /// and sync after the restore, in order.
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_cut_mid_flight_is_settled_by_read_back_and_never_applied_twice() {
     let Some(lab) = Lab::start(30).await else {
@@ -541,6 +545,10 @@ async fn a_send_cut_mid_flight_is_settled_by_read_back_and_never_applied_twice()
 
 /// Only the upstream's answers are dropped: the request arrives and is applied at once, the
 /// answer is lost. Settled as applied by read-back, exactly once.
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_lost_in_the_partition_is_settled_as_applied_by_read_back() {
     let Some(lab) = Lab::start(30).await else {
@@ -578,6 +586,10 @@ async fn an_answer_lost_in_the_partition_is_settled_as_applied_by_read_back() {
 /// Only the requests are dropped: an add sent on a kept-alive connection never reaches the
 /// upstream. If the daemon cannot tell (ambiguous), the read-back shows nothing moved and only
 /// then is it resent; either way it is applied exactly once.
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_lost_in_the_partition_is_resent_only_after_read_back() {
     let Some(lab) = Lab::start(30).await else {
@@ -630,6 +642,10 @@ async fn a_request_lost_in_the_partition_is_resent_only_after_read_back() {
 /// resends; the old request's next retransmission then reaches the upstream too. Expected: the
 /// earn is applied exactly once (e.g. the timed-out connection is aborted with RST / SO_LINGER 0
 /// so nothing of it can arrive later, or the resend waits until the old attempt cannot land).
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_request_retransmitted_after_the_resend_is_not_applied_twice() {
     let Some(lab) = Lab::start(30).await else {
@@ -665,6 +681,10 @@ async fn a_lost_request_retransmitted_after_the_resend_is_not_applied_twice() {
 /// The simulator applies and then drops the connection (`drop_after_apply_rate`), and the
 /// partition starts right after, so the read-back cannot run until the link returns. The row
 /// stays ambiguous throughout, and is settled as applied once.
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_then_dropped_then_partitioned_is_settled_once() {
     let Some(lab) = Lab::start(30).await else {
@@ -766,6 +786,10 @@ async fn lookups_during_partition() -> Option<LookupRun> {
     Some(run)
 }
 
+#[cfg_attr(
+    not(have_netns),
+    ignore = "requires root, iproute2 and nftables (network namespaces; .ci/run installs the tools)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_answer_from_the_cache_while_the_upstream_hangs() {
     lookups_during_partition().await;

@@ -4,7 +4,7 @@
 //! simulator's balances and applied adds (the upstream truth), transaction states through
 //! `GET /v1/transactions/{id}`, and the queue counts in `/v1/status`.
 
-mod common;
+use crate::common;
 use common::adds_for;
 
 use std::collections::HashMap;
