@@ -32,13 +32,10 @@ impl Store {
         value: &str,
     ) -> Result<Option<CustomerRow>, StoreError> {
         self.read_point(|c| {
-            let col = match column {
-                LookupColumn::Code => "code",
-                LookupColumn::Barcode => "barcode",
-            };
-            c.prepare_cached(&format!(
-                "{CUSTOMER_SELECT} WHERE c.{col} = ?1 ORDER BY c.customer_id LIMIT 1"
-            ))?
+            c.prepare_cached(match column {
+                LookupColumn::Code => CUSTOMER_BY_CODE,
+                LookupColumn::Barcode => CUSTOMER_BY_BARCODE,
+            })?
             .query_row([value], customer_from_row)
             .optional()
         })

@@ -128,7 +128,11 @@ pub(super) fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
     })
 }
 
-pub(super) const CUSTOMER_SELECT: &str = concat!(
+/// The customer columns with the pending sum and the easyPoints figures, as a literal so each
+/// look-up's SQL is a constant (no string built per request to find the cached statement).
+macro_rules! customer_select {
+    () => {
+        concat!(
     "SELECT c.customer_id, c.code, c.barcode, c.name, c.confirmed, \
     (SELECT COALESCE(SUM(t.delta), 0) FROM txns t INDEXED BY txns_open_by_customer \
        WHERE t.customer_id = c.customer_id AND ",
@@ -137,6 +141,19 @@ pub(super) const CUSTOMER_SELECT: &str = concat!(
     c.marked_at, e.ep_shopify_id, e.ep_balance, e.ep_expires_at, e.ep_expires_ms, \
     e.ep_delay_months, e.ep_read_at FROM customers c \
     LEFT JOIN easypoints_balances e ON e.ep_customer = c.customer_id"
+)
+    };
+}
+
+/// Look-up by id; [`CUSTOMER_BY_CODE`] and [`CUSTOMER_BY_BARCODE`] by the other keys.
+pub(super) const CUSTOMER_BY_ID: &str = concat!(customer_select!(), " WHERE c.customer_id = ?1");
+pub(super) const CUSTOMER_BY_CODE: &str = concat!(
+    customer_select!(),
+    " WHERE c.code = ?1 ORDER BY c.customer_id LIMIT 1"
+);
+pub(super) const CUSTOMER_BY_BARCODE: &str = concat!(
+    customer_select!(),
+    " WHERE c.barcode = ?1 ORDER BY c.customer_id LIMIT 1"
 );
 
 pub(super) fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
@@ -168,7 +185,7 @@ pub(super) fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<CustomerRow> {
 }
 
 pub fn customer_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<CustomerRow>> {
-    conn.prepare_cached(&format!("{CUSTOMER_SELECT} WHERE c.customer_id = ?1"))?
+    conn.prepare_cached(CUSTOMER_BY_ID)?
         .query_row([id], customer_from_row)
         .optional()
 }

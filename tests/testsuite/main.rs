@@ -11,6 +11,7 @@ mod api;
 mod browser;
 mod chains;
 mod config_cli;
+mod docs;
 mod durability;
 mod easypoints;
 mod faults;
