@@ -368,6 +368,112 @@ async fn a_register_token_is_refused_on_every_manager_operation() {
     assert_eq!(s, 201, "{v}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_a_register_causes_is_bounded_and_a_managers_larger_one_is_logged() {
+    // 1 point per 100 yen (the default rule): 60,000 yen earns 600 points, past a cap of 500.
+    let lan =
+        Lan::start("register_max_earn_points = 500\nregister_max_sale_amount = 100000\n").await;
+    lan.wait_customers().await;
+    let by_amount = |txn: &str, amount: i64| json!({"txn_id": txn, "customer_id": "1", "kind": "earn", "purchase_amount": amount});
+    let sale = |id: &str, amount: i64| json!({"sale_id": id, "customer_id": "1", "amount": amount, "points_used": 0});
+    let refused: Vec<(&str, Value, &str)> = vec![
+        (
+            "/v1/transactions",
+            by_amount("amt-1", 60_000),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/transactions",
+            by_amount("amt-2", 10_000_000),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/transactions",
+            by_amount("amt-3", 100_001),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/transactions",
+            earn("pts-1", 501),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/sales",
+            sale("R-1", 60_000),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/sales",
+            sale("R-2", 10_000_000),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/sales/quote",
+            json!({"customer_id": "1", "amount": 100_001}),
+            "api.register_max_sale_amount",
+        ),
+    ];
+    for (path, body, key) in &refused {
+        let (s, v) = lan.post(REGISTER, path, body).await;
+        assert_eq!(s, 403, "{path} {body}: {v}");
+        assert_eq!(v["code"], json!("forbidden_for_role"), "{v}");
+        assert_eq!(v["rule"], json!(key), "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(key), "{v}");
+    }
+    // Nothing was written.
+    let (s, v) = lan.get(MANAGER, "/v1/transactions").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["transactions"], json!([]), "{v}");
+    for id in ["R-1", "R-2"] {
+        let (s, v) = lan.get(MANAGER, &format!("/v1/sales/{id}")).await;
+        assert_eq!(s, 404, "{v}");
+    }
+    // Within both caps a register earns and sells.
+    let (s, v) = lan
+        .post(REGISTER, "/v1/transactions", &by_amount("amt-ok", 50_000))
+        .await;
+    assert_eq!((s, v["delta"].clone()), (201, json!(500)), "{v}");
+    let (s, v) = lan.post(REGISTER, "/v1/sales", &sale("R-ok", 50_000)).await;
+    assert_eq!(s, 201, "{v}");
+    // A manager may grant more, within the bound every delta keeps; it is logged with its name.
+    let (s, v) = lan
+        .post(MANAGER, "/v1/transactions", &by_amount("mgr-1", 60_000))
+        .await;
+    assert_eq!((s, v["delta"].clone()), (201, json!(600)), "{v}");
+    let (s, v) = lan.post(MANAGER, "/v1/sales", &sale("R-mgr", 60_000)).await;
+    assert_eq!((s, v["points_earned"].clone()), (201, json!(600)), "{v}");
+    for (path, body, field) in [
+        (
+            "/v1/transactions",
+            by_amount("mgr-big", 10_000_000_000),
+            "purchase_amount",
+        ),
+        ("/v1/sales", sale("R-big", 10_000_000_000), "amount"),
+    ] {
+        let (s, v) = lan.post(MANAGER, path, &body).await;
+        assert_eq!(s, 422, "{path}: {v}");
+        assert_eq!(v["errors"][0]["field"], json!(field), "{v}");
+    }
+    let logs = lan.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("a manager token granted more points than a register may"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{logs}");
+    assert!(
+        warned
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("manager")),
+        "{warned:#?}"
+    );
+    // `sale:` and `return:` name the transactions of sales and returns: refused as txn_ids.
+    for id in ["sale:R-9", "return:RT-9"] {
+        let (s, v) = lan.post(MANAGER, "/v1/transactions", &earn(id, 1)).await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(v["errors"][0]["field"], json!("txn_id"), "{v}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failed sign-ins
 

@@ -22,6 +22,7 @@
 //! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
 mod auth;
+mod caps;
 mod customers;
 mod input;
 pub mod openapi;

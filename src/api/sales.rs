@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::{Caller, require_manager};
+use super::caps;
 use super::input::{check_id, json_body};
 use super::openapi::{E400, E401, E403, E404, E409, E413, E422, E503};
 use super::watch::Watch;
@@ -61,7 +62,7 @@ pub(super) struct QuoteAnswer {
 /// The figures of a sale before the customer pays; nothing is written.
 #[utoipa::path(post, path = "/v1/sales/quote", tag = "pointsd",
     request_body = QuoteRequest,
-    responses((status = 200, body = QuoteAnswer), E400, E401, E404, E409, E413, E422, E503))]
+    responses((status = 200, body = QuoteAnswer), E400, E401, E403, E404, E409, E413, E422, E503))]
 pub(super) async fn quote(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -74,6 +75,7 @@ pub(super) async fn quote(
     let amount = req_amount(map, &mut errs);
     let used = opt_int(map, "points_used", 0, MAX_POINTS, &mut errs).unwrap_or(0);
     let (customer_id, amount) = done(errs, || (customer_id.unwrap(), amount.unwrap()))?;
+    caps::check_amount(&st, &caller, amount, "amount")?;
     let ctx = sale_ctx(&st, &caller);
     let Some((q, customer)) = st
         .store
@@ -211,7 +213,7 @@ async fn current_sale(st: &AppState, sale_id: &str) -> Result<SaleRecord, ApiErr
     responses(
         (status = 201, body = SaleAnswer, description = "recorded and on disk; status says confirmed or queued"),
         (status = 200, body = SaleAnswer, description = "a replay of an earlier request with the same id"),
-        E400, E401, E404, E409, E413, E422, E503,
+        E400, E401, E403, E404, E409, E413, E422, E503,
     ))]
 pub(super) async fn post_sale(
     State(st): State<AppRef>,
@@ -246,6 +248,9 @@ pub(super) async fn post_sale(
         register_id,
         staff_id,
     })?;
+    // A register's sale is bounded by amount here and by points earned in the same commit
+    // that prices it (`SaleCtx::earn_cap`); nothing is written past either.
+    caps::check_amount(&st, &caller, new.amount, "amount")?;
     let ctx = sale_ctx(&st, &caller);
     let budget = st.settings.sync.online_budget;
     let txn_id = crate::store::sale_txn_id(&new.sale_id);
@@ -257,6 +262,8 @@ pub(super) async fn post_sale(
             tracing::info!(sale_id = %sale_id, customer_id = %customer_id, amount = rec.sale.amount,
                 used = rec.sale.points_used, earned = rec.sale.points_earned, net = rec.sale.net_delta,
                 register = %caller.name, "sale recorded");
+            // A manager's sale past the register's cap leaves a WARN (a register's was refused).
+            caps::warn_manager_grant(&st, &caller, rec.sale.points_earned, "one sale");
             let rec = if rec.txn.is_some() {
                 st.sync.kick();
                 match watch {

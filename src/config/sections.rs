@@ -76,8 +76,12 @@ pub struct ApiConfig {
     pub max_connections: u32,
     /// The request line and headers together may not be larger (431 past it).
     pub max_header_bytes: u32,
-    /// The most points a register token may grant in one earn; above it needs a manager.
+    /// The most points a register token may grant in one earn or sale (given in points or
+    /// derived from an amount); above it needs a manager.
     pub register_max_earn_points: i64,
+    /// The largest amount (yen) a register token may give as an earn's `purchase_amount` or
+    /// a sale's `amount`; above it needs a manager.
+    pub register_max_sale_amount: i64,
     /// Serve plain HTTP on a non-loopback address (tokens then cross the network in clear
     /// text): the operator accepts that risk. Without it such a listen needs `[api.tls]`.
     pub allow_plain_http: bool,
@@ -115,6 +119,7 @@ impl Default for ApiConfig {
             max_connections: 512,
             max_header_bytes: 16_384,
             register_max_earn_points: 10_000,
+            register_max_sale_amount: 1_000_000,
             allow_plain_http: false,
             allowed_hosts: Vec::new(),
             tls: None,

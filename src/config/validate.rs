@@ -264,6 +264,12 @@ impl Config {
                 format!("must be 1..={}", crate::ledger::MAX_POINTS),
             );
         }
+        if !(1..=crate::ledger::MAX_PURCHASE_AMOUNT).contains(&a.register_max_sale_amount) {
+            bad(
+                "api.register_max_sale_amount",
+                format!("must be 1..={}", crate::ledger::MAX_PURCHASE_AMOUNT),
+            );
+        }
         if let Some(tls) = &a.tls {
             check_tls(tls, &mut bad);
         }
