@@ -255,7 +255,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         None => None,
     };
     let tokens = Arc::new(crate::tokens::TokenSet::new(settings.tokens.clone()));
-    if let Err(e) = tokens.load_now(&data_dir) {
+    if let Err(e) = tokens.reload(&data_dir) {
         tracing::error!(error = %e, "the token file could not be read; only the config's tokens work");
     }
     tracker.spawn(

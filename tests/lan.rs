@@ -732,6 +732,160 @@ async fn tokens_are_issued_and_revoked_without_a_restart() {
     assert_eq!(s, 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_token_changes_are_certain_every_201_works_every_204_is_refused() {
+    let lan = Lan::start("").await;
+    // A kept-alive client: a revoke must reach connections already open, not only new ones.
+    let keep = Lan::client_from(4);
+    let whoami = lan.url("/v1/whoami");
+    let mut doomed = Vec::new();
+    for i in 0..8 {
+        let name = format!("old-{i}");
+        let (s, v) = lan
+            .post(MANAGER, "/v1/tokens", &json!({"name": name}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let t = v["token"].as_str().unwrap().to_string();
+        let (s, _, _) = Lan::send(keep.get(&whoami).bearer_auth(&t)).await;
+        assert_eq!(s, 200);
+        doomed.push((name, t));
+    }
+    // 20 issues and 8 revokes through the API, and 3 issues by the CLI, all at once.
+    let mut issues = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (Lan::client_from(1), lan.url("/v1/tokens"));
+        issues.push(tokio::spawn(async move {
+            let name = format!("new-{i}");
+            let (s, v, _) = Lan::send(
+                c.post(url)
+                    .bearer_auth(MANAGER)
+                    .json(&json!({"name": name, "role": "register"})),
+            )
+            .await;
+            (name, s, v)
+        }));
+    }
+    let mut revokes = Vec::new();
+    for (name, _) in &doomed {
+        let (c, url) = (Lan::client_from(1), lan.url(&format!("/v1/tokens/{name}")));
+        revokes.push(tokio::spawn(async move {
+            let (s, v, _) = Lan::send(c.delete(url).bearer_auth(MANAGER)).await;
+            (s, v)
+        }));
+    }
+    let mut cli = Vec::new();
+    for i in 0..3 {
+        let (config, data) = (lan.config.clone(), lan.data.clone());
+        cli.push(tokio::task::spawn_blocking(move || {
+            pointsd(&["token", "add", &format!("cli-{i}")], &config, &data)
+        }));
+    }
+    let mut issued = Vec::new();
+    for h in issues {
+        let (name, s, v) = h.await.unwrap();
+        assert_eq!(s, 201, "{name}: {v}");
+        issued.push((name, v["token"].as_str().unwrap().to_string()));
+    }
+    for h in revokes {
+        let (s, v) = h.await.unwrap();
+        assert_eq!(s, 204, "{v}");
+    }
+    let mut cli_tokens = Vec::new();
+    for (i, h) in cli.into_iter().enumerate() {
+        let out = h.await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cli_tokens.push((
+            format!("cli-{i}"),
+            String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        ));
+    }
+    // At once, on the kept-alive connections: every 201 signs in, every 204 is refused.
+    let check = |c: reqwest::Client,
+                 url: String,
+                 issued: Vec<(String, String)>,
+                 doomed: Vec<(String, String)>| async move {
+        for (name, t) in &issued {
+            let (s, v, _) = Lan::send(c.get(&url).bearer_auth(t)).await;
+            assert_eq!((s, v["name"].clone()), (200, json!(name)), "{name}: {v}");
+        }
+        for (name, t) in &doomed {
+            let (s, _, _) = Lan::send(c.get(&url).bearer_auth(t)).await;
+            assert_eq!(s, 401, "{name} was revoked (204) but still signs in");
+        }
+    };
+    check(keep.clone(), whoami.clone(), issued.clone(), doomed.clone()).await;
+    // The CLI's issues reach the daemon through the watcher; nothing the API did is lost.
+    for (_, t) in &cli_tokens {
+        wait_status(&lan, t, 200).await;
+    }
+    // After the watcher has looked again (2 s), still so: no reload brings a revoked token
+    // back or loses an issued one (from another address: the 401s above count against 4).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut all = issued.clone();
+    all.extend(cli_tokens.iter().cloned());
+    check(Lan::client_from(5), whoami.clone(), all, doomed.clone()).await;
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(lan.data.join("tokens.json")).unwrap()).unwrap();
+    assert_eq!(file["tokens"].as_array().unwrap().len(), 23, "{file}");
+    let leftovers: Vec<String> = std::fs::read_dir(&lan.data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!lan.logs().contains("ERROR"), "no 500 and no failed reload");
+
+    // 409: a manager's own token, and a config name (even revoked) issued again.
+    let c = Lan::client_from(1);
+    let (s, v, _) = Lan::send(c.delete(lan.url("/v1/tokens/manager")).bearer_auth(MANAGER)).await;
+    assert_eq!((s, v["code"].clone()), (409, json!("own_token")), "{v}");
+    let (s, _, _) = Lan::send(
+        c.delete(lan.url("/v1/tokens/register-1"))
+            .bearer_auth(MANAGER),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "register-1"}))
+        .await;
+    assert_eq!((s, v["code"].clone()), (409, json!("token_exists")), "{v}");
+    let (s, _) = lan.get(MANAGER, "/v1/whoami").await;
+    assert_eq!(s, 200, "the manager still signs in");
+}
+
+#[test]
+fn token_list_into_a_closed_pipe_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pointsd.toml");
+    std::fs::write(&config, config_text(free_port(), "", "")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["token", "list", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("POINTSD_DATA_DIR")
+        .env_remove("POINTSD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the list is written (`pointsd token list | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS
 
