@@ -306,6 +306,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         telemetry: telemetry_state,
         tokens: tokens.clone(),
         throttle: Default::default(),
+        token_requests: Default::default(),
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
         tls: tls.as_ref().map(|t| t.info.clone()),
         data_dir: data_dir.clone(),
@@ -326,6 +327,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         max_buf_size: (a.max_header_bytes as usize * 4).max(64 * 1024),
         grace: settings.api.shutdown_grace,
         tls: tls.map(|t| t.acceptor),
+        body_deadline: settings.api.body_timeout,
+        max_requests_per_address: a.max_requests_per_address as usize,
     };
     raise_file_limit(a.max_connections);
     let stop_started =

@@ -280,6 +280,142 @@ async fn a_stalled_body_gets_408_and_nothing_is_written() {
     assert_eq!(v["transactions"], json!([]), "{v}");
 }
 
+/// A connection from `from` (127.0.0.`from`) that sends a POST head with a valid `token` and
+/// a 60,000-byte `Content-Length` and the first byte of the body.
+async fn trickle(addr: &str, from: u8, token: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, from), 0).into())
+        .unwrap();
+    let mut s = sock.connect(addr.parse().unwrap()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/transactions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// Keeps trickling on `s` until the server closes it; returns what it answered.
+async fn keep_trickling(mut s: TcpStream, every: Duration) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        tokio::select! {
+            r = s.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            () = tokio::time::sleep(every) => {
+                if s.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_at_twice_the_cap_do_not_lock_out_a_register() {
+    let lan = Lan::start("max_connections = 16\nbody_timeout_s = 60\n").await;
+    lan.wait_customers().await;
+    // The attacker holds a valid token (a stolen iPad's).
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "stolen"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let stolen = v["token"].as_str().unwrap().to_string();
+    let every = Duration::from_secs(1);
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let s = trickle(&lan.addr(), 2, &stolen).await;
+        held.push(tokio::spawn(keep_trickling(s, every)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While they trickle, a register on fresh connections earns, each within seconds.
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let (s, v) = lan
+            .post(
+                REGISTER,
+                "/v1/transactions",
+                &earn(&format!("door-{i}"), 10),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing the trickling requests sent was written.
+    let (_, v) = lan.get(MANAGER, "/v1/transactions").await;
+    assert_eq!(v["transactions"].as_array().unwrap().len(), 5, "{v}");
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_meets_its_deadline_and_requests_in_progress_are_capped() {
+    let lan = Lan::start(
+        "body_timeout_s = 2\nmax_requests_per_token = 2\nmax_requests_per_address = 3\n",
+    )
+    .await;
+    lan.wait_customers().await;
+    // One byte every 300 ms would keep a per-byte timer alive for ever: the whole body has
+    // 2 s from the end of its head.
+    let t0 = Instant::now();
+    let s = trickle(&lan.addr(), 2, REGISTER).await;
+    let text = keep_trickling(s, Duration::from_millis(300)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+
+    // Two requests in progress with one token: a third with it is refused at once, another
+    // token is not.
+    let slow = Duration::from_millis(500);
+    let a = tokio::spawn(keep_trickling(
+        trickle(&lan.addr(), 3, REGISTER).await,
+        slow,
+    ));
+    let b = tokio::spawn(keep_trickling(
+        trickle(&lan.addr(), 4, REGISTER).await,
+        slow,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = Lan::client_from(5);
+    let (s, v, _) = Lan::send(c.get(lan.url("/v1/whoami")).bearer_auth(REGISTER)).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (429, json!("too_many_requests_in_progress")),
+        "{v}"
+    );
+    let (s, _, _) = Lan::send(c.get(lan.url("/v1/whoami")).bearer_auth(MANAGER)).await;
+    assert_eq!(s, 200);
+    // Three in progress from one address: a fourth from it is refused, whatever its token.
+    let m = Duration::from_millis(500);
+    let d = tokio::spawn(keep_trickling(trickle(&lan.addr(), 3, MANAGER).await, m));
+    let d2 = tokio::spawn(keep_trickling(trickle(&lan.addr(), 3, MANAGER).await, m));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, 3), 0).into())
+        .unwrap();
+    let mut e = sock.connect(lan.addr().parse().unwrap()).await.unwrap();
+    e.write_all(format!("GET /v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {MANAGER}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let text = read_until_eof(&mut e, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(text.contains("too_many_requests_in_progress"), "{text}");
+    for h in [a, b, d, d2] {
+        let text = h.await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_half_sent_connections_open_ends_within_the_grace() {
     let mut lan = Lan::start("shutdown_grace_s = 2\nheader_timeout_s = 60\n").await;

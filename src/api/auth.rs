@@ -51,8 +51,21 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
     });
     match caller {
         Some(c) => {
+            // One token holds at most its share of the requests in progress: a stolen or
+            // misbehaving device cannot take every slot from the others.
+            let cap = st.settings.config.api.max_requests_per_token as usize;
+            let Some(slot) = st.token_requests.enter(c.name.clone(), cap) else {
+                return ApiError::Http {
+                    status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    code: "too_many_requests_in_progress",
+                    detail: format!("Too many requests with this token are in progress (api.max_requests_per_token = {cap}); wait for them to finish."),
+                }
+                .into_response();
+            };
             req.extensions_mut().insert(c);
-            next.run(req).await
+            let r = next.run(req).await;
+            drop(slot);
+            r
         }
         None => {
             st.throttle.failed(client, now);

@@ -69,8 +69,14 @@ pub struct ApiConfig {
     pub header_timeout_s: u64,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout_s: u64,
-    /// A request body that stalls (no data) for this long gets 408 and the connection closes.
+    /// A request body must arrive whole within this many seconds of the end of its head
+    /// (a byte now and then does not extend it); else 408 and the connection closes.
     pub body_timeout_s: u64,
+    /// Requests in progress with one token at once; past it 429
+    /// `too_many_requests_in_progress` (a stolen token cannot hold every slot).
+    pub max_requests_per_token: u32,
+    /// Requests in progress from one client address at once; past it 429.
+    pub max_requests_per_address: u32,
     /// Connections served at once; past it the oldest connection without a request in
     /// progress is shed, so held connections cannot lock a register out.
     pub max_connections: u32,
@@ -116,6 +122,8 @@ impl Default for ApiConfig {
             header_timeout_s: 10,
             idle_timeout_s: 60,
             body_timeout_s: 30,
+            max_requests_per_token: 32,
+            max_requests_per_address: 64,
             max_connections: 512,
             max_header_bytes: 16_384,
             register_max_earn_points: 10_000,

@@ -244,6 +244,16 @@ impl Config {
             ("api.idle_timeout_s", a.idle_timeout_s, 1..=3600),
             ("api.body_timeout_s", a.body_timeout_s, 1..=600),
             (
+                "api.max_requests_per_token",
+                u64::from(a.max_requests_per_token),
+                1..=65_536,
+            ),
+            (
+                "api.max_requests_per_address",
+                u64::from(a.max_requests_per_address),
+                1..=65_536,
+            ),
+            (
                 "api.max_connections",
                 u64::from(a.max_connections),
                 8..=65_536,
