@@ -305,7 +305,15 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tasks: tracker.clone(),
         telemetry: telemetry_state,
         tokens: tokens.clone(),
-        throttle: Default::default(),
+        throttle: crate::api::Throttle::new(
+            settings
+                .config
+                .api
+                .signin_throttle_exempt
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        ),
         token_requests: Default::default(),
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
         tls: tls.as_ref().map(|t| t.info.clone()),

@@ -654,6 +654,103 @@ async fn wrong_tokens_are_throttled_per_address_and_logged_sampled() {
     assert!(refused[0].contains("127.0.0.2"), "{}", refused[0]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_has_no_holes_loopback_mapped_and_ipv6_alike() {
+    // A dual-stack listener: IPv4 clients arrive as IPv4-mapped IPv6 addresses.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("pointsd.toml");
+    std::fs::write(
+        &config,
+        config_text(port, "allow_plain_http = true", "")
+            .replace("listen = \"127.0.0.1:", "listen = \"[::]:"),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let data = dir.path().join("data");
+    let d = DaemonProcess::start(&config, &data, port, "info");
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let lan = Lan {
+        _dir: dir,
+        config,
+        data,
+        port,
+        d,
+        scheme: "http",
+    };
+    let client = |from: IpAddr| {
+        pointsd::http_client_builder()
+            .no_proxy()
+            .local_address(from)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let v4 = |last: u8| IpAddr::from([127, 0, 0, last]);
+    let v6 = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    let url = |from: IpAddr| match from {
+        IpAddr::V4(_) => format!("http://127.0.0.1:{port}/v1/whoami"),
+        IpAddr::V6(_) => format!("http://[::1]:{port}/v1/whoami"),
+    };
+    // The store PC itself (127.0.0.1, arriving as ::ffff:127.0.0.1) and ::1 are throttled like
+    // any other address: ten wrong tokens, then 429 even with the right one.
+    for from in [v4(1), v6] {
+        let c = client(from);
+        let mut statuses = Vec::new();
+        for i in 0..11 {
+            let (s, _, _) = Lan::send(
+                c.get(url(from))
+                    .bearer_auth(format!("guess-{i:04}-0123456789abcdef")),
+            )
+            .await;
+            statuses.push(s);
+        }
+        assert!(
+            statuses[..10].iter().all(|s| *s == 401),
+            "{from}: {statuses:?}"
+        );
+        assert_eq!(statuses[10], 429, "{from}: {statuses:?}");
+        let (s, _, _) = Lan::send(c.get(url(from)).bearer_auth(REGISTER)).await;
+        assert_eq!(s, 429, "{from}: the right token too");
+    }
+    // Others are unaffected: another IPv4 address (mapped as well).
+    let (s, v, _) = Lan::send(client(v4(2)).get(url(v4(2))).bearer_auth(REGISTER)).await;
+    assert_eq!(s, 200, "{v}");
+    // Each throttled address is in the log at WARN, and counted.
+    let logs = lan.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("client address throttled"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{logs}");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("127.0.0.1") && !l.contains("::ffff")),
+        "{warned:#?}"
+    );
+    assert!(warned.iter().any(|l| l.contains("::1")), "{warned:#?}");
+    let c = client(v4(3));
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth(MANAGER)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        common::metric(&text, "pointsd_api_signin_throttled_addresses", None),
+        Some(2.0),
+        "{text}"
+    );
+    let refused = common::metric(&text, "pointsd_api_signin_refused_total", None).unwrap();
+    assert!(refused >= 24.0, "{refused}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Strict HTTP
 

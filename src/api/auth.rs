@@ -30,6 +30,7 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
     let now = Instant::now();
     // A throttled address may not try tokens at all, right or wrong: no oracle for a guess.
     if let Some(retry_after_s) = st.throttle.blocked(client, now) {
+        st.metrics.signin_refused.inc();
         return ApiError::Throttled { retry_after_s }.into_response();
     }
     let presented = req
@@ -68,10 +69,25 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
             r
         }
         None => {
-            st.throttle.failed(client, now);
+            st.metrics.signin_refused.inc();
+            if st.throttle.failed(client, now) {
+                // Once per address and window: an address being throttled is always in the
+                // log, whatever the sampling below lets through.
+                tracing::warn!(
+                    client = %super::throttle::unit(client),
+                    max_failures = super::throttle::MAX_FAILURES,
+                    window_s = super::throttle::WINDOW.as_secs(),
+                    "client address throttled after too many failed sign-ins; it gets 429 until its failures age out"
+                );
+            }
             // The first refusal is logged, then one line a minute with the count: a flood of
             // guesses must not fill the disk.
-            if let Some(skipped) = st.signin_log.lock().expect("sampler lock").hit() {
+            let sampled = st
+                .signin_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .hit();
+            if let Some(skipped) = sampled {
                 tracing::warn!(
                     %client,
                     path = %req.uri().path(),

@@ -62,6 +62,7 @@ use crate::upstream::health::Health;
 pub use auth::Caller;
 pub use customers::CustomerView;
 pub use problem::ApiError;
+pub use throttle::Throttle;
 pub use transactions::TxnView;
 
 use auth::{auth, whoami};

@@ -94,6 +94,9 @@ pub struct ApiConfig {
     /// `Host` names served besides loopback ones (`localhost`, `127.0.0.1`, `[::1]`) and,
     /// with TLS, the certificate's names; a request naming another host gets 421.
     pub allowed_hosts: Vec<String>,
+    /// Client addresses never throttled for failed sign-ins (empty by default: none is, the
+    /// store PC's loopback included). For a tool that must probe without a token.
+    pub signin_throttle_exempt: Vec<String>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -130,6 +133,7 @@ impl Default for ApiConfig {
             register_max_sale_amount: 1_000_000,
             allow_plain_http: false,
             allowed_hosts: Vec::new(),
+            signin_throttle_exempt: Vec::new(),
             tls: None,
         }
     }

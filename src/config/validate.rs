@@ -295,6 +295,14 @@ impl Config {
                 ),
             );
         }
+        for (i, h) in a.signin_throttle_exempt.iter().enumerate() {
+            if h.parse::<std::net::IpAddr>().is_err() {
+                bad(
+                    &format!("api.signin_throttle_exempt[{i}]"),
+                    format!("{h:?} is not an IP address; write e.g. \"127.0.0.1\" or \"::1\""),
+                );
+            }
+        }
         for (i, h) in a.allowed_hosts.iter().enumerate() {
             if h.trim().is_empty() || h.contains(['/', ' ', '@']) {
                 bad(
