@@ -79,11 +79,17 @@ pub struct DataDirLock {
 }
 
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, DaemonError> {
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
+    // Private whatever the umask: the database, the logs and the token file are no one
+    // else's business (0700, or 0750 with the packages' group pointsd).
+    crate::config::private_dir(dir).map_err(|source| DaemonError::DataDir {
         path: dir.to_path_buf(),
         source,
     })?;
     let lock = dir.join("pointsd.lock");
+    crate::config::private_file(&lock).map_err(|source| DaemonError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -133,6 +139,20 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     } = rc;
     let _lock = lock_data_dir(&data_dir)?;
     let db_path = data_dir.join("pointsd.db");
+    // The database owner-only from its creation; SQLite gives its -wal and -shm files the
+    // database file's mode.
+    for p in [
+        db_path.clone(),
+        data_dir.join("pointsd.db-wal"),
+        data_dir.join("pointsd.db-shm"),
+    ] {
+        if p == db_path || p.exists() {
+            crate::config::private_file(&p).map_err(|source| DaemonError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
+    }
     // The lock file can be deleted by hand; a lock on the database file itself cannot be
     // side-stepped that way. (Unix only: on Windows such a lock would block SQLite's own I/O.
     // flock and SQLite's fcntl locks do not interact on Unix.)

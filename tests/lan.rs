@@ -1090,6 +1090,36 @@ async fn concurrent_token_changes_are_certain_every_201_works_every_204_is_refus
     assert_eq!(s, 200, "the manager still signs in");
 }
 
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_its_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let lan = Lan::start("").await;
+    lan.wait_customers().await;
+    let (s, v) = lan
+        .post(REGISTER, "/v1/transactions", &earn("perm-1", 5))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "perm-ipad"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The test's own umask (usually 022) would give 0755 and 0644.
+    assert_eq!(mode(&lan.data), 0o700, "data dir");
+    assert_eq!(mode(&lan.data.join("logs")), 0o700, "logs dir");
+    for f in [
+        "pointsd.db",
+        "pointsd.db-wal",
+        "pointsd.lock",
+        "tokens.json",
+    ] {
+        let p = lan.data.join(f);
+        assert!(p.exists(), "{f}");
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+}
+
 #[test]
 fn token_list_into_a_closed_pipe_does_not_panic() {
     let dir = tempfile::tempdir().unwrap();

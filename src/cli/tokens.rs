@@ -45,7 +45,7 @@ fn change<T>(
     i: &Install,
     f: impl FnOnce(&mut TokenFile) -> Result<T, tokens::TokenError>,
 ) -> Result<T> {
-    std::fs::create_dir_all(&i.data)?;
+    crate::config::private_dir(&i.data)?;
     let v = tokens::modify(&i.data, f)?;
     #[cfg(unix)]
     {

@@ -30,9 +30,9 @@ pub use crate::secret::Secret;
 pub use crate::telemetry::TelemetryConfig;
 pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
 pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
-pub use perms::file_mode_warnings;
 #[cfg(unix)]
 pub(crate) use perms::group_id;
+pub use perms::{file_mode_warnings, private_dir, private_file};
 pub use sections::{
     AgentConfig, ApiConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role, SimConfig,
     SmaregiConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig, UpstreamKind,
