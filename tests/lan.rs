@@ -1363,6 +1363,48 @@ fn config_check_refuses_plain_http_beyond_loopback_and_weak_tokens() {
             config_text(8765, "", "").replace(MANAGER, REGISTER),
             Some("api.tokens[1]"),
         ),
+        // Plain http to an upstream or a telemetry receiver beyond this PC: the secrets would
+        // cross the network in clear text, unless the key says so.
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://api.smaregi.example\"\n",
+            ),
+            Some("upstream.smaregi.api_base"),
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://api.smaregi.example\"\nallow_insecure_http = true\n",
+            ),
+            None,
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://127.0.0.1:9\"\nid_base = \"http://localhost:9\"\n",
+            ),
+            None,
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[telemetry]\nremote_write_url = \"http://hq.example/api/v1/write\"\n",
+            ),
+            Some("telemetry.remote_write_url"),
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[telemetry]\nremote_write_url = \"http://hq.example/api/v1/write\"\nallow_insecure_http = true\n",
+            ),
+            None,
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("c{i}.toml"));

@@ -40,3 +40,4 @@ pub use sections::{
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use strength::{MIN_TOKEN_BITS, token_weakness};
 pub use validate::PLACEHOLDER;
+pub(crate) use validate::cleartext_beyond_loopback;

@@ -206,6 +206,10 @@ pub struct SmaregiConfig {
     pub id_base: String,
     /// Production `https://api.smaregi.jp`, sandbox `https://api.smaregi.dev`.
     pub api_base: String,
+    /// Accept `http://` for `id_base`/`api_base` beyond loopback (the client secret and the
+    /// access token would cross the network in clear text); `config check` refuses it
+    /// otherwise.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for SmaregiConfig {
@@ -217,6 +221,7 @@ impl Default for SmaregiConfig {
             client_secret_file: None,
             id_base: "https://id.smaregi.jp".into(),
             api_base: "https://api.smaregi.jp".into(),
+            allow_insecure_http: false,
         }
     }
 }

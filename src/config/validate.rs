@@ -166,6 +166,10 @@ impl Config {
                 }
                 for (k, v) in [("id_base", &s.id_base), ("api_base", &s.api_base)] {
                     match reqwest::Url::parse(v) {
+                        Ok(url) if cleartext_beyond_loopback(&url) && !s.allow_insecure_http => bad(
+                            &format!("upstream.smaregi.{k}"),
+                            format!("{v:?} is plain http to a host beyond this PC: the client secret and access tokens would cross the network in clear text; use https, or set upstream.smaregi.allow_insecure_http = true to accept the risk"),
+                        ),
                         Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
                         _ => bad(&format!("upstream.smaregi.{k}"), format!("{v:?} is not an http(s) URL")),
                     }
@@ -568,4 +572,21 @@ fn check_tls(tls: &TlsConfig, bad: &mut impl FnMut(&str, String)) {
             "required: the PEM private key of cert_file".into(),
         ),
     }
+}
+
+/// `http://` to a host other than this PC (loopback addresses and `localhost`): what crosses
+/// it can be read on the way.
+pub(crate) fn cleartext_beyond_loopback(url: &reqwest::Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return !ip.is_loopback();
+    }
+    let d = host.trim_end_matches('.').to_ascii_lowercase();
+    d != "localhost" && !d.ends_with(".localhost")
 }
