@@ -69,6 +69,16 @@ pub struct TxnRequest {
     staff_id: Option<String>,
 }
 
+/// How a manager resolves a transaction in review.
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveAs {
+    Applied,
+    Resend,
+    Discard,
+}
+
 /// The body of `POST /v1/transactions/{txn_id}/resolve`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -76,7 +86,7 @@ pub struct ResolveRequest {
     /// `applied`, `resend` or `discard`.
     #[serde(rename = "as")]
     #[schema(example = "applied")]
-    as_: String,
+    as_: ResolveAs,
     /// Why, for the audit trail.
     #[schema(min_length = 1, max_length = 500)]
     note: String,
