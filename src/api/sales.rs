@@ -35,10 +35,10 @@ pub struct QuoteRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
     /// Yen, tax included, a positive whole number.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: i64,
     /// Points the customer uses on this sale (default 0).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
 }
 
@@ -128,10 +128,10 @@ pub struct SaleRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
     /// Yen, tax included, a positive whole number.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: i64,
     /// Points the customer uses on this sale (default 0).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
     #[schema(pattern = "^[!-~]{1,64}$")]
     register_id: Option<String>,
@@ -380,7 +380,7 @@ pub(super) struct SaleDetail {
 
 /// A sale, its returns and what is still returnable.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "pointsd",
-    params(("sale_id" = String, Path)),
+    params(("sale_id" = String, Path, pattern = "^[!-~]{1,64}$")),
     responses((status = 200, body = SaleDetail), E401, E404, E422, E503))]
 pub(super) async fn get_sale(
     State(st): State<AppRef>,
@@ -435,16 +435,16 @@ pub struct ReturnRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     sale_id: Option<String>,
     /// Yen returned; omitted: all that is still returnable. Required with a receipt.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: Option<i64>,
     /// Receipt form only: the customer of the unrecorded sale.
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: Option<String>,
     /// Receipt form only: points the returned goods earned.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_earned: Option<i64>,
     /// Receipt form only: points used on the returned goods.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
     #[schema(pattern = "^[!-~]{1,64}$")]
     register_id: Option<String>,

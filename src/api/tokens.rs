@@ -132,7 +132,7 @@ pub(super) async fn list_tokens(
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "pointsd",
-    request_body(content = Object, description = "`{\"name\": \"ipad-2\", \"role\": \"register\"}` (role defaults to register)"),
+    request_body = super::openapi::TokenRequest,
     responses((status = 201, body = IssuedToken), E400, E401, E403, E409, E422))]
 pub(super) async fn add_token(
     State(st): State<AppRef>,

@@ -505,7 +505,7 @@ pub(super) struct TxnList {
 
 #[utoipa::path(get, path = "/v1/transactions", tag = "pointsd",
     params(
-        ("state" = Option<String>, Query, description = "pending, sending, ambiguous, applied, rejected, needs_review, discarded"),
+        ("state" = Option<crate::ledger::State>, Query, description = "pending, sending, ambiguous, applied, rejected, needs_review, discarded"),
         ("customer_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
         ("register_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
         ("limit" = Option<u32>, Query, description = "1..=1000, default 100", minimum = 1, maximum = 1000),
