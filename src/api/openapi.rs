@@ -49,6 +49,7 @@ problem_responses! {
 /// The body of `POST /v1/transactions` (validated field by field; unknown fields are refused).
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TxnRequest {
     /// Idempotency key (or send the `Idempotency-Key` header): 1-64 printable ASCII.
     #[schema(pattern = "^[!-~]{1,64}$")]
@@ -106,6 +107,7 @@ pub enum ResolveAs {
 /// The body of `POST /v1/transactions/{txn_id}/resolve`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// `applied`, `resend` or `discard`.
     #[serde(rename = "as")]

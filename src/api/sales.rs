@@ -30,6 +30,7 @@ use super::sales_input::*;
 /// The body of `POST /v1/sales/quote`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct QuoteRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
@@ -120,6 +121,7 @@ pub(super) async fn quote(
 /// The body of `POST /v1/sales` (unknown fields are refused).
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"sale_id": "R-0001", "customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct SaleRequest {
     /// The sale's id (e.g. the receipt number; or send the `Idempotency-Key` header).
@@ -426,6 +428,7 @@ pub(super) async fn get_sale(
 /// points_used}` with the receipt's figures.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"return_id": "RT-0001", "sale_id": "R-0001", "amount": 1240}))]
 pub struct ReturnRequest {
     /// The return's id (or send the `Idempotency-Key` header).
