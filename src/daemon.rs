@@ -79,11 +79,17 @@ pub struct DataDirLock {
 }
 
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, DaemonError> {
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
+    // Private whatever the umask: the database, the logs and the token file are no one
+    // else's business (0700, or 0750 with the packages' group pointsd).
+    crate::config::private_dir(dir).map_err(|source| DaemonError::DataDir {
         path: dir.to_path_buf(),
         source,
     })?;
     let lock = dir.join("pointsd.lock");
+    crate::config::private_file(&lock).map_err(|source| DaemonError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -133,6 +139,20 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
     } = rc;
     let _lock = lock_data_dir(&data_dir)?;
     let db_path = data_dir.join("pointsd.db");
+    // The database owner-only from its creation; SQLite gives its -wal and -shm files the
+    // database file's mode.
+    for p in [
+        db_path.clone(),
+        data_dir.join("pointsd.db-wal"),
+        data_dir.join("pointsd.db-shm"),
+    ] {
+        if p == db_path || p.exists() {
+            crate::config::private_file(&p).map_err(|source| DaemonError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
+    }
     // The lock file can be deleted by hand; a lock on the database file itself cannot be
     // side-stepped that way. (Unix only: on Windows such a lock would block SQLite's own I/O.
     // flock and SQLite's fcntl locks do not interact on Unix.)
@@ -255,7 +275,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         None => None,
     };
     let tokens = Arc::new(crate::tokens::TokenSet::new(settings.tokens.clone()));
-    if let Err(e) = tokens.load_now(&data_dir) {
+    if let Err(e) = tokens.reload(&data_dir) {
         tracing::error!(error = %e, "the token file could not be read; only the config's tokens work");
     }
     tracker.spawn(
@@ -305,7 +325,16 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tasks: tracker.clone(),
         telemetry: telemetry_state,
         tokens: tokens.clone(),
-        throttle: Default::default(),
+        throttle: crate::api::Throttle::new(
+            settings
+                .config
+                .api
+                .signin_throttle_exempt
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        ),
+        token_requests: Default::default(),
         signin_log: std::sync::Mutex::new(crate::logging::Sampler::new(Duration::from_secs(60))),
         tls: tls.as_ref().map(|t| t.info.clone()),
         data_dir: data_dir.clone(),
@@ -326,6 +355,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         max_buf_size: (a.max_header_bytes as usize * 4).max(64 * 1024),
         grace: settings.api.shutdown_grace,
         tls: tls.map(|t| t.acceptor),
+        body_deadline: settings.api.body_timeout,
+        max_requests_per_address: a.max_requests_per_address as usize,
     };
     raise_file_limit(a.max_connections);
     let stop_started =

@@ -29,7 +29,7 @@ pub fn init(level: &str, log_dir: Option<&Path>, retention: usize, max_total_mb:
     let stderr_layer = fmt::layer().with_writer(std::io::stderr).with_target(false);
     let mut problem = None;
     let (file_layer, guard) = match log_dir {
-        Some(dir) => match std::fs::create_dir_all(dir)
+        Some(dir) => match crate::config::private_dir(dir)
             .map_err(|e| e.to_string())
             .and_then(|_| {
                 RollingFileAppender::builder()

@@ -92,6 +92,10 @@ pub struct Metrics {
     pub started: std::time::Instant,
     /// Customers whose Smaregi and easyPoints balances differ (the last cross-ledger report).
     pub ledger_differences: Gauge,
+    /// Requests refused for a missing or unknown token, or from a throttled address.
+    pub signin_refused: Counter,
+    /// Client addresses throttled now (10 failed sign-ins within a minute).
+    pub signin_throttled_addresses: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -225,6 +229,18 @@ impl Metrics {
             "When the receiver last accepted a push, unix seconds (0: not yet)",
             telemetry_last_success.clone(),
         );
+        let signin_refused = Counter::default();
+        registry.register(
+            "api_signin_refused",
+            "API requests refused for a missing or unknown token, or from a throttled address",
+            signin_refused.clone(),
+        );
+        let signin_throttled_addresses = Gauge::default();
+        registry.register(
+            "api_signin_throttled_addresses",
+            "Client addresses throttled now for failed sign-ins",
+            signin_throttled_addresses.clone(),
+        );
         let ledger_differences = Gauge::default();
         registry.register(
             "ledger_differences",
@@ -325,6 +341,8 @@ impl Metrics {
             telemetry_last_success,
             started: std::time::Instant::now(),
             ledger_differences,
+            signin_refused,
+            signin_throttled_addresses,
         }
     }
 

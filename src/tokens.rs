@@ -2,10 +2,18 @@
 //! data dir (only each token's SHA-256, never the token), and the running daemon watches
 //! that file and swaps its token set without a restart. A name revoked there switches off a
 //! token from the config file as well.
+//!
+//! Every change is one locked read-modify-write (`modify`): an exclusive lock on
+//! `tokens.json.lock`, shared by the API and the CLI, a uniquely named temporary file,
+//! fsync, rename, fsync of the directory. The daemon applies the file by its content (a
+//! SHA-256 of the bytes), never by its time stamp and length, and reloads are serialized so
+//! an older read can never be applied after a newer one.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ApiToken, Role, sha256};
 
 pub const FILE_NAME: &str = "tokens.json";
+/// The lock every change holds (the API's and `pointsd token`'s alike).
+pub const LOCK_NAME: &str = "tokens.json.lock";
 /// How often the daemon looks at the file (a stat; it is read only when it changed).
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -38,8 +48,26 @@ pub enum TokenError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot lock {path}: {source}. Run this as the user pointsd runs as (or with sudo)")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a token named {0:?} exists already; pick another name, or revoke it first")]
     Exists(String),
+    #[error(
+        "the config file names a token {0:?}; a name the config uses cannot be issued again (even revoked): pick another name"
+    )]
+    ConfigName(String),
+    #[error(
+        "token {0:?} is the one making this request; revoke it from another manager token, or with `pointsd token revoke` on the store PC"
+    )]
+    OwnToken(String),
+    #[error(
+        "token {0:?} is the last manager token that signs in; issue another manager token first"
+    )]
+    LastManager(String),
     #[error("no token named {0:?}; `pointsd token list` shows the names")]
     Unknown(String),
     #[error("{0:?} is not a token name: use 1-64 letters, digits, '-', '_' or '.'")]
@@ -72,6 +100,66 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
+/// One change to the data dir's token file: under the exclusive lock shared by the API and
+/// the CLI, the file is read, `f` changes it, and it is saved (when `f` succeeds). Returns
+/// `f`'s value. Blocking: call it from a blocking thread in async code.
+pub fn modify<T, E: From<TokenError>>(
+    data_dir: &Path,
+    f: impl FnOnce(&mut TokenFile) -> Result<T, E>,
+) -> Result<T, E> {
+    let lock_path = data_dir.join(LOCK_NAME);
+    let lock_err = |source| TokenError::Lock {
+        path: lock_path.clone(),
+        source,
+    };
+    let lock = open_lock(&lock_path).map_err(lock_err)?;
+    lock.lock().map_err(lock_err)?;
+    let file_path = path(data_dir);
+    let r = (|| {
+        let mut file = TokenFile::load(&file_path)?;
+        let v = f(&mut file)?;
+        file.save(&file_path)?;
+        Ok(v)
+    })();
+    // Closing the file releases the lock as well; unlocking first says so.
+    let _ = lock.unlock();
+    r
+}
+
+/// The lock file, created empty (it holds nothing secret) or opened as it is; read-only when
+/// it belongs to another user (a lock needs no write access).
+fn open_lock(p: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            std::fs::OpenOptions::new().read(true).open(p)
+        }
+        r => r,
+    }
+}
+
+/// Makes a rename in `file`'s directory durable (a no-op where directories cannot be opened).
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = file.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
 impl TokenFile {
     /// The file, or an empty one when there is none yet.
     pub fn load(path: &Path) -> Result<TokenFile, TokenError> {
@@ -88,22 +176,41 @@ impl TokenFile {
         }
     }
 
-    /// Written whole to a temporary file and renamed over, owner-only: the daemon never
-    /// reads half a file.
+    /// Written whole to a uniquely named temporary file (owner-only from its creation),
+    /// fsynced and renamed over, then the directory fsynced: the daemon never reads half a
+    /// file, and a rename that was answered survives a power cut. Call it under the lock
+    /// (`modify`), so two writers cannot lose each other's change.
     pub fn save(&self, path: &Path) -> Result<(), TokenError> {
         let err = |source| TokenError::Write {
             path: path.into(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(self).expect("plain struct serializes");
-        std::fs::write(&tmp, text).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let text = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)?;
+            sync_dir(path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, path).map_err(err)
+        written.map_err(err)
     }
 
     /// Issues a new random token (256 bits, base64url) named `name`; returns it. Only its
@@ -121,9 +228,11 @@ impl TokenFile {
         {
             return Err(TokenError::BadName(name.into()));
         }
-        let in_config =
-            config_names.iter().any(|n| n == name) && !self.revoked.iter().any(|n| n == name);
-        if in_config || self.tokens.iter().any(|t| t.name == name) {
+        // A config name stays the config's, revoked or not: one name, one device in the audit.
+        if config_names.iter().any(|n| n == name) {
+            return Err(TokenError::ConfigName(name.into()));
+        }
+        if self.tokens.iter().any(|t| t.name == name) {
             return Err(TokenError::Exists(name.into()));
         }
         use base64::Engine;
@@ -156,6 +265,32 @@ impl TokenFile {
         Err(TokenError::Unknown(name.into()))
     }
 
+    /// A revoke asked by the token `caller` (a manager, through the API): it may not revoke
+    /// itself, nor leave no manager token that signs in (two managers revoking each other at
+    /// once: the second, checked under the lock, is refused). Nothing changes when refused.
+    pub fn revoke_as(
+        &mut self,
+        name: &str,
+        caller: &str,
+        config: &[ApiToken],
+    ) -> Result<(), TokenError> {
+        if name == caller {
+            return Err(TokenError::OwnToken(name.into()));
+        }
+        let names: Vec<String> = config.iter().map(|t| t.name.clone()).collect();
+        let mut next = self.clone();
+        next.revoke(name, &names)?;
+        if !next
+            .effective(config)
+            .iter()
+            .any(|t| t.role == Role::Manager)
+        {
+            return Err(TokenError::LastManager(name.into()));
+        }
+        *self = next;
+        Ok(())
+    }
+
     /// The tokens that sign in: the config's, less the revoked names, and the issued ones.
     pub fn effective(&self, config: &[ApiToken]) -> Vec<ApiToken> {
         let mut out: Vec<ApiToken> = config
@@ -182,10 +317,27 @@ impl TokenFile {
     }
 }
 
-/// The daemon's current tokens, swapped whole when the file changes.
+/// The daemon's current tokens, swapped whole when the file's content changes.
 pub struct TokenSet {
     config: Vec<ApiToken>,
     current: RwLock<Arc<Vec<ApiToken>>>,
+    /// The SHA-256 of the file's bytes last applied (`None`: no file). Held across a reload's
+    /// read and apply, so reloads are serialized: each reads the file as it is at its turn,
+    /// and an older read cannot overwrite a newer one.
+    applied: Mutex<Option<Option<[u8; 32]>>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The file's content is the one applied last.
+    Unchanged,
+    /// A new content was applied: this many tokens sign in now.
+    Applied {
+        tokens: usize,
+        issued: usize,
+        revoked: usize,
+    },
 }
 
 impl TokenSet {
@@ -193,55 +345,89 @@ impl TokenSet {
         TokenSet {
             current: RwLock::new(Arc::new(config.clone())),
             config,
+            applied: Mutex::new(None),
         }
     }
 
     pub fn current(&self) -> Arc<Vec<ApiToken>> {
-        self.current.read().expect("token set lock").clone()
+        // A poisoned lock still holds a whole Arc (it is only ever swapped).
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    fn apply(&self, file: &TokenFile) -> usize {
-        let next = Arc::new(file.effective(&self.config));
-        let n = next.len();
-        *self.current.write().expect("token set lock") = next;
-        n
-    }
-
-    /// Applies the data dir's token file now (before the API serves a request); a broken
-    /// file leaves the config's tokens.
-    pub fn load_now(&self, data_dir: &Path) -> Result<usize, TokenError> {
-        let f = TokenFile::load(&path(data_dir))?;
-        Ok(self.apply(&f))
-    }
-
-    /// Loads the file once now, then watches it until `stop`.
-    pub async fn watch(self: Arc<Self>, data_dir: PathBuf, stop: CancellationToken) {
-        let path = path(&data_dir);
-        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    /// Reads the data dir's token file and applies it when its content changed since the
+    /// last reload. A broken or unreadable file leaves the tokens as they were (error).
+    /// Blocking (a small file read); the API calls it after its own change, before answering,
+    /// so a 201 token signs in and a 204 token is refused on the very next request.
+    pub fn reload(&self, data_dir: &Path) -> Result<Reload, TokenError> {
+        let path = path(data_dir);
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(TokenError::Read { path, source }),
         };
-        let mut seen = None;
+        let digest = bytes.as_deref().map(sha256);
+        if *applied == Some(digest) {
+            return Ok(Reload::Unchanged);
+        }
+        let file = match &bytes {
+            Some(b) => serde_json::from_slice(b).map_err(|source| TokenError::Parse {
+                path: path.clone(),
+                source,
+            })?,
+            None => TokenFile::default(),
+        };
+        let next = Arc::new(file.effective(&self.config));
+        let tokens = next.len();
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        *applied = Some(digest);
+        Ok(Reload::Applied {
+            tokens,
+            issued: file.tokens.len(),
+            revoked: file.revoked.len(),
+        })
+    }
+
+    /// Applies the file now (before the API serves a request), then watches its content
+    /// until `stop`.
+    pub async fn watch(self: Arc<Self>, data_dir: PathBuf, stop: CancellationToken) {
+        let file = path(&data_dir);
         let mut first = true;
+        let mut failing = false;
         loop {
-            let now = stamp(&path);
-            if first || now != seen {
-                match TokenFile::load(&path) {
-                    Ok(f) => {
-                        let n = self.apply(&f);
-                        if !first || now.is_some() {
-                            tracing::info!(tokens = n, issued = f.tokens.len(), revoked = f.revoked.len(), file = %path.display(), "tokens reloaded from the token file; no restart needed");
-                        }
-                    }
-                    // A broken file leaves the tokens as they were.
-                    Err(e) => {
-                        tracing::error!(error = %e, "the token file could not be read; tokens unchanged")
+            let set = self.clone();
+            let dir = data_dir.clone();
+            match tokio::task::spawn_blocking(move || set.reload(&dir)).await {
+                Ok(Ok(Reload::Applied {
+                    tokens,
+                    issued,
+                    revoked,
+                })) => {
+                    failing = false;
+                    if !first {
+                        tracing::info!(tokens, issued, revoked, file = %file.display(), "tokens reloaded from the token file; no restart needed");
                     }
                 }
-                seen = now;
-                first = false;
+                Ok(Ok(Reload::Unchanged)) => failing = false,
+                // A broken file leaves the tokens as they were; said once, not every poll.
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::error!(error = %e, "the token file could not be read; tokens unchanged");
+                    }
+                    failing = true;
+                }
+                Err(e) => tracing::error!(error = %e, "the token reload task failed"),
             }
+            first = false;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(POLL) => {}
@@ -272,7 +458,7 @@ mod tests {
         ));
         assert!(matches!(
             f.issue("register-1", Role::Register, &names),
-            Err(TokenError::Exists(_))
+            Err(TokenError::ConfigName(_))
         ));
         assert!(matches!(
             f.issue("bad name", Role::Register, &names),
@@ -299,5 +485,106 @@ mod tests {
             f.revoke("nobody", &names),
             Err(TokenError::Unknown(_))
         ));
+        // A revoked config name stays the config's: it cannot be issued again.
+        assert!(matches!(
+            f.issue("register-1", Role::Register, &names),
+            Err(TokenError::ConfigName(_))
+        ));
+    }
+
+    #[test]
+    fn a_manager_cannot_revoke_itself_nor_the_last_manager() {
+        let cfg = vec![ApiToken {
+            name: "boss".into(),
+            sha256: sha256(b"boss"),
+            role: Role::Manager,
+        }];
+        let names = vec!["boss".to_string()];
+        let mut f = TokenFile::default();
+        f.issue("mgr-2", Role::Manager, &names).unwrap();
+        f.issue("till", Role::Register, &names).unwrap();
+        assert!(matches!(
+            f.revoke_as("boss", "boss", &cfg),
+            Err(TokenError::OwnToken(_))
+        ));
+        f.revoke_as("mgr-2", "boss", &cfg).unwrap();
+        // Another manager's request, checked after its own token was revoked: refused, as it
+        // would leave the store with no manager token.
+        let before = serde_json::to_string(&f).unwrap();
+        assert!(matches!(
+            f.revoke_as("boss", "mgr-2", &cfg),
+            Err(TokenError::LastManager(_))
+        ));
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            before,
+            "nothing changed"
+        );
+        f.revoke_as("till", "boss", &cfg).unwrap();
+        assert_eq!(f.effective(&cfg).len(), 1);
+    }
+
+    #[test]
+    fn changes_are_locked_saved_whole_and_reloaded_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = TokenSet::new(Vec::new());
+        assert_eq!(
+            set.reload(dir.path()).unwrap(),
+            Reload::Applied {
+                tokens: 0,
+                issued: 0,
+                revoked: 0
+            }
+        );
+        assert_eq!(set.reload(dir.path()).unwrap(), Reload::Unchanged);
+        // Threads issuing at once through the lock: none is lost.
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    modify(&d, |f| f.issue(&format!("t-{i}"), Role::Register, &[])).unwrap()
+                })
+            })
+            .collect();
+        let issued: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(matches!(
+            set.reload(dir.path()).unwrap(),
+            Reload::Applied { tokens: 8, .. }
+        ));
+        for t in &issued {
+            assert!(
+                set.current()
+                    .iter()
+                    .any(|c| c.sha256 == sha256(t.as_bytes()))
+            );
+        }
+        // Two contents of the same length written within one second are both seen.
+        modify(dir.path(), |f| f.revoke("t-1", &[])).unwrap();
+        assert!(matches!(
+            set.reload(dir.path()).unwrap(),
+            Reload::Applied { tokens: 7, .. }
+        ));
+        modify(dir.path(), |f| {
+            f.tokens[0].name = "t-x".into();
+            Ok::<_, TokenError>(())
+        })
+        .unwrap();
+        assert!(matches!(
+            set.reload(dir.path()).unwrap(),
+            Reload::Applied { tokens: 7, .. }
+        ));
+        assert!(set.current().iter().any(|c| c.name == "t-x"));
+        // No temporary file is left behind; the file is owner-only.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = std::fs::metadata(path(dir.path())).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        }
     }
 }

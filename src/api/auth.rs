@@ -30,6 +30,7 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
     let now = Instant::now();
     // A throttled address may not try tokens at all, right or wrong: no oracle for a guess.
     if let Some(retry_after_s) = st.throttle.blocked(client, now) {
+        st.metrics.signin_refused.inc();
         return ApiError::Throttled { retry_after_s }.into_response();
     }
     let presented = req
@@ -51,14 +52,42 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
     });
     match caller {
         Some(c) => {
+            // One token holds at most its share of the requests in progress: a stolen or
+            // misbehaving device cannot take every slot from the others.
+            let cap = st.settings.config.api.max_requests_per_token as usize;
+            let Some(slot) = st.token_requests.enter(c.name.clone(), cap) else {
+                return ApiError::Http {
+                    status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    code: "too_many_requests_in_progress",
+                    detail: format!("Too many requests with this token are in progress (api.max_requests_per_token = {cap}); wait for them to finish."),
+                }
+                .into_response();
+            };
             req.extensions_mut().insert(c);
-            next.run(req).await
+            let r = next.run(req).await;
+            drop(slot);
+            r
         }
         None => {
-            st.throttle.failed(client, now);
+            st.metrics.signin_refused.inc();
+            if st.throttle.failed(client, now) {
+                // Once per address and window: an address being throttled is always in the
+                // log, whatever the sampling below lets through.
+                tracing::warn!(
+                    client = %super::throttle::unit(client),
+                    max_failures = super::throttle::MAX_FAILURES,
+                    window_s = super::throttle::WINDOW.as_secs(),
+                    "client address throttled after too many failed sign-ins; it gets 429 until its failures age out"
+                );
+            }
             // The first refusal is logged, then one line a minute with the count: a flood of
             // guesses must not fill the disk.
-            if let Some(skipped) = st.signin_log.lock().expect("sampler lock").hit() {
+            let sampled = st
+                .signin_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .hit();
+            if let Some(skipped) = sampled {
                 tracing::warn!(
                     %client,
                     path = %req.uri().path(),

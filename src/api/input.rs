@@ -60,8 +60,7 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
             ApiError::Http {
                 status: StatusCode::REQUEST_TIMEOUT,
                 code: "body_timeout",
-                detail: "The request body stopped arriving (api.body_timeout_s); send it whole."
-                    .into(),
+                detail: "The request body did not arrive whole within api.body_timeout_s of its head; send it whole.".into(),
             }
         } else {
             ApiError::BadJson(e.body_text())
@@ -77,7 +76,7 @@ pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Ap
 fn timed_out(e: &BytesRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
+        if c.is::<super::server::BodyDeadline>() {
             return true;
         }
         cause = c.source();

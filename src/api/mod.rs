@@ -17,13 +17,16 @@
 //! - [`page`]: the cashier page.
 //! - [`strict`]: strict HTTP at the door (sizes, `Host`, content type, problem answers).
 //! - [`throttle`]: failed sign-ins limited per client address.
+//! - [`limits`]: requests in progress counted per token and per client address.
 //! - [`tokens`]: a manager issues and revokes tokens (`/v1/tokens`).
 //! - [`tls`]: `[api.tls]`: the operator's or a generated certificate, its fingerprint.
 //! - [`server`]: the accept loop: connection cap, timeouts, TLS, a bounded stop.
 
 mod auth;
+mod caps;
 mod customers;
 mod input;
+mod limits;
 pub mod openapi;
 pub mod page;
 pub mod problem;
@@ -48,7 +51,6 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::clock::SharedClock;
@@ -60,6 +62,7 @@ use crate::upstream::health::Health;
 pub use auth::Caller;
 pub use customers::CustomerView;
 pub use problem::ApiError;
+pub use throttle::Throttle;
 pub use transactions::TxnView;
 
 use auth::{auth, whoami};
@@ -90,6 +93,8 @@ pub struct AppState {
     /// The tokens that sign in now (the config's and `tokens.json`'s, reloaded live).
     pub tokens: Arc<crate::tokens::TokenSet>,
     pub throttle: throttle::Throttle,
+    /// Requests in progress per token (`api.max_requests_per_token`).
+    pub token_requests: limits::InProgress<String>,
     /// Refused sign-ins are logged sampled.
     pub signin_log: std::sync::Mutex<crate::logging::Sampler>,
     /// The data dir (its `tokens.json` is changed by `/v1/tokens`).
@@ -103,7 +108,6 @@ pub struct AppState {
 pub(crate) type AppRef = Arc<AppState>;
 
 pub fn router(state: AppRef) -> Router {
-    let body_timeout = state.settings.api.body_timeout;
     let authed = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/whoami", get(whoami))
@@ -139,8 +143,6 @@ pub fn router(state: AppRef) -> Router {
         .fallback(|| async { ApiError::NotFound("No such path. The API lives under /v1.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // A body that stalls is cut off (408) instead of holding its connection.
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         // A bug must cost one request a 500 answer, not the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {

@@ -48,17 +48,20 @@ problem_responses! {
 /// The body of `POST /v1/transactions` (validated field by field; unknown fields are refused).
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TxnRequest {
     /// Idempotency key (or send the `Idempotency-Key` header): 1-64 printable ASCII.
     #[schema(pattern = "^[!-~]{1,64}$")]
     txn_id: Option<String>,
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
-    #[schema(value_type = String, example = "earn")]
+    #[schema(example = "earn")]
     kind: crate::ledger::Kind,
     /// Positive for earn and redeem; signed, non-zero for adjust; |points| ≤ 10,000,000.
+    #[schema(minimum = -10_000_000, maximum = 10_000_000)]
     points: Option<i64>,
     /// Yen, for earn only, instead of points: the store's earn rule computes the points.
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     purchase_amount: Option<i64>,
     #[schema(max_length = 500)]
     reason: Option<String>,
@@ -68,14 +71,47 @@ pub struct TxnRequest {
     staff_id: Option<String>,
 }
 
+/// The body of `POST /v1/tokens` (unknown fields are refused).
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ipad-2", "role": "register"}))]
+pub struct TokenRequest {
+    /// The device's name: 1-64 letters, digits, '-', '_' or '.'.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    name: String,
+    /// `register` (the default) or `manager`.
+    role: Option<TokenRole>,
+}
+
+/// A token's role.
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    Register,
+    Manager,
+}
+
+/// How a manager resolves a transaction in review.
+#[allow(dead_code)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveAs {
+    Applied,
+    Resend,
+    Discard,
+}
+
 /// The body of `POST /v1/transactions/{txn_id}/resolve`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// `applied`, `resend` or `discard`.
     #[serde(rename = "as")]
     #[schema(example = "applied")]
-    as_: String,
+    as_: ResolveAs,
     /// Why, for the audit trail.
     #[schema(min_length = 1, max_length = 500)]
     note: String,
@@ -102,7 +138,7 @@ impl Modify for BearerAuth {
         last_reconcile, run_reconcile, last_ledger_report, run_ledger_report, metrics,
         super::tokens::list_tokens, super::tokens::add_token, super::tokens::revoke_token
     ),
-    components(schemas(Problem, TxnRequest, ResolveRequest, QuoteRequest, SaleRequest, ReturnRequest)),
+    components(schemas(Problem, TxnRequest, ResolveRequest, TokenRequest, QuoteRequest, SaleRequest, ReturnRequest)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A manager operation called with a register token (403 `forbidden_for_role`).
     #[error("this token may not do that")]
     Forbidden(String),
+    /// A register token past one of its caps (403 `forbidden_for_role`; `rule` names the key,
+    /// e.g. `api.register_max_earn_points`).
+    #[error("{detail}")]
+    RegisterCap { key: &'static str, detail: String },
     /// Too many failed sign-ins from this address (429 with `Retry-After`).
     #[error("too many failed sign-ins")]
     Throttled { retry_after_s: u64 },
@@ -116,7 +120,7 @@ impl ApiError {
                 "Send `Authorization: Bearer <token>` with a register token from the config."
                     .into(),
             ),
-            ApiError::Forbidden(d) => (
+            ApiError::Forbidden(d) | ApiError::RegisterCap { detail: d, .. } => (
                 StatusCode::FORBIDDEN,
                 "forbidden_for_role",
                 "Not allowed for this token's role",
@@ -209,7 +213,8 @@ impl IntoResponse for ApiError {
             ApiError::Throttled { retry_after_s } => Some(*retry_after_s),
             _ => None,
         };
-        let role = matches!(self, ApiError::Forbidden(_)).then_some("manager");
+        let role = matches!(self, ApiError::Forbidden(_) | ApiError::RegisterCap { .. })
+            .then_some("manager");
         let (errors, txn_id, rule) = match self {
             ApiError::Validation(e) => (e, None, None),
             ApiError::Conflict { txn_id, .. } => (Vec::new(), txn_id, None),
@@ -225,6 +230,7 @@ impl IntoResponse for ApiError {
                 None,
                 Some(rule.to_string()),
             ),
+            ApiError::RegisterCap { key, .. } => (Vec::new(), None, Some(key.to_string())),
             _ => (Vec::new(), None, None),
         };
         let body = Problem {

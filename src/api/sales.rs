@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::{Caller, require_manager};
+use super::caps;
 use super::input::{check_id, json_body};
 use super::openapi::{E400, E401, E403, E404, E409, E413, E422, E503};
 use super::watch::Watch;
@@ -29,15 +30,16 @@ use super::sales_input::*;
 /// The body of `POST /v1/sales/quote`.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct QuoteRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
     /// Yen, tax included, a positive whole number.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: i64,
     /// Points the customer uses on this sale (default 0).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
 }
 
@@ -61,7 +63,7 @@ pub(super) struct QuoteAnswer {
 /// The figures of a sale before the customer pays; nothing is written.
 #[utoipa::path(post, path = "/v1/sales/quote", tag = "pointsd",
     request_body = QuoteRequest,
-    responses((status = 200, body = QuoteAnswer), E400, E401, E404, E409, E413, E422, E503))]
+    responses((status = 200, body = QuoteAnswer), E400, E401, E403, E404, E409, E413, E422, E503))]
 pub(super) async fn quote(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -74,6 +76,11 @@ pub(super) async fn quote(
     let amount = req_amount(map, &mut errs);
     let used = opt_int(map, "points_used", 0, MAX_POINTS, &mut errs).unwrap_or(0);
     let (customer_id, amount) = done(errs, || (customer_id.unwrap(), amount.unwrap()))?;
+    // A quote writes nothing: a register is told what its sale would meet, a manager's
+    // larger quote is no grant to log.
+    if caller.role == crate::config::Role::Register {
+        caps::check_amount(&st, &caller, amount, "amount")?;
+    }
     let ctx = sale_ctx(&st, &caller);
     let Some((q, customer)) = st
         .store
@@ -114,6 +121,7 @@ pub(super) async fn quote(
 /// The body of `POST /v1/sales` (unknown fields are refused).
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"sale_id": "R-0001", "customer_id": "1", "amount": 2480, "points_used": 0}))]
 pub struct SaleRequest {
     /// The sale's id (e.g. the receipt number; or send the `Idempotency-Key` header).
@@ -122,10 +130,10 @@ pub struct SaleRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: String,
     /// Yen, tax included, a positive whole number.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: i64,
     /// Points the customer uses on this sale (default 0).
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
     #[schema(pattern = "^[!-~]{1,64}$")]
     register_id: Option<String>,
@@ -211,7 +219,7 @@ async fn current_sale(st: &AppState, sale_id: &str) -> Result<SaleRecord, ApiErr
     responses(
         (status = 201, body = SaleAnswer, description = "recorded and on disk; status says confirmed or queued"),
         (status = 200, body = SaleAnswer, description = "a replay of an earlier request with the same id"),
-        E400, E401, E404, E409, E413, E422, E503,
+        E400, E401, E403, E404, E409, E413, E422, E503,
     ))]
 pub(super) async fn post_sale(
     State(st): State<AppRef>,
@@ -246,6 +254,9 @@ pub(super) async fn post_sale(
         register_id,
         staff_id,
     })?;
+    // A register's sale is bounded by amount here and by points earned in the same commit
+    // that prices it (`SaleCtx::earn_cap`); nothing is written past either.
+    caps::check_amount(&st, &caller, new.amount, "amount")?;
     let ctx = sale_ctx(&st, &caller);
     let budget = st.settings.sync.online_budget;
     let txn_id = crate::store::sale_txn_id(&new.sale_id);
@@ -257,6 +268,8 @@ pub(super) async fn post_sale(
             tracing::info!(sale_id = %sale_id, customer_id = %customer_id, amount = rec.sale.amount,
                 used = rec.sale.points_used, earned = rec.sale.points_earned, net = rec.sale.net_delta,
                 register = %caller.name, "sale recorded");
+            // A manager's sale past the register's cap leaves a WARN (a register's was refused).
+            caps::warn_manager_grant(&st, &caller, rec.sale.points_earned, "one sale");
             let rec = if rec.txn.is_some() {
                 st.sync.kick();
                 match watch {
@@ -369,7 +382,7 @@ pub(super) struct SaleDetail {
 
 /// A sale, its returns and what is still returnable.
 #[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "pointsd",
-    params(("sale_id" = String, Path)),
+    params(("sale_id" = String, Path, pattern = "^[!-~]{1,64}$")),
     responses((status = 200, body = SaleDetail), E401, E404, E422, E503))]
 pub(super) async fn get_sale(
     State(st): State<AppRef>,
@@ -415,6 +428,7 @@ pub(super) async fn get_sale(
 /// points_used}` with the receipt's figures.
 #[allow(dead_code)]
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"return_id": "RT-0001", "sale_id": "R-0001", "amount": 1240}))]
 pub struct ReturnRequest {
     /// The return's id (or send the `Idempotency-Key` header).
@@ -424,16 +438,16 @@ pub struct ReturnRequest {
     #[schema(pattern = "^[!-~]{1,64}$")]
     sale_id: Option<String>,
     /// Yen returned; omitted: all that is still returnable. Required with a receipt.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     amount: Option<i64>,
     /// Receipt form only: the customer of the unrecorded sale.
     #[schema(pattern = "^[!-~]{1,64}$")]
     customer_id: Option<String>,
     /// Receipt form only: points the returned goods earned.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_earned: Option<i64>,
     /// Receipt form only: points used on the returned goods.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     points_used: Option<i64>,
     #[schema(pattern = "^[!-~]{1,64}$")]
     register_id: Option<String>,

@@ -171,11 +171,27 @@ pub(super) fn sale_ctx(st: &AppState, caller: &Caller) -> SaleCtx {
         },
         offline: cfg.offline.clone(),
         returns: cfg.returns.clone(),
+        earn_cap: (caller.role == crate::config::Role::Register)
+            .then_some(cfg.api.register_max_earn_points),
     }
 }
 
 pub(super) fn refusal(r: PriceRefusal) -> ApiError {
     match r {
+        PriceRefusal::EarnCap { earned, cap } => ApiError::RegisterCap {
+            key: super::caps::MAX_EARN_KEY,
+            detail: format!(
+                "A register token may grant at most {cap} points in one sale ({}); this sale would earn {earned}. Ask a manager, or use a manager token.",
+                super::caps::MAX_EARN_KEY
+            ),
+        },
+        PriceRefusal::TooManyPoints { earned } => ApiError::field(
+            "amount",
+            format!(
+                "would earn {earned} points; one sale may carry at most {}",
+                ledger::MAX_POINTS
+            ),
+        ),
         PriceRefusal::Spend(s) => ApiError::Rule {
             rule: s.rule,
             field: "points_used",

@@ -5,10 +5,17 @@
 //!
 //! Why not `axum::serve`: it has no timer and no cap, so ~1,000 idle or half-sent connections
 //! locked every register out for as long as they were held.
+//!
+//! A request body has a deadline for the whole of it, counted from the end of its head
+//! (`api.body_timeout_s`; a byte now and then does not restart it), and a connection whose
+//! request is still waiting for its body can be shed at the cap like an idle one: a client
+//! trickling bodies cannot hold the slots a register needs. Requests in progress are also
+//! capped per client address (`api.max_requests_per_address`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::limits::InProgress;
 use crate::logging::Sampler;
 
 /// How the server bounds what clients hold.
@@ -41,7 +49,17 @@ pub struct ServeOptions {
     pub max_buf_size: usize,
     pub grace: Duration,
     pub tls: Option<TlsAcceptor>,
+    /// The whole request body must arrive within this, from the end of the head.
+    pub body_deadline: Duration,
+    /// Requests in progress from one client address (an IPv4-mapped address counts as its
+    /// IPv4 address); past it 429 `too_many_requests_in_progress`.
+    pub max_requests_per_address: usize,
 }
+
+/// The error a request body yields when its deadline passed (the API answers 408).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive whole within api.body_timeout_s")]
+pub struct BodyDeadline;
 
 /// What a connection is doing, for its watchdog and for shedding. Times are ms since `epoch`.
 struct Activity {
@@ -53,6 +71,8 @@ struct Activity {
     /// Requests started on this connection: before the first, a silent connection gets the
     /// head timeout, not the idle one.
     requests: AtomicU64,
+    /// Requests whose body has not arrived whole yet (nothing is written before it has).
+    body_pending: AtomicUsize,
 }
 
 impl Activity {
@@ -63,6 +83,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             last_active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            body_pending: AtomicUsize::new(0),
         };
         a.last_active.store(a.now(), Ordering::Relaxed);
         a
@@ -75,6 +96,24 @@ impl Activity {
 
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Which connection the cap sheds first (lowest rank, then oldest): an idle keep-alive
+    /// connection, then one whose request still waits for its body, then one that has not
+    /// sent a whole head yet (newest last, so a register that just connected is kept). A
+    /// request whose handler runs with its whole body is never shed.
+    fn shed_rank(&self) -> Option<u8> {
+        if self.idle() {
+            Some(if self.requests.load(Ordering::Relaxed) > 0 {
+                0
+            } else {
+                2
+            })
+        } else if self.body_pending.load(Ordering::Relaxed) > 0 {
+            Some(1)
+        } else {
+            None
+        }
     }
 
     /// How long until this connection must go, or `None` while a request is in progress.
@@ -183,24 +222,31 @@ impl Registry {
         let shed = CancellationToken::new();
         self.open
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, (act, shed.clone()));
         (id, shed)
     }
 
     fn remove(&self, id: u64) {
-        self.open.lock().expect("registry lock").remove(&id);
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 
-    /// Closes the oldest connection without a request in progress; false if every one is busy.
-    fn shed_oldest_idle(&self) -> bool {
-        let mut open = self.open.lock().expect("registry lock");
+    /// Closes one connection to make room (see `Activity::shed_rank`); false if every one is
+    /// busy with a request that has its whole body.
+    fn shed_one(&self) -> bool {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let victim = open
             .iter()
-            .find(|(_, (a, _))| a.idle())
-            .map(|(id, (_, shed))| (*id, shed.clone()));
+            .filter_map(|(id, (a, shed))| a.shed_rank().map(|r| (r, *id, shed.clone())))
+            .min_by_key(|(r, id, _)| (*r, *id));
         match victim {
-            Some((id, shed)) => {
+            Some((_, id, shed)) => {
                 open.remove(&id);
                 shed.cancel();
                 true
@@ -210,7 +256,12 @@ impl Registry {
     }
 
     fn shed_all(&self) {
-        for (_, (_, shed)) in std::mem::take(&mut *self.open.lock().expect("registry lock")) {
+        for (_, (_, shed)) in std::mem::take(
+            &mut *self
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ) {
             shed.cancel();
         }
     }
@@ -227,6 +278,7 @@ pub async fn serve(
     let opts = Arc::new(opts);
     let cap = Arc::new(Semaphore::new(opts.max_connections));
     let registry = Arc::new(Registry::default());
+    let per_addr: Arc<InProgress<IpAddr>> = Arc::new(InProgress::default());
     let conns = TaskTracker::new();
     let epoch = Instant::now();
     let mut accept_errors = Sampler::new(Duration::from_secs(60));
@@ -250,11 +302,11 @@ pub async fn serve(
         let permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // At the cap: the oldest connection without a request in progress makes room
-                // (held half-sent or idle connections go first, a register's request stays).
-                let shed = registry.shed_oldest_idle();
+                // At the cap one connection makes room: idle ones first, then ones still
+                // waiting for a body, then half-sent heads; a register's request stays.
+                let shed = registry.shed_one();
                 if let Some(n) = shed_log.hit() {
-                    tracing::warn!(%peer, max_connections = opts.max_connections, connections_shed_since_last_line = n, "connection cap reached; shedding the oldest idle connection");
+                    tracing::warn!(%peer, max_connections = opts.max_connections, connections_shed_since_last_line = n, "connection cap reached; shedding an idle or stalled connection");
                 }
                 let p = if shed {
                     tokio::time::timeout(Duration::from_secs(1), cap.clone().acquire_owned())
@@ -274,22 +326,24 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let act = Arc::new(Activity::new(epoch));
         let (id, shed) = registry.add(act.clone());
-        let (app, opts, stop, registry) = (
-            app.clone(),
-            opts.clone(),
-            shutdown.clone(),
-            registry.clone(),
-        );
+        let (app, opts, registry) = (app.clone(), opts.clone(), registry.clone());
+        let conn = Conn {
+            peer,
+            act,
+            shed: shed.clone(),
+            stop: shutdown.clone(),
+            per_addr: per_addr.clone(),
+        };
         conns.spawn(async move {
             match &opts.tls {
-                None => serve_conn(stream, app, peer, act, shed, stop, &opts).await,
+                None => serve_conn(stream, app, conn, &opts).await,
                 Some(tls) => {
                     let accepted = tokio::select! {
                         r = tokio::time::timeout(opts.header_timeout, tls.accept(stream)) => r,
                         () = shed.cancelled() => Ok(Err(io::Error::other("shed"))),
                     };
                     match accepted {
-                        Ok(Ok(s)) => serve_conn(s, app, peer, act, shed, stop, &opts).await,
+                        Ok(Ok(s)) => serve_conn(s, app, conn, &opts).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -316,28 +370,46 @@ pub async fn serve(
     stopped
 }
 
-async fn serve_conn<I>(
-    io: I,
-    app: Router,
+/// One accepted connection: who, what it is doing, and what ends it.
+struct Conn {
     peer: SocketAddr,
     act: Arc<Activity>,
     shed: CancellationToken,
     stop: CancellationToken,
-    opts: &ServeOptions,
-) where
+    per_addr: Arc<InProgress<IpAddr>>,
+}
+
+async fn serve_conn<I>(io: I, app: Router, conn: Conn, opts: &ServeOptions)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        act,
+        shed,
+        stop,
+        per_addr,
+    } = conn;
     let io = TokioIo::new(Tracked {
         inner: io,
         act: act.clone(),
     });
     let req_act = act.clone();
+    let (deadline, addr_cap) = (opts.body_deadline, opts.max_requests_per_address);
+    let addr = client_unit(peer.ip());
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let guard = InFlight::start(&req_act);
+        let slot = per_addr.enter(addr, addr_cap);
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
+        // The head has arrived: from now the body has `deadline` to arrive whole.
+        let req = req.map(|b| axum::body::Body::new(DeadlineBody::new(b, deadline, &req_act)));
         async move {
-            let r = app.oneshot(req.map(axum::body::Body::new)).await;
+            let r = match slot {
+                Some(_) => app.oneshot(req).await,
+                None => Ok(too_many_in_progress()),
+            };
+            drop(slot);
             drop(guard);
             r
         }
@@ -383,5 +455,93 @@ async fn serve_conn<I>(
                 }
             }
         }
+    }
+}
+
+/// The unit requests in progress are counted in: an IPv4-mapped IPv6 address is its IPv4
+/// address (a dual-stack listener sees IPv4 clients so).
+pub(crate) fn client_unit(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn too_many_in_progress() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    super::ApiError::Http {
+        status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+        code: "too_many_requests_in_progress",
+        detail: "Too many requests from this address are in progress (api.max_requests_per_address); wait for them to finish.".into(),
+    }
+    .into_response()
+}
+
+/// A request body with a deadline for the whole of it; while it has not arrived whole, its
+/// connection counts as stalled for shedding (`Activity::body_pending`).
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    act: Option<Arc<Activity>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, limit: Duration, act: &Arc<Activity>) -> DeadlineBody {
+        let mut b = DeadlineBody {
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            act: None,
+            inner,
+        };
+        if !http_body::Body::is_end_stream(&b.inner) {
+            act.body_pending.fetch_add(1, Ordering::Relaxed);
+            b.act = Some(act.clone());
+        }
+        b
+    }
+
+    /// The body arrived whole (or will not arrive): the connection is no longer stalled.
+    fn settle(&mut self) {
+        if let Some(a) = self.act.take() {
+            a.body_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for DeadlineBody {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.act.is_none() && self.inner.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if frame.is_none() || self.inner.is_end_stream() || matches!(frame, Some(Err(_))) {
+                self.settle();
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.settle();
+            return Poll::Ready(Some(Err(Box::new(BodyDeadline))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

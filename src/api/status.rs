@@ -226,6 +226,8 @@ pub(super) async fn metrics(State(st): State<AppRef>) -> Result<Response, ApiErr
 pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     let q = st.store.queue_stats().await?;
     let m = &st.metrics;
+    m.signin_throttled_addresses
+        .set(st.throttle.throttled_now(std::time::Instant::now()) as i64);
     for (state, n) in [
         ("pending", q.pending),
         ("sending", q.sending),

@@ -207,8 +207,10 @@ fn generated_matches(cert_path: &Path, names: &[String]) -> bool {
 fn generate(names: &[String], cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
     let mut params = rcgen::CertificateParams::new(generated_names(names))?;
     let now = time::OffsetDateTime::now_utc();
+    // A day back for clocks behind ours; the span, not_before to not_after, is what Apple
+    // devices limit (825 days), so not_after counts from not_before.
     params.not_before = now - time::Duration::days(1);
-    params.not_after = now + time::Duration::days(GENERATED_DAYS);
+    params.not_after = params.not_before + time::Duration::days(GENERATED_DAYS);
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
         names.first().map_or("pointsd", |n| n.as_str()),
@@ -224,17 +226,30 @@ fn generate(names: &[String], cert_path: &Path, key_path: &Path) -> Result<(), T
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            crate::config::private_dir(dir).map_err(err)?;
         }
-        let tmp = path.with_extension("pem.tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
+        let tmp = path.with_extension(format!("pem.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        // The key is owner-only from its creation (never readable by others, not even for
+        // the moment between a write and a chmod), whatever the umask.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
         #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if private { 0o600 } else { 0o644 });
         }
         #[cfg(not(unix))]
         let _ = private;
+        let written = opts.open(&tmp).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         std::fs::rename(&tmp, path).map_err(err)
     };
     write(key_path, key.serialize_pem(), true)?;
@@ -265,6 +280,24 @@ mod tests {
         );
         let days = (a.not_after_unix - time::OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
         assert!((820..=GENERATED_DAYS).contains(&days), "{days}");
+        // The span Apple devices limit: not_before to not_after at most 825 days.
+        let (cert_path, key_path) = files(&cfg, dir.path());
+        let chain = read_chain(&cert_path).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        let v = cert.validity();
+        let span = v.not_after.timestamp() - v.not_before.timestamp();
+        assert!(span <= GENERATED_DAYS * 86_400, "{} days", span / 86_400);
+        assert!(
+            span > (GENERATED_DAYS - 1) * 86_400,
+            "{} days",
+            span / 86_400
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the key is owner-only");
+        }
         // Other names: a new certificate.
         let other = TlsConfig {
             names: vec!["till-2.local".into()],

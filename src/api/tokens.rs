@@ -1,6 +1,9 @@
 //! `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{name}`: a manager issues and
 //! revokes tokens from a device (as `pointsd token add|list|revoke` does on the PC). The
-//! data dir's `tokens.json` is changed and the token set swapped at once.
+//! data dir's `tokens.json` is changed under the lock the CLI takes too, and the token set is
+//! swapped before the answer: a 201 token signs in on the next request, a 204 token is
+//! refused on every request from then on. A manager cannot revoke its own token, nor the
+//! last manager token (409): the store would be left with nobody to issue tokens.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -45,6 +48,24 @@ fn token_error(e: TokenError) -> ApiError {
             detail: e.to_string(),
             txn_id: None,
         },
+        TokenError::ConfigName(_) => ApiError::Conflict {
+            code: "token_exists",
+            title: "Token name taken",
+            detail: e.to_string(),
+            txn_id: None,
+        },
+        TokenError::OwnToken(_) => ApiError::Conflict {
+            code: "own_token",
+            title: "Cannot revoke your own token",
+            detail: e.to_string(),
+            txn_id: None,
+        },
+        TokenError::LastManager(_) => ApiError::Conflict {
+            code: "last_manager_token",
+            title: "Cannot revoke the last manager token",
+            detail: e.to_string(),
+            txn_id: None,
+        },
         TokenError::Unknown(_) => ApiError::Missing {
             code: "unknown_token",
             detail: e.to_string(),
@@ -61,17 +82,25 @@ fn config_names(st: &AppRef) -> Vec<String> {
     st.settings.tokens.iter().map(|t| t.name.clone()).collect()
 }
 
-/// Changes the token file and applies it now.
-fn change(
+/// Changes the token file under the shared lock, then applies it, before the answer.
+async fn change<T: Send + 'static>(
     st: &AppRef,
-    f: impl FnOnce(&mut TokenFile) -> Result<(), TokenError>,
-) -> Result<(), ApiError> {
-    let path = tokens::path(&st.data_dir);
-    let mut file = TokenFile::load(&path).map_err(token_error)?;
-    f(&mut file).map_err(token_error)?;
-    file.save(&path).map_err(token_error)?;
-    st.tokens.load_now(&st.data_dir).map_err(token_error)?;
-    Ok(())
+    f: impl FnOnce(&mut TokenFile) -> Result<T, TokenError> + Send + 'static,
+) -> Result<T, TokenError> {
+    let (dir, set) = (st.data_dir.clone(), st.tokens.clone());
+    let file = tokens::path(&dir);
+    tokio::task::spawn_blocking(move || {
+        let v = tokens::modify(&dir, f)?;
+        set.reload(&dir)?;
+        Ok(v)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(TokenError::Write {
+            path: file,
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "pointsd",
@@ -103,7 +132,7 @@ pub(super) async fn list_tokens(
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "pointsd",
-    request_body(content = Object, description = "`{\"name\": \"ipad-2\", \"role\": \"register\"}` (role defaults to register)"),
+    request_body = super::openapi::TokenRequest,
     responses((status = 201, body = IssuedToken), E400, E401, E403, E409, E422))]
 pub(super) async fn add_token(
     State(st): State<AppRef>,
@@ -139,26 +168,31 @@ pub(super) async fn add_token(
         }
     };
     let names = config_names(&st);
-    let mut token = String::new();
-    change(&st, |f| {
-        token = f.issue(&name, role, &names)?;
-        Ok(())
-    })?;
+    let issued_name = name.clone();
+    let token = change(&st, move |f| f.issue(&issued_name, role, &names))
+        .await
+        .map_err(token_error)?;
     tracing::info!(name = %name, ?role, by = %caller.name, "token issued");
     Ok((StatusCode::CREATED, Json(IssuedToken { name, role, token })).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "pointsd",
     params(("name" = String, Path, description = "the token's name")),
-    responses((status = 204, description = "revoked"), E401, E403, E404))]
+    responses((status = 204, description = "revoked"), E401, E403, E404, E409))]
 pub(super) async fn revoke_token(
     State(st): State<AppRef>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_manager(&caller, "revoke tokens")?;
-    let names = config_names(&st);
-    change(&st, |f| f.revoke(&name, &names))?;
+    let config = st.settings.tokens.clone();
+    let by = caller.name.clone();
+    let target = name.clone();
+    // Checked on the file as read under the lock, so two managers revoking each other at
+    // once cannot leave the store without one.
+    change(&st, move |f| f.revoke_as(&target, &by, &config))
+        .await
+        .map_err(token_error)?;
     tracing::info!(name = ?name, by = %caller.name, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

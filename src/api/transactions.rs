@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::{Caller, require_manager};
+use super::caps;
 use super::customers::{CustomerView, customer_view};
 use super::input::{check_id, json_body, query_params};
 use super::openapi::{E400, E401, E403, E404, E409, E413, E422, E503};
@@ -191,23 +192,18 @@ pub(super) async fn write_transaction(
     let cfg = &st.settings.config;
     let new = ledger::validate_txn(&value, header_key, &cfg.earn).map_err(ApiError::Validation)?;
     // Least privilege: a register earns and redeems; changing a balance by hand, or a grant
-    // above api.register_max_earn_points, needs a manager. Refused before anything is written.
+    // above api.register_max_earn_points (given in points or derived from a purchase amount),
+    // or a purchase amount above api.register_max_sale_amount, needs a manager. Refused
+    // before anything is written.
     match new.kind {
         ledger::Kind::Adjust => require_manager(caller, "adjust a balance")?,
-        ledger::Kind::Earn
-            if new
-                .points
-                .is_some_and(|p| p > cfg.api.register_max_earn_points) =>
-        {
-            require_manager(
-                caller,
-                &format!(
-                    "grant more than {} points in one earn (api.register_max_earn_points)",
-                    cfg.api.register_max_earn_points
-                ),
-            )?
+        ledger::Kind::Earn => {
+            if let Some(a) = new.purchase_amount {
+                caps::check_amount(st, caller, a, "purchase_amount")?;
+            }
+            caps::check_grant(st, caller, new.delta(&cfg.earn), "one earn")?;
         }
-        _ => {}
+        ledger::Kind::Redeem => {}
     }
     let now = st.clock.now_ms();
     let online = st.health.is_online();
@@ -509,7 +505,7 @@ pub(super) struct TxnList {
 
 #[utoipa::path(get, path = "/v1/transactions", tag = "pointsd",
     params(
-        ("state" = Option<String>, Query, description = "pending, sending, ambiguous, applied, rejected, needs_review, discarded"),
+        ("state" = Option<crate::ledger::State>, Query, description = "pending, sending, ambiguous, applied, rejected, needs_review, discarded"),
         ("customer_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
         ("register_id" = Option<String>, Query, pattern = "^[!-~]{1,64}$"),
         ("limit" = Option<u32>, Query, description = "1..=1000, default 100", minimum = 1, maximum = 1000),

@@ -38,21 +38,27 @@ impl Install {
     }
 }
 
-/// Saves the file; when run as root for a daemon that runs as another user, gives the file
-/// to the data dir's owner so the daemon can read it.
-fn save(f: &TokenFile, data: &std::path::Path, file: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(data)?;
-    f.save(file)?;
+/// Changes the token file under the lock the daemon's API takes too; when run as root for a
+/// daemon that runs as another user, gives the file (and the lock) to the data dir's owner so
+/// the daemon can read it.
+fn change<T>(
+    i: &Install,
+    f: impl FnOnce(&mut TokenFile) -> Result<T, tokens::TokenError>,
+) -> Result<T> {
+    crate::config::private_dir(&i.data)?;
+    let v = tokens::modify(&i.data, f)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata(data)
-            && std::fs::metadata(file).is_ok_and(|fm| fm.uid() != m.uid())
-        {
-            let _ = std::os::unix::fs::chown(file, Some(m.uid()), Some(m.gid()));
+        if let Ok(m) = std::fs::metadata(&i.data) {
+            for p in [i.file.clone(), i.data.join(tokens::LOCK_NAME)] {
+                if std::fs::metadata(&p).is_ok_and(|fm| fm.uid() != m.uid()) {
+                    let _ = std::os::unix::fs::chown(&p, Some(m.uid()), Some(m.gid()));
+                }
+            }
         }
     }
-    Ok(())
+    Ok(v)
 }
 
 pub(super) fn add(
@@ -62,9 +68,8 @@ pub(super) fn add(
     data_dir: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let i = Install::open(&c, data_dir)?;
-    let mut f = TokenFile::load(&i.file)?;
-    let token = f.issue(&name, role, &i.names())?;
-    save(&f, &i.data, &i.file)?;
+    let names = i.names();
+    let token = change(&i, |f| f.issue(&name, role, &names))?;
     // The token on stdout alone (for scripts); the rest on stderr.
     println!("{token}");
     eprintln!(
@@ -86,38 +91,52 @@ pub(super) fn list(c: ConfigArgs, data_dir: Option<PathBuf>, json: bool) -> Resu
     for t in &f.tokens {
         rows.push(serde_json::json!({"name": t.name, "role": t.role, "source": "issued", "revoked": false, "created_at": t.created_at}));
     }
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
-        println!("{:<24} {:<9} {:<7} CREATED", "NAME", "ROLE", "SOURCE");
+        writeln!(out, "{:<24} {:<9} {:<7} CREATED", "NAME", "ROLE", "SOURCE")?;
         for r in &rows {
             let state = if r["revoked"] == true {
                 " (revoked)"
             } else {
                 ""
             };
-            println!(
+            writeln!(
+                out,
                 "{:<24} {:<9} {:<7} {}{state}",
                 r["name"].as_str().unwrap_or(""),
                 r["role"].as_str().unwrap_or(""),
                 r["source"].as_str().unwrap_or(""),
                 r["created_at"].as_str().unwrap_or("-"),
-            );
+            )?;
         }
     }
+    print_out(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn revoke(name: String, c: ConfigArgs, data_dir: Option<PathBuf>) -> Result<ExitCode> {
     let i = Install::open(&c, data_dir)?;
-    let mut f = TokenFile::load(&i.file)?;
-    f.revoke(&name, &i.names())?;
-    save(&f, &i.data, &i.file)?;
+    let names = i.names();
+    change(&i, |f| f.revoke(&name, &names))?;
     eprintln!(
         "revoked token {name:?}; a running daemon refuses it within {} s.",
         tokens::POLL.as_secs()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout; a reader that stopped early (`pointsd token list | head -1`) is
+/// not an error (`println!` would panic on the closed pipe).
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 fn role_name(r: Role) -> &'static str {

@@ -30,9 +30,9 @@ pub use crate::secret::Secret;
 pub use crate::telemetry::TelemetryConfig;
 pub use load::{ConfigError, ENV_PREFIX, Problem, env_map, load_settings};
 pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
-pub use perms::file_mode_warnings;
 #[cfg(unix)]
 pub(crate) use perms::group_id;
+pub use perms::{file_mode_warnings, private_dir, private_file};
 pub use sections::{
     AgentConfig, ApiConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role, SimConfig,
     SmaregiConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig, UpstreamKind,
@@ -40,3 +40,4 @@ pub use sections::{
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use strength::{MIN_TOKEN_BITS, token_weakness};
 pub use validate::PLACEHOLDER;
+pub(crate) use validate::cleartext_beyond_loopback;

@@ -69,21 +69,34 @@ pub struct ApiConfig {
     pub header_timeout_s: u64,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout_s: u64,
-    /// A request body that stalls (no data) for this long gets 408 and the connection closes.
+    /// A request body must arrive whole within this many seconds of the end of its head
+    /// (a byte now and then does not extend it); else 408 and the connection closes.
     pub body_timeout_s: u64,
+    /// Requests in progress with one token at once; past it 429
+    /// `too_many_requests_in_progress` (a stolen token cannot hold every slot).
+    pub max_requests_per_token: u32,
+    /// Requests in progress from one client address at once; past it 429.
+    pub max_requests_per_address: u32,
     /// Connections served at once; past it the oldest connection without a request in
     /// progress is shed, so held connections cannot lock a register out.
     pub max_connections: u32,
     /// The request line and headers together may not be larger (431 past it).
     pub max_header_bytes: u32,
-    /// The most points a register token may grant in one earn; above it needs a manager.
+    /// The most points a register token may grant in one earn or sale (given in points or
+    /// derived from an amount); above it needs a manager.
     pub register_max_earn_points: i64,
+    /// The largest amount (yen) a register token may give as an earn's `purchase_amount` or
+    /// a sale's `amount`; above it needs a manager.
+    pub register_max_sale_amount: i64,
     /// Serve plain HTTP on a non-loopback address (tokens then cross the network in clear
     /// text): the operator accepts that risk. Without it such a listen needs `[api.tls]`.
     pub allow_plain_http: bool,
     /// `Host` names served besides loopback ones (`localhost`, `127.0.0.1`, `[::1]`) and,
     /// with TLS, the certificate's names; a request naming another host gets 421.
     pub allowed_hosts: Vec<String>,
+    /// Client addresses never throttled for failed sign-ins (empty by default: none is, the
+    /// store PC's loopback included). For a tool that must probe without a token.
+    pub signin_throttle_exempt: Vec<String>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -112,11 +125,15 @@ impl Default for ApiConfig {
             header_timeout_s: 10,
             idle_timeout_s: 60,
             body_timeout_s: 30,
+            max_requests_per_token: 32,
+            max_requests_per_address: 64,
             max_connections: 512,
             max_header_bytes: 16_384,
             register_max_earn_points: 10_000,
+            register_max_sale_amount: 1_000_000,
             allow_plain_http: false,
             allowed_hosts: Vec::new(),
+            signin_throttle_exempt: Vec::new(),
             tls: None,
         }
     }
@@ -189,6 +206,10 @@ pub struct SmaregiConfig {
     pub id_base: String,
     /// Production `https://api.smaregi.jp`, sandbox `https://api.smaregi.dev`.
     pub api_base: String,
+    /// Accept `http://` for `id_base`/`api_base` beyond loopback (the client secret and the
+    /// access token would cross the network in clear text); `config check` refuses it
+    /// otherwise.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for SmaregiConfig {
@@ -200,6 +221,7 @@ impl Default for SmaregiConfig {
             client_secret_file: None,
             id_base: "https://id.smaregi.jp".into(),
             api_base: "https://api.smaregi.jp".into(),
+            allow_insecure_http: false,
         }
     }
 }

@@ -166,6 +166,10 @@ impl Config {
                 }
                 for (k, v) in [("id_base", &s.id_base), ("api_base", &s.api_base)] {
                     match reqwest::Url::parse(v) {
+                        Ok(url) if cleartext_beyond_loopback(&url) && !s.allow_insecure_http => bad(
+                            &format!("upstream.smaregi.{k}"),
+                            format!("{v:?} is plain http to a host beyond this PC: the client secret and access tokens would cross the network in clear text; use https, or set upstream.smaregi.allow_insecure_http = true to accept the risk"),
+                        ),
                         Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
                         _ => bad(&format!("upstream.smaregi.{k}"), format!("{v:?} is not an http(s) URL")),
                     }
@@ -244,6 +248,16 @@ impl Config {
             ("api.idle_timeout_s", a.idle_timeout_s, 1..=3600),
             ("api.body_timeout_s", a.body_timeout_s, 1..=600),
             (
+                "api.max_requests_per_token",
+                u64::from(a.max_requests_per_token),
+                1..=65_536,
+            ),
+            (
+                "api.max_requests_per_address",
+                u64::from(a.max_requests_per_address),
+                1..=65_536,
+            ),
+            (
                 "api.max_connections",
                 u64::from(a.max_connections),
                 8..=65_536,
@@ -264,6 +278,12 @@ impl Config {
                 format!("must be 1..={}", crate::ledger::MAX_POINTS),
             );
         }
+        if !(1..=crate::ledger::MAX_PURCHASE_AMOUNT).contains(&a.register_max_sale_amount) {
+            bad(
+                "api.register_max_sale_amount",
+                format!("must be 1..={}", crate::ledger::MAX_PURCHASE_AMOUNT),
+            );
+        }
         if let Some(tls) = &a.tls {
             check_tls(tls, &mut bad);
         }
@@ -278,6 +298,14 @@ impl Config {
                     "{l} is reachable from the network, where tokens would cross in clear text; add [api.tls] (generate = true with names = [\"<this PC's name or IP>\"], or cert_file and key_file), or set api.allow_plain_http = true to accept the risk"
                 ),
             );
+        }
+        for (i, h) in a.signin_throttle_exempt.iter().enumerate() {
+            if h.parse::<std::net::IpAddr>().is_err() {
+                bad(
+                    &format!("api.signin_throttle_exempt[{i}]"),
+                    format!("{h:?} is not an IP address; write e.g. \"127.0.0.1\" or \"::1\""),
+                );
+            }
         }
         for (i, h) in a.allowed_hosts.iter().enumerate() {
             if h.trim().is_empty() || h.contains(['/', ' ', '@']) {
@@ -544,4 +572,21 @@ fn check_tls(tls: &TlsConfig, bad: &mut impl FnMut(&str, String)) {
             "required: the PEM private key of cert_file".into(),
         ),
     }
+}
+
+/// `http://` to a host other than this PC (loopback addresses and `localhost`): what crosses
+/// it can be read on the way.
+pub(crate) fn cleartext_beyond_loopback(url: &reqwest::Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return !ip.is_loopback();
+    }
+    let d = host.trim_end_matches('.').to_ascii_lowercase();
+    d != "localhost" && !d.ends_with(".localhost")
 }

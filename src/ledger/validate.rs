@@ -12,6 +12,8 @@ pub const MAX_POINTS: i64 = 10_000_000;
 pub const MAX_PURCHASE_AMOUNT: i64 = 10_000_000_000;
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_REASON_LEN: usize = 500;
+/// Transaction id prefixes kept for the outbox rows of sales and returns.
+pub const RESERVED_PREFIXES: [&str; 2] = ["sale:", "return:"];
 
 /// `ids ≤ 64 printable chars`: printable ASCII, no spaces or control characters.
 pub fn is_valid_id(s: &str) -> bool {
@@ -157,6 +159,16 @@ pub fn validate_txn(
             None
         }
     };
+    // `sale:` and `return:` name the outbox rows of sales and returns (receipt numbers are
+    // predictable): a plain transaction taking one would make the real sale a 409.
+    if let Some(id) = &txn_id
+        && RESERVED_PREFIXES.iter().any(|p| id.starts_with(p))
+    {
+        errs.push(fe(
+            "txn_id",
+            "must not start with \"sale:\" or \"return:\" (those name the transactions of sales and returns)",
+        ));
+    }
     let customer_id = opt_id(body, "customer_id", &mut errs);
     if customer_id.is_none() && !errs.iter().any(|e| e.field == "customer_id") {
         errs.push(fe("customer_id", "required"));
@@ -210,6 +222,14 @@ pub fn validate_txn(
                     errs.push(fe(
                         "purchase_amount",
                         format!("must be a positive number of yen up to {MAX_PURCHASE_AMOUNT}"),
+                    ));
+                } else if points_for_purchase(a, earn) > MAX_POINTS {
+                    errs.push(fe(
+                        "purchase_amount",
+                        format!(
+                            "would earn {} points; one transaction may carry at most {MAX_POINTS}",
+                            points_for_purchase(a, earn)
+                        ),
                     ));
                 } else if points_for_purchase(a, earn) <= 0 {
                     errs.push(fe(
@@ -336,6 +356,33 @@ mod tests {
         };
         assert_eq!(points_for_purchase(1950, &round), 20);
         assert_eq!(points_for_purchase(1949, &round), 19);
+    }
+
+    #[test]
+    fn a_derived_delta_stays_within_the_bound_and_reserved_ids_are_refused() {
+        // 1 point per 100 yen: 1,000,000,000 yen is exactly the bound, one more 100 is past it.
+        let ok = json!({"txn_id":"t","customer_id":"c","kind":"earn","purchase_amount":1_000_000_000i64});
+        assert_eq!(
+            validate_txn(&ok, None, &earn()).unwrap().delta(&earn()),
+            MAX_POINTS
+        );
+        let big = json!({"txn_id":"t","customer_id":"c","kind":"earn","purchase_amount":1_000_000_100i64});
+        assert_eq!(fields(big, None), vec!["purchase_amount"]);
+        for id in ["sale:R-0042", "return:R-0042-1"] {
+            let v = json!({"txn_id": id,"customer_id":"c","kind":"earn","points":1});
+            assert_eq!(fields(v.clone(), None), vec!["txn_id"], "{id}");
+            let mut h = v;
+            h.as_object_mut().unwrap().remove("txn_id");
+            assert_eq!(fields(h, Some(id)), vec!["txn_id"], "header {id}");
+        }
+        assert!(
+            validate_txn(
+                &json!({"txn_id":"sales-1","customer_id":"c","kind":"earn","points":1}),
+                None,
+                &earn()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn sale_ctx(now_ms: i64) -> SaleCtx {
         },
         offline: OfflineConfig::default(),
         returns: ledger::ReturnsConfig::default(),
+        earn_cap: None,
     }
 }
 

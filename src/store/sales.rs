@@ -59,6 +59,9 @@ pub struct SaleCtx {
     pub rules: SaleRules,
     pub offline: OfflineConfig,
     pub returns: ReturnsConfig,
+    /// The most points this caller's sale may earn (a register token's
+    /// `api.register_max_earn_points`); `None` for a manager.
+    pub earn_cap: Option<i64>,
 }
 
 /// Why a sale (or its quote) is refused before anything is written.
@@ -68,6 +71,10 @@ pub enum PriceRefusal {
     Spend(SpendRefusal),
     /// Not enough points, or the offline policy (409, as for a redeem).
     Redeem(RedeemRefusal),
+    /// The sale would earn more than the caller's cap (`SaleCtx::earn_cap`).
+    EarnCap { earned: i64, cap: i64 },
+    /// The sale would earn more than one transaction may carry (`ledger::MAX_POINTS`).
+    TooManyPoints { earned: i64 },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -336,6 +343,19 @@ pub(super) fn price(
     let tier = ledger::tier_config_for(balance.available, &ctx.rules.tiers);
     let quote = ledger::quote_sale(amount, points_used, &ctx.rules, tier, &ctx.day)
         .map_err(PriceRefusal::Spend)?;
+    if quote.points_earned > ledger::MAX_POINTS {
+        return Err(PriceRefusal::TooManyPoints {
+            earned: quote.points_earned,
+        });
+    }
+    if let Some(cap) = ctx.earn_cap
+        && quote.points_earned > cap
+    {
+        return Err(PriceRefusal::EarnCap {
+            earned: quote.points_earned,
+            cap,
+        });
+    }
     if points_used > 0 {
         let expired = customer.expired(&ctx.today, ctx.now_ms);
         ledger::check_changed_elsewhere(

@@ -20,6 +20,7 @@ fn ctx(online: bool) -> SaleCtx {
         },
         offline: OfflineConfig::default(),
         returns: ReturnsConfig::default(),
+        earn_cap: None,
     }
 }
 

@@ -33,6 +33,9 @@ pub struct TelemetryConfig {
     pub basic_password_file: Option<PathBuf>,
     /// Extra labels on every series, e.g. `labels = { region = "kanto" }`.
     pub labels: BTreeMap<String, String>,
+    /// Accept an `http://` `remote_write_url` beyond loopback (its credentials would cross
+    /// the network in clear text); `config check` refuses it otherwise.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -49,6 +52,7 @@ impl Default for TelemetryConfig {
             basic_password: Secret::default(),
             basic_password_file: None,
             labels: BTreeMap::new(),
+            allow_insecure_http: false,
         }
     }
 }
@@ -102,6 +106,10 @@ impl TelemetryConfig {
                 Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => bad(
                     "remote_write_url",
                     format!("{url:?} is not an http(s) URL; use e.g. \"https://hq.example/api/v1/write\""),
+                ),
+                Ok(u) if crate::config::cleartext_beyond_loopback(&u) && !self.allow_insecure_http => bad(
+                    "remote_write_url",
+                    format!("{url:?} is plain http to a host beyond this PC: the push's credentials would cross the network in clear text; use https, or set telemetry.allow_insecure_http = true to accept the risk"),
                 ),
                 Ok(u) if !u.username().is_empty() || u.password().is_some() => bad(
                     "remote_write_url",

@@ -280,6 +280,142 @@ async fn a_stalled_body_gets_408_and_nothing_is_written() {
     assert_eq!(v["transactions"], json!([]), "{v}");
 }
 
+/// A connection from `from` (127.0.0.`from`) that sends a POST head with a valid `token` and
+/// a 60,000-byte `Content-Length` and the first byte of the body.
+async fn trickle(addr: &str, from: u8, token: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, from), 0).into())
+        .unwrap();
+    let mut s = sock.connect(addr.parse().unwrap()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/transactions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// Keeps trickling on `s` until the server closes it; returns what it answered.
+async fn keep_trickling(mut s: TcpStream, every: Duration) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        tokio::select! {
+            r = s.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            () = tokio::time::sleep(every) => {
+                if s.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_at_twice_the_cap_do_not_lock_out_a_register() {
+    let lan = Lan::start("max_connections = 16\nbody_timeout_s = 60\n").await;
+    lan.wait_customers().await;
+    // The attacker holds a valid token (a stolen iPad's).
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "stolen"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let stolen = v["token"].as_str().unwrap().to_string();
+    let every = Duration::from_secs(1);
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let s = trickle(&lan.addr(), 2, &stolen).await;
+        held.push(tokio::spawn(keep_trickling(s, every)));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While they trickle, a register on fresh connections earns, each within seconds.
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let (s, v) = lan
+            .post(
+                REGISTER,
+                "/v1/transactions",
+                &earn(&format!("door-{i}"), 10),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing the trickling requests sent was written.
+    let (_, v) = lan.get(MANAGER, "/v1/transactions").await;
+    assert_eq!(v["transactions"].as_array().unwrap().len(), 5, "{v}");
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_meets_its_deadline_and_requests_in_progress_are_capped() {
+    let lan = Lan::start(
+        "body_timeout_s = 2\nmax_requests_per_token = 2\nmax_requests_per_address = 3\n",
+    )
+    .await;
+    lan.wait_customers().await;
+    // One byte every 300 ms would keep a per-byte timer alive for ever: the whole body has
+    // 2 s from the end of its head.
+    let t0 = Instant::now();
+    let s = trickle(&lan.addr(), 2, REGISTER).await;
+    let text = keep_trickling(s, Duration::from_millis(300)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+
+    // Two requests in progress with one token: a third with it is refused at once, another
+    // token is not.
+    let slow = Duration::from_millis(500);
+    let a = tokio::spawn(keep_trickling(
+        trickle(&lan.addr(), 3, REGISTER).await,
+        slow,
+    ));
+    let b = tokio::spawn(keep_trickling(
+        trickle(&lan.addr(), 4, REGISTER).await,
+        slow,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = Lan::client_from(5);
+    let (s, v, _) = Lan::send(c.get(lan.url("/v1/whoami")).bearer_auth(REGISTER)).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (429, json!("too_many_requests_in_progress")),
+        "{v}"
+    );
+    let (s, _, _) = Lan::send(c.get(lan.url("/v1/whoami")).bearer_auth(MANAGER)).await;
+    assert_eq!(s, 200);
+    // Three in progress from one address: a fourth from it is refused, whatever its token.
+    let m = Duration::from_millis(500);
+    let d = tokio::spawn(keep_trickling(trickle(&lan.addr(), 3, MANAGER).await, m));
+    let d2 = tokio::spawn(keep_trickling(trickle(&lan.addr(), 3, MANAGER).await, m));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, 3), 0).into())
+        .unwrap();
+    let mut e = sock.connect(lan.addr().parse().unwrap()).await.unwrap();
+    e.write_all(format!("GET /v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {MANAGER}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let text = read_until_eof(&mut e, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(text.contains("too_many_requests_in_progress"), "{text}");
+    for h in [a, b, d, d2] {
+        let text = h.await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_half_sent_connections_open_ends_within_the_grace() {
     let mut lan = Lan::start("shutdown_grace_s = 2\nheader_timeout_s = 60\n").await;
@@ -368,6 +504,112 @@ async fn a_register_token_is_refused_on_every_manager_operation() {
     assert_eq!(s, 201, "{v}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_a_register_causes_is_bounded_and_a_managers_larger_one_is_logged() {
+    // 1 point per 100 yen (the default rule): 60,000 yen earns 600 points, past a cap of 500.
+    let lan =
+        Lan::start("register_max_earn_points = 500\nregister_max_sale_amount = 100000\n").await;
+    lan.wait_customers().await;
+    let by_amount = |txn: &str, amount: i64| json!({"txn_id": txn, "customer_id": "1", "kind": "earn", "purchase_amount": amount});
+    let sale = |id: &str, amount: i64| json!({"sale_id": id, "customer_id": "1", "amount": amount, "points_used": 0});
+    let refused: Vec<(&str, Value, &str)> = vec![
+        (
+            "/v1/transactions",
+            by_amount("amt-1", 60_000),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/transactions",
+            by_amount("amt-2", 10_000_000),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/transactions",
+            by_amount("amt-3", 100_001),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/transactions",
+            earn("pts-1", 501),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/sales",
+            sale("R-1", 60_000),
+            "api.register_max_earn_points",
+        ),
+        (
+            "/v1/sales",
+            sale("R-2", 10_000_000),
+            "api.register_max_sale_amount",
+        ),
+        (
+            "/v1/sales/quote",
+            json!({"customer_id": "1", "amount": 100_001}),
+            "api.register_max_sale_amount",
+        ),
+    ];
+    for (path, body, key) in &refused {
+        let (s, v) = lan.post(REGISTER, path, body).await;
+        assert_eq!(s, 403, "{path} {body}: {v}");
+        assert_eq!(v["code"], json!("forbidden_for_role"), "{v}");
+        assert_eq!(v["rule"], json!(key), "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(key), "{v}");
+    }
+    // Nothing was written.
+    let (s, v) = lan.get(MANAGER, "/v1/transactions").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["transactions"], json!([]), "{v}");
+    for id in ["R-1", "R-2"] {
+        let (s, v) = lan.get(MANAGER, &format!("/v1/sales/{id}")).await;
+        assert_eq!(s, 404, "{v}");
+    }
+    // Within both caps a register earns and sells.
+    let (s, v) = lan
+        .post(REGISTER, "/v1/transactions", &by_amount("amt-ok", 50_000))
+        .await;
+    assert_eq!((s, v["delta"].clone()), (201, json!(500)), "{v}");
+    let (s, v) = lan.post(REGISTER, "/v1/sales", &sale("R-ok", 50_000)).await;
+    assert_eq!(s, 201, "{v}");
+    // A manager may grant more, within the bound every delta keeps; it is logged with its name.
+    let (s, v) = lan
+        .post(MANAGER, "/v1/transactions", &by_amount("mgr-1", 60_000))
+        .await;
+    assert_eq!((s, v["delta"].clone()), (201, json!(600)), "{v}");
+    let (s, v) = lan.post(MANAGER, "/v1/sales", &sale("R-mgr", 60_000)).await;
+    assert_eq!((s, v["points_earned"].clone()), (201, json!(600)), "{v}");
+    for (path, body, field) in [
+        (
+            "/v1/transactions",
+            by_amount("mgr-big", 10_000_000_000),
+            "purchase_amount",
+        ),
+        ("/v1/sales", sale("R-big", 10_000_000_000), "amount"),
+    ] {
+        let (s, v) = lan.post(MANAGER, path, &body).await;
+        assert_eq!(s, 422, "{path}: {v}");
+        assert_eq!(v["errors"][0]["field"], json!(field), "{v}");
+    }
+    let logs = lan.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("a manager token granted more points than a register may"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{logs}");
+    assert!(
+        warned
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("manager")),
+        "{warned:#?}"
+    );
+    // `sale:` and `return:` name the transactions of sales and returns: refused as txn_ids.
+    for id in ["sale:R-9", "return:RT-9"] {
+        let (s, v) = lan.post(MANAGER, "/v1/transactions", &earn(id, 1)).await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(v["errors"][0]["field"], json!("txn_id"), "{v}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failed sign-ins
 
@@ -410,6 +652,108 @@ async fn wrong_tokens_are_throttled_per_address_and_logged_sampled() {
         .collect();
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(refused[0].contains("127.0.0.2"), "{}", refused[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_has_no_holes_loopback_mapped_and_ipv6_alike() {
+    // A dual-stack listener: IPv4 clients arrive as IPv4-mapped IPv6 addresses. It needs IPv6
+    // loopback, which some containers lack.
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        common::skip_or_fail("the_throttle_has_no_holes", "no IPv6 loopback (::1) here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("pointsd.toml");
+    std::fs::write(
+        &config,
+        config_text(port, "allow_plain_http = true", "")
+            .replace("listen = \"127.0.0.1:", "listen = \"[::]:"),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let data = dir.path().join("data");
+    let d = DaemonProcess::start(&config, &data, port, "info");
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let lan = Lan {
+        _dir: dir,
+        config,
+        data,
+        port,
+        d,
+        scheme: "http",
+    };
+    let client = |from: IpAddr| {
+        pointsd::http_client_builder()
+            .no_proxy()
+            .local_address(from)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let v4 = |last: u8| IpAddr::from([127, 0, 0, last]);
+    let v6 = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    let url = |from: IpAddr| match from {
+        IpAddr::V4(_) => format!("http://127.0.0.1:{port}/v1/whoami"),
+        IpAddr::V6(_) => format!("http://[::1]:{port}/v1/whoami"),
+    };
+    // The store PC itself (127.0.0.1, arriving as ::ffff:127.0.0.1) and ::1 are throttled like
+    // any other address: ten wrong tokens, then 429 even with the right one.
+    for from in [v4(1), v6] {
+        let c = client(from);
+        let mut statuses = Vec::new();
+        for i in 0..11 {
+            let (s, _, _) = Lan::send(
+                c.get(url(from))
+                    .bearer_auth(format!("guess-{i:04}-0123456789abcdef")),
+            )
+            .await;
+            statuses.push(s);
+        }
+        assert!(
+            statuses[..10].iter().all(|s| *s == 401),
+            "{from}: {statuses:?}"
+        );
+        assert_eq!(statuses[10], 429, "{from}: {statuses:?}");
+        let (s, _, _) = Lan::send(c.get(url(from)).bearer_auth(REGISTER)).await;
+        assert_eq!(s, 429, "{from}: the right token too");
+    }
+    // Others are unaffected: another IPv4 address (mapped as well).
+    let (s, v, _) = Lan::send(client(v4(2)).get(url(v4(2))).bearer_auth(REGISTER)).await;
+    assert_eq!(s, 200, "{v}");
+    // Each throttled address is in the log at WARN, and counted.
+    let logs = lan.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("client address throttled"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{logs}");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("127.0.0.1") && !l.contains("::ffff")),
+        "{warned:#?}"
+    );
+    assert!(warned.iter().any(|l| l.contains("::1")), "{warned:#?}");
+    let c = client(v4(3));
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth(MANAGER)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        common::metric(&text, "pointsd_api_signin_throttled_addresses", None),
+        Some(2.0),
+        "{text}"
+    );
+    let refused = common::metric(&text, "pointsd_api_signin_refused_total", None).unwrap();
+    assert!(refused >= 24.0, "{refused}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,6 +970,190 @@ async fn tokens_are_issued_and_revoked_without_a_restart() {
     assert_eq!(s, 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_token_changes_are_certain_every_201_works_every_204_is_refused() {
+    let lan = Lan::start("").await;
+    // A kept-alive client: a revoke must reach connections already open, not only new ones.
+    let keep = Lan::client_from(4);
+    let whoami = lan.url("/v1/whoami");
+    let mut doomed = Vec::new();
+    for i in 0..8 {
+        let name = format!("old-{i}");
+        let (s, v) = lan
+            .post(MANAGER, "/v1/tokens", &json!({"name": name}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let t = v["token"].as_str().unwrap().to_string();
+        let (s, _, _) = Lan::send(keep.get(&whoami).bearer_auth(&t)).await;
+        assert_eq!(s, 200);
+        doomed.push((name, t));
+    }
+    // 20 issues and 8 revokes through the API, and 3 issues by the CLI, all at once.
+    let mut issues = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (Lan::client_from(1), lan.url("/v1/tokens"));
+        issues.push(tokio::spawn(async move {
+            let name = format!("new-{i}");
+            let (s, v, _) = Lan::send(
+                c.post(url)
+                    .bearer_auth(MANAGER)
+                    .json(&json!({"name": name, "role": "register"})),
+            )
+            .await;
+            (name, s, v)
+        }));
+    }
+    let mut revokes = Vec::new();
+    for (name, _) in &doomed {
+        let (c, url) = (Lan::client_from(1), lan.url(&format!("/v1/tokens/{name}")));
+        revokes.push(tokio::spawn(async move {
+            let (s, v, _) = Lan::send(c.delete(url).bearer_auth(MANAGER)).await;
+            (s, v)
+        }));
+    }
+    let mut cli = Vec::new();
+    for i in 0..3 {
+        let (config, data) = (lan.config.clone(), lan.data.clone());
+        cli.push(tokio::task::spawn_blocking(move || {
+            pointsd(&["token", "add", &format!("cli-{i}")], &config, &data)
+        }));
+    }
+    let mut issued = Vec::new();
+    for h in issues {
+        let (name, s, v) = h.await.unwrap();
+        assert_eq!(s, 201, "{name}: {v}");
+        issued.push((name, v["token"].as_str().unwrap().to_string()));
+    }
+    for h in revokes {
+        let (s, v) = h.await.unwrap();
+        assert_eq!(s, 204, "{v}");
+    }
+    let mut cli_tokens = Vec::new();
+    for (i, h) in cli.into_iter().enumerate() {
+        let out = h.await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cli_tokens.push((
+            format!("cli-{i}"),
+            String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        ));
+    }
+    // At once, on the kept-alive connections: every 201 signs in, every 204 is refused.
+    let check = |c: reqwest::Client,
+                 url: String,
+                 issued: Vec<(String, String)>,
+                 doomed: Vec<(String, String)>| async move {
+        for (name, t) in &issued {
+            let (s, v, _) = Lan::send(c.get(&url).bearer_auth(t)).await;
+            assert_eq!((s, v["name"].clone()), (200, json!(name)), "{name}: {v}");
+        }
+        for (name, t) in &doomed {
+            let (s, _, _) = Lan::send(c.get(&url).bearer_auth(t)).await;
+            assert_eq!(s, 401, "{name} was revoked (204) but still signs in");
+        }
+    };
+    check(keep.clone(), whoami.clone(), issued.clone(), doomed.clone()).await;
+    // The CLI's issues reach the daemon through the watcher; nothing the API did is lost.
+    for (_, t) in &cli_tokens {
+        wait_status(&lan, t, 200).await;
+    }
+    // After the watcher has looked again (2 s), still so: no reload brings a revoked token
+    // back or loses an issued one (from another address: the 401s above count against 4).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut all = issued.clone();
+    all.extend(cli_tokens.iter().cloned());
+    check(Lan::client_from(5), whoami.clone(), all, doomed.clone()).await;
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(lan.data.join("tokens.json")).unwrap()).unwrap();
+    assert_eq!(file["tokens"].as_array().unwrap().len(), 23, "{file}");
+    let leftovers: Vec<String> = std::fs::read_dir(&lan.data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!lan.logs().contains("ERROR"), "no 500 and no failed reload");
+
+    // 409: a manager's own token, and a config name (even revoked) issued again.
+    let c = Lan::client_from(1);
+    let (s, v, _) = Lan::send(c.delete(lan.url("/v1/tokens/manager")).bearer_auth(MANAGER)).await;
+    assert_eq!((s, v["code"].clone()), (409, json!("own_token")), "{v}");
+    let (s, _, _) = Lan::send(
+        c.delete(lan.url("/v1/tokens/register-1"))
+            .bearer_auth(MANAGER),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "register-1"}))
+        .await;
+    assert_eq!((s, v["code"].clone()), (409, json!("token_exists")), "{v}");
+    let (s, _) = lan.get(MANAGER, "/v1/whoami").await;
+    assert_eq!(s, 200, "the manager still signs in");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_its_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let lan = Lan::start("").await;
+    lan.wait_customers().await;
+    let (s, v) = lan
+        .post(REGISTER, "/v1/transactions", &earn("perm-1", 5))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = lan
+        .post(MANAGER, "/v1/tokens", &json!({"name": "perm-ipad"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The test's own umask (usually 022) would give 0755 and 0644.
+    assert_eq!(mode(&lan.data), 0o700, "data dir");
+    assert_eq!(mode(&lan.data.join("logs")), 0o700, "logs dir");
+    for f in [
+        "pointsd.db",
+        "pointsd.db-wal",
+        "pointsd.lock",
+        "tokens.json",
+    ] {
+        let p = lan.data.join(f);
+        assert!(p.exists(), "{f}");
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+}
+
+#[test]
+fn token_list_into_a_closed_pipe_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pointsd.toml");
+    std::fs::write(&config, config_text(free_port(), "", "")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+        .args(["token", "list", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("POINTSD_DATA_DIR")
+        .env_remove("POINTSD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the list is written (`pointsd token list | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS
 
@@ -839,6 +1367,48 @@ fn config_check_refuses_plain_http_beyond_loopback_and_weak_tokens() {
         (
             config_text(8765, "", "").replace(MANAGER, REGISTER),
             Some("api.tokens[1]"),
+        ),
+        // Plain http to an upstream or a telemetry receiver beyond this PC: the secrets would
+        // cross the network in clear text, unless the key says so.
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://api.smaregi.example\"\n",
+            ),
+            Some("upstream.smaregi.api_base"),
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://api.smaregi.example\"\nallow_insecure_http = true\n",
+            ),
+            None,
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[upstream.smaregi]\napi_base = \"http://127.0.0.1:9\"\nid_base = \"http://localhost:9\"\n",
+            ),
+            None,
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[telemetry]\nremote_write_url = \"http://hq.example/api/v1/write\"\n",
+            ),
+            Some("telemetry.remote_write_url"),
+        ),
+        (
+            config_text(
+                8765,
+                "",
+                "[telemetry]\nremote_write_url = \"http://hq.example/api/v1/write\"\nallow_insecure_http = true\n",
+            ),
+            None,
         ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {

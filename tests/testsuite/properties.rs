@@ -260,6 +260,7 @@ fn sale_ctx(rules: &SaleRules, allow_negative_balance: bool) -> SaleCtx {
         returns: ReturnsConfig {
             allow_negative_balance,
         },
+        earn_cap: None,
     }
 }
 

@@ -63,6 +63,7 @@ pub fn test_config(sim: &SimHandle, store_id: &str) -> Config {
         client_secret_file: None,
         id_base: sim.url(),
         api_base: sim.url(),
+        allow_insecure_http: false,
     });
     c.sync.probe_interval_s = 1;
     c.sync.backoff_initial_ms = 100;
