@@ -235,6 +235,7 @@ fn sale_rules() -> impl Strategy<Value = SaleRules> {
                 rounding,
                 basis,
                 campaigns: Vec::new(),
+                ..EarnConfig::default()
             },
             spend: SpendConfig::default(),
             tiers: vec![TierConfig {

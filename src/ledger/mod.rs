@@ -17,9 +17,9 @@ mod validate;
 
 pub use kinds::{Kind, OutboxKind, State};
 pub use rules::{
-    Balance, ChangedElsewhere, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig,
-    check_changed_elsewhere, check_redeem, is_expired, is_expired_at, is_stale, max_spendable,
-    points_for_purchase, tier_config_for, tier_for,
+    Balance, ChangedElsewhere, EarnConfig, GrantedBy, OfflineConfig, RedeemRefusal, Rounding,
+    TierConfig, check_changed_elsewhere, check_redeem, is_expired, is_expired_at, is_stale,
+    max_spendable, points_for_purchase, tier_config_for, tier_for,
 };
 pub use sales::{
     AppliedRule, CampaignConfig, EarnBasis, ReturnSplit, ReturnsConfig, SaleQuote, SaleRules,

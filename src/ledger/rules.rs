@@ -72,6 +72,22 @@ pub struct EarnConfig {
     pub basis: EarnBasis,
     /// Date and weekday windows with a multiplier or a bonus, for sales (`[[earn.campaigns]]`).
     pub campaigns: Vec<CampaignConfig>,
+    /// Who grants points for a purchase: the Smaregi register or pointsd (DESIGN.md §14).
+    pub granted_by: GrantedBy,
+}
+
+/// `[earn] granted_by`: one granter per store (DESIGN.md §14).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantedBy {
+    /// Read the store's point conditions in Smaregi (`agent.smaregi_store_id`); without a store
+    /// id pointsd grants, as before.
+    #[default]
+    Auto,
+    /// The Smaregi register grants points for sales; pointsd never does.
+    Register,
+    /// pointsd grants points for sales; the store's points are off in Smaregi.
+    Pointsd,
 }
 
 impl Default for EarnConfig {
@@ -81,6 +97,7 @@ impl Default for EarnConfig {
             rounding: Rounding::Floor,
             basis: EarnBasis::AfterPoints,
             campaigns: Vec::new(),
+            granted_by: GrantedBy::Auto,
         }
     }
 }

@@ -16,6 +16,7 @@ fn rules(basis: EarnBasis, rounding: Rounding, campaigns: Vec<CampaignConfig>) -
             rounding,
             basis,
             campaigns,
+            ..EarnConfig::default()
         },
         spend: SpendConfig::default(),
         tiers: Vec::new(),

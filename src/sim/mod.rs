@@ -51,7 +51,7 @@ pub use limits::AgentCounts;
 pub use options::{Faults, SimOptions};
 pub use state::{
     AppliedAdd, ELSEWHERE_STORE, Elsewhere, ElsewhereError, ONLINE_STORE, POINT_ADD_STORE,
-    SimCustomer, SimTxn, sample_customers,
+    RegisterKind, RegisterSale, SimCustomer, SimStore, SimTxn, sample_customers,
 };
 
 use state::{Shared, SimState};
@@ -280,6 +280,26 @@ impl SimHandle {
     /// Any change from elsewhere, with its balance effect and its transaction-list entry.
     pub fn elsewhere(&self, customer_id: &str, kind: Elsewhere) -> Result<SimTxn, ElsewhereError> {
         self.state.lock().expect("sim").elsewhere(customer_id, kind)
+    }
+
+    /// A register's sale, return or void reaching the server now (an offline register's
+    /// upload: `sold_ms_ago` > 0), with its points applied to the customer's balance.
+    pub fn register_sale(&self, r: &RegisterSale) -> Result<SimTxn, ElsewhereError> {
+        self.state.lock().expect("sim").register_sale(r)
+    }
+
+    /// Switches a store's point conditions (`pointUseDivision`), as its owner would in the
+    /// Smaregi back office; adds the store if it is not there.
+    pub fn set_store_points(&self, store_id: u32, points_on: bool) {
+        let mut s = self.state.lock().expect("sim");
+        match s.opts.stores.iter_mut().find(|x| x.store_id == store_id) {
+            Some(x) => x.points_on = points_on,
+            None => s.opts.stores.push(SimStore {
+                store_id,
+                name: format!("store {store_id}"),
+                points_on,
+            }),
+        }
     }
 
     /// Edits a customer's last name in the directory: their directory `updDateTime` moves, so

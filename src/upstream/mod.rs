@@ -79,6 +79,27 @@ impl UpstreamTxn {
     }
 }
 
+/// A store's point conditions (Smaregi `GET /pos/stores/{id}?with_point_condition=all`,
+/// `pointCondition`): whether the register grants and takes points at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePoints {
+    pub store_id: String,
+    /// `pointUseDivision`: "1" (使用する: the register grants points by the store's rate),
+    /// "0" (使用しない). `None` when the store answered without a point condition.
+    pub point_use_division: Option<String>,
+}
+
+impl StorePoints {
+    /// Whether the store's register grants points itself (`pointUseDivision = "1"`).
+    pub fn register_grants(&self) -> Option<bool> {
+        match self.point_use_division.as_deref() {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// A window of the transaction list, by last change (`upd_date_time-from/-to`, both
 /// inclusive, at most 31 days apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +229,8 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<Page<UpstreamCustomer>, UpstreamError>;
     /// One page of the transaction list in a window of last change.
     async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError>;
+    /// One store's point conditions; `None` if the upstream does not know the store.
+    async fn store_points(&self, store_id: &str) -> Result<Option<StorePoints>, UpstreamError>;
     /// The cheapest authenticated request, to tell whether the link and credentials work.
     async fn probe(&self) -> Result<(), UpstreamError>;
 }
