@@ -243,6 +243,7 @@ fn sale_rules() -> impl Strategy<Value = SaleRules> {
                 min_points: 1000,
                 earn_multiplier: multiplier,
             }],
+            register_grants: false,
         })
 }
 

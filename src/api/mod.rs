@@ -98,6 +98,8 @@ pub struct AppState {
     pub tls: Option<tls::CertInfo>,
     /// easyPoints, for a Smapify merchant (`[easypoints]`); read only.
     pub ledgers: Option<Arc<crate::sync::Ledgers>>,
+    /// Who grants points for a purchase: the register or pointsd (DESIGN.md §14).
+    pub granting: Arc<crate::sync::granting::Granting>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

@@ -168,6 +168,7 @@ pub(super) fn sale_ctx(st: &AppState, caller: &Caller) -> SaleCtx {
             earn: cfg.earn.clone(),
             spend: cfg.spend.clone(),
             tiers: cfg.tiers.clone(),
+            register_grants: st.granting.register_grants(),
         },
         offline: cfg.offline.clone(),
         returns: cfg.returns.clone(),

@@ -49,6 +49,10 @@ pub(super) struct StatusView {
     tls: Option<super::tls::CertInfo>,
     /// A Smapify merchant's easyPoints (null without `[easypoints]`).
     easypoints: Option<EasyPointsStatus>,
+    /// Who grants points for a purchase (`register` or `pointsd`), where that comes from
+    /// (`smaregi`, `config`, `unchecked`) and when Smaregi was read; `warning` when the
+    /// register and pointsd would both grant, or the store could not be checked.
+    granting: crate::sync::granting::GrantingStatus,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -154,6 +158,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         None => None,
     };
     Ok(Json(StatusView {
+        granting: st.granting.status(),
         tls: st.tls.clone(),
         easypoints,
         sales: SalesView {

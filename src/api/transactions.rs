@@ -209,6 +209,30 @@ pub(super) async fn write_transaction(
         }
         _ => {}
     }
+    // One granter per store (DESIGN.md §14): where the register grants, a purchase earns
+    // there; an earn given as points (a gift, goodwill) stays possible.
+    if new.kind == ledger::Kind::Earn
+        && new.purchase_amount.is_some()
+        && st.granting.register_grants()
+    {
+        let g = st.granting.status();
+        return Err(ApiError::Conflict {
+            code: "granted_by_register",
+            title: "The register grants points for purchases",
+            detail: format!(
+                "This store's Smaregi register grants the points for a purchase ([earn] granted_by = \"{}\", in effect: register, from {}), so pointsd does not: an earn with purchase_amount would grant them twice. Ring the sale up on the register, or give points as an earn with points.",
+                g.setting,
+                match g.source {
+                    crate::sync::granting::GrantSource::Smaregi =>
+                        "the store's point conditions in Smaregi",
+                    crate::sync::granting::GrantSource::Config => "the config",
+                    crate::sync::granting::GrantSource::Unchecked =>
+                        "a store id whose point conditions were not read yet",
+                }
+            ),
+            txn_id: None,
+        });
+    }
     let now = st.clock.now_ms();
     let online = st.health.is_online();
     let ctx = AcceptCtx {

@@ -188,6 +188,23 @@ pub fn render_status(v: &Value) -> String {
         num(v, &["queue", "rejected"]),
         num(v, &["queue", "oldest_pending_age_s"]),
     ));
+    if v.get("granting").is_some_and(Value::is_object) {
+        let by = num(v, &["granting", "granted_by"]);
+        s.push_str(&format!(
+            "granting: {} ({}) grants points for purchases (from {}, read {})\n",
+            if by == "register" {
+                "the Smaregi register"
+            } else {
+                "pointsd"
+            },
+            by,
+            num(v, &["granting", "source"]),
+            num(v, &["granting", "read_at"]),
+        ));
+        if let Some(w) = v.pointer("/granting/warning").and_then(Value::as_str) {
+            s.push_str(&format!("GRANTING WARNING: {w}\n"));
+        }
+    }
     if v.get("sales").is_some_and(Value::is_object) {
         s.push_str(&format!(
             "sales: {} (points used {}, earned {}); returns: {} (taken back {}, given back {}, shortfall {} points on {} returns)\n",

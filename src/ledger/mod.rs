@@ -22,9 +22,10 @@ pub use rules::{
     max_spendable, points_for_purchase, tier_config_for, tier_for,
 };
 pub use sales::{
-    AppliedRule, CampaignConfig, EarnBasis, ReturnSplit, ReturnsConfig, SaleQuote, SaleRules,
-    SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale, max_points_for,
-    parse_timezone, quote_sale, return_split, settle_take_back, store_day, usable_points_for,
+    AppliedRule, CampaignConfig, EarnBasis, GRANTED_BY_REGISTER_RULE, ReturnSplit, ReturnsConfig,
+    SaleQuote, SaleRules, SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale,
+    max_points_for, parse_timezone, quote_sale, return_split, settle_take_back, store_day,
+    usable_points_for,
 };
 pub use validate::{
     FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,

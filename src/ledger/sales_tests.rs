@@ -20,6 +20,7 @@ fn rules(basis: EarnBasis, rounding: Rounding, campaigns: Vec<CampaignConfig>) -
         },
         spend: SpendConfig::default(),
         tiers: Vec::new(),
+        register_grants: false,
     }
 }
 

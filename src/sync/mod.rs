@@ -12,6 +12,7 @@
 //! look-ups, and the cross-ledger report).
 
 pub mod feed;
+pub mod granting;
 mod ledgers;
 pub use ledgers::{
     LedgerDifference, LedgerError, LedgerReport, Ledgers, SMAPIFY_NOT_CARRYING, SmapifyCheck,
