@@ -231,6 +231,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             jitter_key: settings.config.agent.store_id.clone(),
             reread_per_second: sc.reread_per_second,
             budget: Some(budget),
+            double_window: Duration::from_secs(settings.config.earn.double_window_s),
         },
     );
     let tracker = TaskTracker::new();

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub started: std::time::Instant,
     /// Customers whose Smaregi and easyPoints balances differ (the last cross-ledger report).
     pub ledger_differences: Gauge,
+    /// Register sales that may have counted a purchase twice with pointsd (DESIGN.md §14).
+    pub possible_double_counts: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -225,6 +227,12 @@ impl Metrics {
             "When the receiver last accepted a push, unix seconds (0: not yet)",
             telemetry_last_success.clone(),
         );
+        let possible_double_counts = Gauge::default();
+        registry.register(
+            "possible_double_counts",
+            "Register sales close to a pointsd grant or redeem of the same customer (GET /v1/reconcile/doubles)",
+            possible_double_counts.clone(),
+        );
         let ledger_differences = Gauge::default();
         registry.register(
             "ledger_differences",
@@ -325,6 +333,7 @@ impl Metrics {
             telemetry_last_success,
             started: std::time::Instant::now(),
             ledger_differences,
+            possible_double_counts,
         }
     }
 

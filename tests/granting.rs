@@ -434,3 +434,188 @@ async fn register_sales_reach_the_cache_within_twice_the_feed_interval_late_uplo
     eprintln!("register sales seen after {seen:?} (feed interval {interval_s} s)");
     env.finish().await;
 }
+
+/// A register sale that earned close to a purchase grant through pointsd, and one that used
+/// points close to a redeem through pointsd, are listed as possible double counts with both
+/// records — in the API (manager only), `/metrics`, `status` and `pointsd reconcile --doubles`
+/// (exit 2). A gift earn, a sale rung up two days before its upload, and our own point adds
+/// are never listed. Nothing is corrected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_grants_and_double_uses_are_listed_never_corrected() {
+    let env = setup(start_sim(50).await, true, |c| {
+        // This store's points are off in Smaregi (pointsd grants); store 2's register grants.
+        c.agent.smaregi_store_id = Some("4".into());
+        c.sync.pull_interval_s = 10;
+    })
+    .await;
+    env.granting("the store read from Smaregi", |g| g["source"] == "smaregi")
+        .await;
+    let ids: Vec<String> = (1..=50)
+        .map(|i| i.to_string())
+        .filter(|id| env.sim.balance(id).unwrap() >= 50)
+        .take(4)
+        .collect();
+    let [a, b, c, late] = [&ids[0], &ids[1], &ids[2], &ids[3]];
+    let txn = |id: &str, customer: &str, kind: &str, field: &str, n: i64| json!({"txn_id": id, "customer_id": customer, "kind": kind, field: n});
+    for (body, what) in [
+        (
+            txn("d-earn-a", a, "earn", "purchase_amount", 3000),
+            "purchase earn",
+        ),
+        (txn("d-redeem-b", b, "redeem", "points", 20), "redeem"),
+        (txn("d-gift-c", c, "earn", "points", 5), "gift"),
+        (
+            txn("d-earn-late", late, "earn", "purchase_amount", 1000),
+            "earn",
+        ),
+    ] {
+        let (s, v) = env.d.post("/v1/transactions", &body).await;
+        assert_eq!(s, 201, "{what}: {v}");
+    }
+    env.d.wait_drained(Duration::from_secs(20)).await;
+    let balances: Vec<i64> = ids.iter().map(|id| env.sim.balance(id).unwrap()).collect();
+    let sale = |customer: &String, new_point, spend_point, sold_ms_ago| RegisterSale {
+        store_id: 2,
+        customer_id: customer.clone(),
+        new_point,
+        spend_point,
+        sold_ms_ago,
+        kind: RegisterKind::Sale,
+    };
+    for r in [
+        sale(a, 30, 0, 0),
+        sale(b, 0, 20, 0),
+        sale(c, 10, 0, 0),
+        sale(late, 10, 0, 2 * 86_400_000),
+    ] {
+        env.sim.register_sale(&r).expect("the register sale lands");
+    }
+    let st = env
+        .d
+        .wait_for(
+            "the feed to find the doubles",
+            Duration::from_secs(40),
+            |s| s["possible_double_counts"] == json!(2),
+        )
+        .await;
+    assert_eq!(st["possible_double_counts"], 2, "{st}");
+
+    let (s, v) = env.d.get("/v1/reconcile/doubles").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("forbidden_for_role")),
+        "{v}"
+    );
+    let (s, v) = env
+        .d
+        .get_as("/v1/reconcile/doubles", Some(MANAGER_TOKEN))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["window_s"], 600, "{v}");
+    let list = v["doubles"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{v:#}");
+    let find = |kind: &str| {
+        list.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} double: {v:#}"))
+    };
+    let e = find("earn");
+    assert_eq!(
+        (e["customer_id"].as_str(), e["pointsd"]["id"].as_str()),
+        (Some(a.as_str()), Some("d-earn-a")),
+        "{e}"
+    );
+    assert_eq!(
+        (
+            e["register"]["points"].as_i64(),
+            e["pointsd"]["points"].as_i64()
+        ),
+        (Some(30), Some(30)),
+        "{e}"
+    );
+    assert_eq!(e["register"]["store_id"], "2", "{e}");
+    let u = find("use");
+    assert_eq!(
+        (u["customer_id"].as_str(), u["pointsd"]["id"].as_str()),
+        (Some(b.as_str()), Some("d-redeem-b")),
+        "{u}"
+    );
+    assert_eq!(
+        (
+            u["register"]["points"].as_i64(),
+            u["pointsd"]["points"].as_i64()
+        ),
+        (Some(20), Some(20)),
+        "{u}"
+    );
+    // Our own point adds are never taken for register sales.
+    let own: Vec<String> = env
+        .sim
+        .adds()
+        .iter()
+        .map(|x| x.transaction_head_id.to_string())
+        .collect();
+    assert!(
+        list.iter().all(|d| !own.contains(
+            &d["register"]["transaction_head_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        )),
+        "{v:#}"
+    );
+
+    let m = env.d.metrics_text().await;
+    assert_eq!(
+        metric(&m, "pointsd_possible_double_counts", None),
+        Some(2.0),
+        "{m}"
+    );
+
+    // The CLI: exit 2 with both listed.
+    let d = &env.d;
+    let url = d.url.clone();
+    let none = env.dir.path().join("none.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+            .args([
+                "reconcile",
+                "--doubles",
+                "--url",
+                &url,
+                "--token",
+                MANAGER_TOKEN,
+            ])
+            .env("POINTSD_CONFIG", none)
+            .env_remove("POINTSD_URL")
+            .env_remove("POINTSD_TOKEN")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2 possible double count(s)") && text.contains("d-earn-a"),
+        "{text}"
+    );
+
+    // Nothing was corrected: no add beyond our four sends.
+    let now: Vec<i64> = ids.iter().map(|id| env.sim.balance(id).unwrap()).collect();
+    let register: Vec<i64> = vec![30, -20, 10, 10];
+    for i in 0..4 {
+        assert_eq!(now[i], balances[i] + register[i], "customer {}", ids[i]);
+    }
+    assert_eq!(env.sim.adds().len(), 4);
+    env.finish().await;
+}

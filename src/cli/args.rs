@@ -167,6 +167,10 @@ pub enum Cmd {
         /// easyPoints balances differ beyond Smapify's settle time.
         #[arg(long)]
         ledgers: bool,
+        /// Possible double counts instead: register sales close in time to a grant or a
+        /// redeem through pointsd for the same customer (manager token; exit 2 when any).
+        #[arg(long, conflicts_with_all = ["ledgers", "last"])]
+        doubles: bool,
         #[command(flatten)]
         c: ClientArgs,
     },

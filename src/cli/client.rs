@@ -538,6 +538,33 @@ pub fn render_reconcile(v: &Value) -> String {
 }
 
 /// The cross-ledger report as a table (a merchant sends it to support).
+pub fn render_doubles(v: &Value) -> String {
+    let list = v["doubles"].as_array().cloned().unwrap_or_default();
+    let mut s = format!(
+        "{} possible double count(s) (register sale within {} s of a pointsd grant or redeem of the same customer; nothing was corrected)\n",
+        list.len(),
+        num(v, &["window_s"]),
+    );
+    for d in &list {
+        s.push_str(&format!(
+            "customer {}  {}: register sale {} (store {}, {} points, {})  /  pointsd {} ({} points, {})\n",
+            num(d, &["customer_id"]),
+            num(d, &["kind"]),
+            num(d, &["register", "transaction_head_id"]),
+            num(d, &["register", "store_id"]),
+            num(d, &["register", "points"]),
+            num(d, &["register", "at"]),
+            num(d, &["pointsd", "id"]),
+            num(d, &["pointsd", "points"]),
+            num(d, &["pointsd", "at"]),
+        ));
+    }
+    if !list.is_empty() {
+        s.push_str("a manager settles each with an adjust (POST /v1/transactions, kind \"adjust\", manager token) once the receipts show which one was extra\n");
+    }
+    s
+}
+
 pub fn render_ledger_report(v: &Value) -> String {
     let diffs = v
         .get("differences")

@@ -175,7 +175,12 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     c,
                 },
         } => remote::review_resolve(txn_id, action, note, c).await,
-        Cmd::Reconcile { last, ledgers, c } => remote::reconcile(last, ledgers, c).await,
+        Cmd::Reconcile {
+            doubles: true, c, ..
+        } => remote::doubles(c).await,
+        Cmd::Reconcile {
+            last, ledgers, c, ..
+        } => remote::reconcile(last, ledgers, c).await,
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Add {

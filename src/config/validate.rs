@@ -325,6 +325,12 @@ impl Config {
                 "must be a positive number of yen".into(),
             );
         }
+        if !(1..=86_400).contains(&self.earn.double_window_s) {
+            bad(
+                "earn.double_window_s",
+                "must be 1..=86400 seconds (default 600)".into(),
+            );
+        }
         if crate::ledger::parse_timezone(&self.agent.timezone).is_none() {
             bad(
                 "agent.timezone",

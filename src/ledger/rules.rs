@@ -74,6 +74,9 @@ pub struct EarnConfig {
     pub campaigns: Vec<CampaignConfig>,
     /// Who grants points for a purchase: the Smaregi register or pointsd (DESIGN.md §14).
     pub granted_by: GrantedBy,
+    /// A register sale this close (seconds) to a pointsd grant or redeem of the same customer
+    /// is listed as a possible double count.
+    pub double_window_s: u64,
 }
 
 /// `[earn] granted_by`: one granter per store (DESIGN.md §14).
@@ -98,6 +101,7 @@ impl Default for EarnConfig {
             basis: EarnBasis::AfterPoints,
             campaigns: Vec::new(),
             granted_by: GrantedBy::Auto,
+            double_window_s: 600,
         }
     }
 }

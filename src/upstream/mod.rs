@@ -65,9 +65,34 @@ pub struct UpstreamTxn {
     pub customer_id: Option<String>,
     pub customer_code: Option<String>,
     pub updated_at: Option<String>,
+    /// `storeId`: the store whose register (or, for point adds, whose contract) made it.
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// `newPoint` (points the register granted) and `spendPoint` (points used); 0 if absent.
+    #[serde(default)]
+    pub new_point: i64,
+    #[serde(default)]
+    pub spend_point: i64,
+    /// `transactionDateTime`: when the register rang it up (an offline register uploads
+    /// later, so this may be well before `updated_at`).
+    #[serde(default)]
+    pub transaction_at: Option<String>,
+    /// `cancelDivision` "1": a void; `returnSales` "1": a return.
+    #[serde(default)]
+    pub cancelled: bool,
+    #[serde(default)]
+    pub is_return: bool,
 }
 
 impl UpstreamTxn {
+    /// A register's sale, return or void that moved a member's points (division 1 with a
+    /// customer and a non-zero `newPoint` or `spendPoint`, DESIGN.md §14).
+    pub fn is_register_points(&self) -> bool {
+        self.division.as_deref() == Some("1")
+            && self.customer_id.is_some()
+            && (self.new_point != 0 || self.spend_point != 0)
+    }
+
     /// Divisions that can move a member's points (DESIGN.md §4): 1 (a sale or a return),
     /// 6 (add), 7 (subtract), 8 (expiry). A missing division is counted: better one more
     /// "maybe" than a change overlooked.

@@ -126,6 +126,20 @@ struct TxnRowJson {
     customer_code: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     upd_date_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    store_id: Option<String>,
+    /// Points a register sale granted and used (strings in the API; absent on some rows;
+    /// anything unreadable counts as 0 rather than failing the page).
+    #[serde(default)]
+    new_point: Option<serde_json::Value>,
+    #[serde(default)]
+    spend_point: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    transaction_date_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    cancel_division: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    return_sales: Option<String>,
 }
 
 /// The transaction list is a JSON array in DESIGN.md §4; a third-party copy of the OpenAPI
@@ -499,6 +513,13 @@ pub fn parse_transactions(text: &str) -> Result<Vec<UpstreamTxn>, serde_json::Er
             customer_id: r.customer_id,
             customer_code: r.customer_code,
             updated_at: r.upd_date_time,
+            store_id: r.store_id,
+            // Points may come as "12" or "12.0"; whole points either way.
+            new_point: points_of(r.new_point.as_ref()),
+            spend_point: points_of(r.spend_point.as_ref()),
+            transaction_at: r.transaction_date_time,
+            cancelled: r.cancel_division.as_deref() == Some("1"),
+            is_return: r.return_sales.as_deref() == Some("1"),
         })
         .collect())
 }
@@ -528,6 +549,18 @@ pub fn parse_store_points(text: &str) -> Result<StorePoints, serde_json::Error> 
         store_id: s.store_id,
         point_use_division: s.point_condition.and_then(|p| p.point_use_division),
     })
+}
+
+/// A point figure of the transaction list (a string of a number, or a number; absent or
+/// unreadable: 0).
+fn points_of(v: Option<&serde_json::Value>) -> i64 {
+    let f = match v {
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        _ => None,
+    };
+    f.filter(|f| f.is_finite() && f.abs() < 1e12)
+        .map_or(0, |f| f.trunc() as i64)
 }
 
 fn error_title(body: &str) -> String {
