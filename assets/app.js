@@ -114,6 +114,9 @@
       banner_syncing: 'オンラインに戻りました — 同期中の取引 {n} 件',
       banner_unreachable: 'この端末から pointsd に接続できません — 端末のネットワークを確認してください。',
       footer: '店舗 {store} · レジ {register} · pointsd {version}',
+      footer_granting: 'ポイント付与: {by}',
+      granted_by_register: 'スマレジのレジ',
+      granted_by_pointsd: 'pointsd',
       field_points: 'ポイント',
       field_purchase_amount: '金額',
       field_customer_id: '顧客',
@@ -193,6 +196,12 @@
       code_spend_max_share: 'この金額で利用できるのは {max} pt までです。',
       code_spend_rule: 'この店舗のポイント利用ルールに合いません。',
       code_changed_elsewhere_offline: 'オフライン中: このお客様のポイントは他店かオンラインで変わったため、今は利用できません。ポイントを使わない会計はできます。',
+      code_granted_by_register: 'In this store the Smaregi register grants the points for a purchase; pointsd does not (that would grant them twice). Points can still be given as a number of points.',
+      granting_register: 'The Smaregi register grants the points (this sale earns none here).',
+      granting_unchecked: 'The store\'s Smaregi point settings have not been read yet: the register is taken to grant.',
+      code_granted_by_register: 'この店舗ではスマレジのレジがお買い上げのポイントを付与します。pointsd からは付与できません (二重付与になります)。ポイント数での付与はできます。',
+      granting_register: 'ポイントはスマレジのレジが付与します (このお会計では付与しません)。',
+      granting_unchecked: 'スマレジの店舗設定をまだ確認できていないため、レジが付与するものとして扱っています。',
       code_unknown_sale: 'この取引番号の会計はこの店舗に記録がありません。番号を確認するか、もう一度スキャンしてください。',
       code_return_exceeds_sale: '返品できるのは残り {n} 円までです。',
       code_sale_not_counted: 'この会計のポイントは反映されていないため、返品で戻すポイントはありません。',
@@ -296,6 +305,9 @@
       banner_syncing_one: 'Back online — syncing 1 transaction',
       banner_unreachable: "Cannot reach pointsd from this device — check this device's network.",
       footer: 'Store {store} · Register {register} · pointsd {version}',
+      footer_granting: 'Points granted by: {by}',
+      granted_by_register: 'the Smaregi register',
+      granted_by_pointsd: 'pointsd',
       field_points: 'points',
       field_purchase_amount: 'amount',
       field_customer_id: 'customer',
@@ -401,6 +413,7 @@
     role: null,          // 'manager' | 'register' | null (unknown)
     reviewMessage: null,
     lastSig: '',
+    lastGrants: null,    // whether the register grants, as last rendered
     pollTimer: null,
     saleQuote: null,     // last POST /v1/sales/quote answer for the sale form's figures
     saleMax: null,       // {amount, max}: the most points a sale of that amount may use
@@ -566,6 +579,7 @@
       case 'idempotency_conflict':
         return msg(ctx.sale ? 'code_idempotency_conflict_sale' : 'code_idempotency_conflict');
       case 'changed_elsewhere_offline':
+      case 'granted_by_register':
       case 'unknown_sale':
       case 'sale_not_counted':
         return msg('code_' + code);
@@ -856,7 +870,16 @@
     return { points: v };
   }
 
+  /* Who grants points for a purchase, as the daemon says (GET /v1/status granting). */
+  function granting() { return state.status && state.status.granting ? state.status.granting : null; }
+  function registerGrants() { var g = granting(); return !!g && g.granted_by === 'register'; }
+
   function renderEarn() {
+    // Where the register grants, a purchase earns there: only points can be given here.
+    var byRegister = registerGrants();
+    show($('earn-mode-amount'), !byRegister);
+    show(document.querySelector('label[for="earn-mode-amount"]'), !byRegister);
+    if (byRegister && !$('earn-mode-points').checked) $('earn-mode-points').checked = true;
     var mode = earnMode();
     setText('earn-value-label', t(mode === 'amount' ? 'earn_amount_label' : 'earn_points_label'));
     var e = earnPoints();
@@ -981,6 +1004,14 @@
     var form = $('sale-form');
     form.setAttribute('data-quote', q ? 'ready' : 'none');
     show($('sale-preview'), !!q);
+    // The register grants: no earn preview, and the sale says who grants.
+    var byRegister = registerGrants() || !!(q && q.earned_by === 'register');
+    var g = granting();
+    show($('sale-pv-earned').parentNode, !byRegister);
+    setText('sale-granting', byRegister
+      ? t('granting_register') + (g && g.source === 'unchecked' ? ' ' + t('granting_unchecked') : '') : '');
+    show($('sale-granting'), byRegister);
+    form.setAttribute('data-granted-by', byRegister ? 'register' : 'pointsd');
     if (q) {
       setText('sale-pv-used', fmt(q.points_used) + ' ' + t('pt'));
       setText('sale-pv-earned', fmt(q.points_earned) + ' ' + t('pt'));
@@ -1683,8 +1714,10 @@
 
   function renderFooter() {
     var c = state.config;
+    var g = granting();
     setText('footer-info', state.token && c
-      ? t('footer', { store: c.store_id, register: state.register || '—', version: c.version }) : '');
+      ? t('footer', { store: c.store_id, register: state.register || '—', version: c.version })
+        + (g ? ' · ' + t('footer_granting', { by: t('granted_by_' + g.granted_by) }) : '') : '');
   }
 
   /* ------------------------------------------------------------------ polling */
@@ -1706,6 +1739,13 @@
       state.reachable = f.network ? false : state.reachable;
     }).then(function () {
       if (!state.token) return;
+      var grants = registerGrants();
+      if (grants !== state.lastGrants) {
+        state.lastGrants = grants;
+        renderEarn();
+        renderSale();
+        renderFooter();
+      }
       var wasOnline = state.lastOnline;
       state.lastOnline = isOnline();
       state.banner = computeBanner();

@@ -34,6 +34,10 @@ pub enum Cmd {
         /// between them, and the agent reads both (see `pointsd reconcile --ledgers`).
         #[arg(long)]
         smapify: bool,
+        /// The other granting mode: the simulated store's points are off in Smaregi, so
+        /// pointsd grants points for purchases (by default the register grants them).
+        #[arg(long)]
+        pointsd_grants: bool,
     },
     /// Run the daemon with a config file (what the system service runs).
     Run {

@@ -57,7 +57,8 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             data_dir,
             customers,
             smapify,
-        } => serve::demo(listen, data_dir, customers, smapify).await,
+            pointsd_grants,
+        } => serve::demo(listen, data_dir, customers, smapify, pointsd_grants).await,
         Cmd::Run { cfg, data_dir } => serve::run(cfg, data_dir).await,
         Cmd::ServiceRun { cfg, data_dir } => serve::service_run(cfg, data_dir).await,
         Cmd::Sim {
