@@ -529,3 +529,63 @@ fn config_check_names_easypoints_problems_without_showing_the_secret() {
     assert!(text.contains("easypoints.secret_key"), "{text}");
     assert!(!text.contains("123456789987654321"), "{text}");
 }
+
+/// easyPoints owns the expiry and Smaregi does not know it: once easyPoints says the points
+/// expired, a redeem (or a sale using points) is refused online too — 409 `points_expired`
+/// with the date — and nothing is sent, while Smaregi (Smapify has not carried the expiry
+/// yet) would still have accepted it.
+#[tokio::test(flavor = "multi_thread")]
+async fn points_easypoints_says_expired_are_refused_online_too() {
+    // Smapify carries the expiry to Smaregi only after a minute.
+    let sim = smapify_sim(60_000, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &sim, "").await;
+    let id = customer_with_points(&sim, &[]);
+    let shopify = sim.shopify_id(&id).unwrap();
+    let smaregi_before = sim.balance(&id).unwrap();
+    sim.ep_expire_in(&shopify, 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Online, the look-up reads easyPoints: expired.
+    let (st, v) = a.get(&format!("/v1/customers/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["expired"], true, "{v}");
+    assert_eq!(a.get("/v1/status").await.1["online"], true);
+    let adds = sim.adds().len();
+
+    let (st, v) = a.txn("ep-online-expired", "redeem", &id, 10).await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["code"], "points_expired", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("expired on 20"),
+        "the date: {v}"
+    );
+    let (st, v) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/sales",
+            REGISTER_TOKEN,
+            Some(json!({"sale_id": "ep-sale-1", "customer_id": id, "amount": 3000, "points_used": 10})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("points_expired")),
+        "{v}"
+    );
+    let (st, q) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/sales/quote",
+            REGISTER_TOKEN,
+            Some(json!({"customer_id": id, "amount": 3000})),
+        )
+        .await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(q["max_points_used"], 0, "{q}");
+    // Nothing sent: Smaregi still holds the points, untouched by us.
+    assert_eq!(sim.adds().len(), adds);
+    assert_eq!(sim.balance(&id), Some(smaregi_before));
+    assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}

@@ -111,6 +111,11 @@ pub(super) async fn quote(
         Ok(()) => ledger::max_spendable(b, expired, ctx.online, &ctx.offline),
         Err(_) => 0,
     };
+    // easyPoints' expiry holds online too: only points added since remain.
+    let spendable = match customer.owner_expired_at(ctx.now_ms) {
+        Some(_) => spendable.min((b.available - b.confirmed).max(0)),
+        None => spendable,
+    };
     let max = ledger::usable_points_for(amount, &ctx.rules.spend, spendable);
     Ok(Json(QuoteAnswer {
         customer_id,

@@ -303,6 +303,13 @@ pub(super) async fn write_transaction(
                         "The upstream is unreachable and this customer's points changed in another store or online at {at}, after this store last read them; they cannot be spent offline (offline.changed_elsewhere = \"refuse\"). Earning still works."
                     ),
                 ),
+                RedeemRefusal::Expired { at, spendable } => (
+                    "points_expired",
+                    "Points expired",
+                    format!(
+                        "easyPoints says this customer's points expired on {at} (easyPoints owns the expiry; Smaregi does not know it, so pointsd refuses online and offline). Points added since: {spendable}."
+                    ),
+                ),
                 RedeemRefusal::OfflineLimit { requested, limit } => (
                     "offline_redeem_limit",
                     "Offline redeem limit",

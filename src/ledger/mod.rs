@@ -18,8 +18,8 @@ mod validate;
 pub use kinds::{Kind, OutboxKind, State};
 pub use rules::{
     Balance, ChangedElsewhere, EarnConfig, GrantedBy, OfflineConfig, RedeemRefusal, Rounding,
-    TierConfig, check_changed_elsewhere, check_redeem, is_expired, is_expired_at, is_stale,
-    max_spendable, points_for_purchase, tier_config_for, tier_for,
+    TierConfig, check_changed_elsewhere, check_owner_expiry, check_redeem, is_expired,
+    is_expired_at, is_stale, max_spendable, points_for_purchase, tier_config_for, tier_for,
 };
 pub use sales::{
     AppliedRule, CampaignConfig, EarnBasis, GRANTED_BY_REGISTER_RULE, ReturnSplit, ReturnsConfig,

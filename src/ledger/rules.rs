@@ -189,6 +189,36 @@ pub enum RedeemRefusal {
     ChangedElsewhere {
         at: String,
     },
+    /// The ledger that owns expiry (easyPoints, for a Smapify merchant) says the points
+    /// expired `at`; only points added here since (not yet confirmed) remain.
+    Expired {
+        at: String,
+        spendable: i64,
+    },
+}
+
+/// Expiry owned by the second ledger (easyPoints, DESIGN.md §12): Smaregi does not know it and
+/// will not refuse a redeem of expired points online, so pointsd refuses it itself, online and
+/// offline. Points added here since (pending, not yet confirmed) remain spendable.
+pub fn check_owner_expiry(
+    points: i64,
+    balance: Balance,
+    expired_at: Option<&str>,
+) -> Result<(), RedeemRefusal> {
+    match expired_at {
+        Some(at) => {
+            let spendable = (balance.available - balance.confirmed).max(0);
+            if points > spendable {
+                Err(RedeemRefusal::Expired {
+                    at: at.to_string(),
+                    spendable,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        None => Ok(()),
+    }
 }
 
 /// Is today (`today`, `YYYY-MM-DD` in the store's time) past the upstream expiry date?
