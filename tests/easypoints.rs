@@ -589,3 +589,33 @@ async fn points_easypoints_says_expired_are_refused_online_too() {
     assert_no_write_to_easypoints(&sim);
     sim.shutdown().await;
 }
+
+/// IT runs `pointsd reconcile --ledgers` once: a change of this store that Smapify lost is
+/// listed by that one run once the settle time has passed since the change reached Smaregi,
+/// even though no earlier report saw the difference.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_report_run_after_the_settle_time_lists_a_lost_change() {
+    let sim = smapify_sim(300, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &sim, "settle_s = 3").await;
+    let lost = customer_with_points(&sim, &[]);
+    sim.set_ep_faults(EpFaults {
+        lose_next: 1,
+        ..EpFaults::default()
+    });
+    let (st, v) = a.txn("ep-lost-once", "earn", &lost, 100).await;
+    assert_eq!((st, v["status"].as_str()), (201, Some("confirmed")), "{v}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (st, r) = a.report(MANAGER_TOKEN).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["settling"], 0, "{r:#}");
+    let diffs = r["differences"].as_array().unwrap();
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d["customer_id"] == lost.as_str() && d["difference"] == 100),
+        "{r:#}"
+    );
+    assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}
