@@ -42,6 +42,7 @@ fn daemon_config(
     sim: &SimHandle,
     port: u16,
     easypoints_extra: &str,
+    api_extra: &str,
 ) -> std::path::PathBuf {
     let rest = format!(
         r#"[[api.tokens]]
@@ -67,7 +68,7 @@ api_base = "{ep}"
         "pointsd.toml",
         "store-ep",
         port,
-        "lookup_refresh_after_s = 0\nlookup_refresh_budget_ms = 2000",
+        api_extra,
         REGISTER_TOKEN,
         &rest,
     )
@@ -81,8 +82,18 @@ struct Agent {
 
 impl Agent {
     async fn start(dir: &Path, sim: &SimHandle, easypoints_extra: &str) -> Agent {
+        let api = "lookup_refresh_after_s = 0\nlookup_refresh_budget_ms = 2000";
+        Agent::start_with(dir, sim, easypoints_extra, api).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        sim: &SimHandle,
+        easypoints_extra: &str,
+        api_extra: &str,
+    ) -> Agent {
         let port = free_port();
-        let cfg = daemon_config(dir, sim, port, easypoints_extra);
+        let cfg = daemon_config(dir, sim, port, easypoints_extra, api_extra);
         let data = dir.join("data");
         let proc = DaemonProcess::start(&cfg, &data, port, "pointsd=debug,info");
         proc.wait_healthy(Duration::from_secs(20)).await;
@@ -617,5 +628,21 @@ async fn one_report_run_after_the_settle_time_lists_a_lost_change() {
         "{r:#}"
     );
     assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}
+
+/// The first online look-up of a Smapify customer after start shows easyPoints' expiry,
+/// within the default look-up budget (the background Smapify check must not take the
+/// easyPoints slot a cashier's look-up needs).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_look_up_after_start_shows_the_expiry() {
+    let sim = smapify_sim(300, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start_with(dir.path(), &sim, "", "").await;
+    let id = customer_with_points(&sim, &[]);
+    let (st, v) = a.get(&format!("/v1/customers/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["expires_source"], "easypoints", "{v:#}");
+    assert!(v["expires_at"].is_string(), "{v:#}");
     sim.shutdown().await;
 }
