@@ -197,9 +197,11 @@
       code_spend_rule: 'この店舗のポイント利用ルールに合いません。',
       code_changed_elsewhere_offline: 'オフライン中: このお客様のポイントは他店かオンラインで変わったため、今は利用できません。ポイントを使わない会計はできます。',
       code_granted_by_register: 'In this store the Smaregi register grants the points for a purchase; pointsd does not (that would grant them twice). Points can still be given as a number of points.',
+      code_points_expired: 'easyPoints says this customer\'s points have expired: they cannot be used.',
       granting_register: 'The Smaregi register grants the points (this sale earns none here).',
       granting_unchecked: 'The store\'s Smaregi point settings have not been read yet: the register is taken to grant.',
       code_granted_by_register: 'この店舗ではスマレジのレジがお買い上げのポイントを付与します。pointsd からは付与できません (二重付与になります)。ポイント数での付与はできます。',
+      code_points_expired: 'easyPoints でこのお客様のポイントは有効期限切れです。利用できません。',
       granting_register: 'ポイントはスマレジのレジが付与します (このお会計では付与しません)。',
       granting_unchecked: 'スマレジの店舗設定をまだ確認できていないため、レジが付与するものとして扱っています。',
       code_unknown_sale: 'この取引番号の会計はこの店舗に記録がありません。番号を確認するか、もう一度スキャンしてください。',
@@ -580,6 +582,7 @@
         return msg(ctx.sale ? 'code_idempotency_conflict_sale' : 'code_idempotency_conflict');
       case 'changed_elsewhere_offline':
       case 'granted_by_register':
+      case 'points_expired':
       case 'unknown_sale':
       case 'sale_not_counted':
         return msg('code_' + code);

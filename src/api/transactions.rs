@@ -210,10 +210,12 @@ pub(super) async fn write_transaction(
         _ => {}
     }
     // One granter per store (DESIGN.md §14): where the register grants, a purchase earns
-    // there; an earn given as points (a gift, goodwill) stays possible.
+    // there; an earn given as points (a gift, goodwill) stays possible. A replay of an earn
+    // accepted before the mode changed keeps its first answer.
     if new.kind == ledger::Kind::Earn
         && new.purchase_amount.is_some()
         && st.granting.register_grants()
+        && st.store.txn(&new.txn_id).await?.is_none()
     {
         let g = st.granting.status();
         return Err(ApiError::Conflict {
