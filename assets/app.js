@@ -204,6 +204,7 @@
       slip_title_sale: 'Points slip (sale)',
       slip_title_earn: 'Points slip (earn)',
       slip_title_redeem: 'Points slip (redeem)',
+      slip_title_return: 'Points slip (return)',
       slip_store: 'Store {store}',
       slip_member: 'Member',
       slip_before: 'Points before',
@@ -222,6 +223,7 @@
       slip_title_sale: 'ポイント控え (お会計)',
       slip_title_earn: 'ポイント控え (付与)',
       slip_title_redeem: 'ポイント控え (利用)',
+      slip_title_return: 'ポイント控え (返品)',
       slip_store: '店舗 {store}',
       slip_member: '会員番号',
       slip_before: '前回ポイント',
@@ -1316,7 +1318,10 @@
         given: ans.points_given_back,
         shortfall: ans.shortfall,
         balance: ans.balance ? ans.balance.available : null,
-        id: ans.return_id
+        id: ans.return_id,
+        code: state.customer && state.customer.customer_id === ans.customer_id
+          ? (state.customer.code || ans.customer_id) : ans.customer_id,
+        at: new Date()
       };
       $('return-amount').value = '';
       if (state.customer && state.customer.customer_id === ans.customer_id && ans.balance) {
@@ -1525,13 +1530,27 @@
     svg.setAttribute('aria-label', text);
   }
 
-  /* The slip of the last sale, earn or redeem: what a receipt printer prints. */
-  function renderSlip() {
-    var r = state.result;
+  /* What the slip shows for the last sale, earn, redeem (`which` = 'result') or return. */
+  function slipOf(which) {
+    var r = which === 'return' ? state.returnResult : state.result;
+    if (!r) return null;
+    if (which === 'return') {
+      // A return takes earned points back and gives used points back: shown as negatives.
+      return { kind: 'return', status: r.status, id: r.id, earned: r.taken ? -r.taken : 0, used: r.given ? -r.given : 0,
+        balance: r.balance, code: r.code, at: r.at };
+    }
+    return { kind: r.kind, status: r.status, id: r.kind === 'sale' ? r.sale : r.txn,
+      earned: r.kind === 'sale' ? r.earned : r.kind === 'earn' ? r.points : 0,
+      used: r.kind === 'sale' ? r.used : r.kind === 'redeem' ? r.points : 0,
+      earnedBy: r.earnedBy, balance: r.balance, code: r.code, at: r.at };
+  }
+
+  /* The slip: what a receipt printer prints. */
+  function renderSlip(which) {
+    var r = slipOf(which);
     if (!r) return false;
-    var id = r.kind === 'sale' ? r.sale : r.txn;
-    var earned = r.kind === 'sale' ? r.earned : r.kind === 'earn' ? r.points : 0;
-    var used = r.kind === 'sale' ? r.used : r.kind === 'redeem' ? r.points : 0;
+    var id = r.id;
+    var earned = r.earned, used = r.used;
     var before = r.balance === null || r.balance === undefined ? null : r.balance - (earned - used);
     var c = state.config;
     setText('slip-title', t('slip_title_' + r.kind));
@@ -1540,8 +1559,8 @@
     setText('slip-member', r.code || '');
     setText('slip-before', fmt(before) + ' ' + t('pt'));
     setText('slip-earned', r.kind === 'sale' && r.earnedBy === 'register'
-      ? t('slip_by_register') : fmt(earned) + ' ' + t('pt'));
-    setText('slip-used', fmt(used) + ' ' + t('pt'));
+      ? t('slip_by_register') : (earned < 0 ? signed(earned) : fmt(earned)) + ' ' + t('pt'));
+    setText('slip-used', (used < 0 ? signed(used) : fmt(used)) + ' ' + t('pt'));
     setText('slip-after', fmt(r.balance) + ' ' + t('pt'));
     setText('slip-status', t(r.status === 'confirmed' ? 'slip_confirmed' : 'slip_queued'));
     setText('slip-id', id || '');
@@ -1551,8 +1570,8 @@
     return true;
   }
 
-  function printSlip() {
-    if (!renderSlip()) return;
+  function printSlip(which) {
+    if (!renderSlip(which)) return;
     var width = $('slip-width').value === '80' ? '80' : '58';
     save('local', LS_SLIP_WIDTH, width);
     document.documentElement.setAttribute('data-slip-width', width);
@@ -2019,7 +2038,8 @@
     $('sale-amount').addEventListener('input', onSaleInput);
     $('sale-use').addEventListener('input', onSaleInput);
     $('sale-use-all').addEventListener('click', useAll);
-    $('slip-print').addEventListener('click', printSlip);
+    $('slip-print').addEventListener('click', function () { printSlip('result'); });
+    $('return-slip-print').addEventListener('click', function () { printSlip('return'); });
     var slipWidth = load('local', LS_SLIP_WIDTH) === '80' ? '80' : '58';
     $('slip-width').value = slipWidth;
     document.documentElement.setAttribute('data-slip-width', slipWidth);

@@ -352,6 +352,59 @@ async fn slip_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> anyh
     b.shot("slip-80mm").await?;
     b.js("document.documentElement.classList.remove('print-preview'); return true")
         .await?;
+
+    // The return of that sale gives back the 100 points used (the register takes back its own
+    // grant), and its slip says so.
+    b.type_into("return-sale-input", &format!("R-SLIP-1{ENTER}"))
+        .await?;
+    b.wait(
+        "the sale to return",
+        "return document.getElementById('returns').dataset.saleId === 'R-SLIP-1'",
+    )
+    .await?;
+    b.c.find(Locator::Id("return-all")).await?.click().await?;
+    b.wait_for(
+        "the return to be confirmed",
+        Duration::from_secs(8),
+        "return document.getElementById('return-result').dataset.status === 'confirmed'",
+    )
+    .await?;
+    b.c.find(Locator::Id("return-slip-print"))
+        .await?
+        .click()
+        .await?;
+    ensure!(
+        b.js("return window.__printed").await? == json!(3),
+        "print asked"
+    );
+    ensure!(
+        text(b.js(&slip("slip-title")).await?).contains("返品"),
+        "a return slip"
+    );
+    ensure!(
+        text(b.js(&slip("slip-used")).await?) == "−100 pt",
+        "used points given back"
+    );
+    ensure!(
+        text(b.js(&slip("slip-earned")).await?) == "0 pt",
+        "nothing taken back"
+    );
+    ensure!(
+        text(b.js(&slip("slip-after")).await?) == format!("{} pt", grouped(start)),
+        "points after the return"
+    );
+    let rid = b.attr_js("return-result", "returnId").await?;
+    ensure!(
+        b.js("return document.getElementById('slip-barcode').getAttribute('data-value')")
+            .await?
+            == json!(rid),
+        "the return's id as the barcode"
+    );
+    b.js("document.documentElement.classList.add('print-preview'); return true")
+        .await?;
+    b.shot("slip-return").await?;
+    b.js("document.documentElement.classList.remove('print-preview'); return true")
+        .await?;
     b.check_no_errors().await?;
     Ok(())
 }
