@@ -1508,7 +1508,7 @@
   }
 
   function drawBarcode(svg, text) {
-    var NS = 'http://www.w3.org/2000/svg';
+    var NS = svg.namespaceURI;  // the page's own <svg>: no namespace URL in the assets
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     var w = code128Widths(text);
     var quiet = 10, x = quiet;

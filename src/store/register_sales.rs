@@ -82,7 +82,43 @@ const TXNS_NEAR_CLOSED: &str = "SELECT txn_id, kind, delta, purchase_amount, cre
 const SALES_NEAR: &str = "SELECT sale_id, points_earned, points_used, created_at FROM sales \
     WHERE customer_id = ?1 AND created_at BETWEEN ?2 AND ?3 AND external = 0";
 
+/// Register sales sold before ?1 with no operation of this store for the same customer within
+/// ?2 ms of them can no longer make a double (every operation that could pair with them has
+/// been accepted by then): they are dropped, so the table holds the recent ones and the
+/// pairs, not every member sale of the whole chain. Each `txns` probe names the states of one
+/// of its two partial indexes by customer.
+const PRUNE_REGISTER_SALES: &str = "\
+DELETE FROM register_sales WHERE sold_ms < ?1
+  AND NOT EXISTS (SELECT 1 FROM sales s WHERE s.customer_id = register_sales.customer_id
+        AND s.created_at BETWEEN register_sales.sold_ms - ?2 AND register_sales.sold_ms + ?2)
+  AND NOT EXISTS (SELECT 1 FROM txns t INDEXED BY txns_open_by_customer
+        WHERE t.customer_id = register_sales.customer_id
+          AND (t.state = 'pending' OR t.state = 'sending' OR t.state = 'ambiguous')
+          AND t.created_at BETWEEN register_sales.sold_ms - ?2 AND register_sales.sold_ms + ?2)
+  AND NOT EXISTS (SELECT 1 FROM txns t INDEXED BY txns_closed_by_customer
+        WHERE t.customer_id = register_sales.customer_id
+          AND (t.state = 'applied' OR t.state = 'rejected' OR t.state = 'needs_review' OR t.state = 'discarded')
+          AND t.created_at BETWEEN register_sales.sold_ms - ?2 AND register_sales.sold_ms + ?2)";
+
+/// How long after its sale time a register sale waits for a pointsd operation to pair with,
+/// beyond the window itself (the feed sees sales tens of seconds after they reach Smaregi).
+const PAIRING_GRACE_MS: i64 = 5 * 60_000;
+
 impl Store {
+    /// Drops register sales that can no longer make a double (see `PRUNE_REGISTER_SALES`);
+    /// returns how many.
+    pub async fn prune_register_sales(
+        &self,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(PRUNE_REGISTER_SALES)?
+                .execute(params![now_ms - window_ms - PAIRING_GRACE_MS, window_ms])?)
+        })
+        .await
+    }
+
     /// Keeps the register sales the feed saw (once each); returns how many were new.
     pub async fn record_register_sales(
         &self,

@@ -207,7 +207,12 @@ impl SyncEngine {
         out.register_sales = self.store.record_register_sales(registers, now).await?;
         out.newly_marked = self.store.mark_changed(changes, now).await?;
         // Possible double counts: a pointsd grant may come after the register sale, so they
-        // are counted on every poll, not only when a register sale arrives.
+        // are counted on every poll, not only when a register sale arrives. Register sales
+        // that can no longer pair with anything are dropped first.
+        let window_ms = self.opts.double_window.as_millis() as i64;
+        if let Err(e) = self.store.prune_register_sales(window_ms, now).await {
+            tracing::warn!(error = %e, "could not drop register sales that cannot make a double");
+        }
         match self
             .store
             .possible_doubles(self.opts.double_window.as_millis() as i64, now)
