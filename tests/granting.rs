@@ -609,6 +609,25 @@ async fn double_grants_and_double_uses_are_listed_never_corrected() {
         text.contains("2 possible double count(s)") && text.contains("d-earn-a"),
         "{text}"
     );
+    let (url, none) = (env.d.url.clone(), env.dir.path().join("none.toml"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pointsd"))
+            .args(["status", "--url", &url, "--token", REGISTER_TOKEN])
+            .env("POINTSD_CONFIG", none)
+            .env_remove("POINTSD_URL")
+            .env_remove("POINTSD_TOKEN")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("POSSIBLE DOUBLE COUNTS: 2"), "{text}");
+    assert!(text.contains("granting: pointsd"), "{text}");
 
     // Nothing was corrected: no add beyond our four sends.
     let now: Vec<i64> = ids.iter().map(|id| env.sim.balance(id).unwrap()).collect();

@@ -205,6 +205,15 @@ pub fn render_status(v: &Value) -> String {
             s.push_str(&format!("GRANTING WARNING: {w}\n"));
         }
     }
+    if let Some(n) = v
+        .get("possible_double_counts")
+        .and_then(Value::as_i64)
+        .filter(|n| *n > 0)
+    {
+        s.push_str(&format!(
+            "POSSIBLE DOUBLE COUNTS: {n} (a register sale close to a grant or redeem here; `pointsd reconcile --doubles`)\n"
+        ));
+    }
     if v.get("sales").is_some_and(Value::is_object) {
         s.push_str(&format!(
             "sales: {} (points used {}, earned {}); returns: {} (taken back {}, given back {}, shortfall {} points on {} returns)\n",
