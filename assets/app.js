@@ -13,6 +13,7 @@
   var LS_TOKEN = 'pointsd.token';
   var LS_LANG = 'pointsd.lang';
   var LS_REGISTER = 'pointsd.register';
+  var LS_SLIP_WIDTH = 'pointsd.slipWidth';
   var SS_PENDING = 'pointsd.pending.';
   var POLL_MS = 2000;
 
@@ -114,6 +115,9 @@
       banner_syncing: 'オンラインに戻りました — 同期中の取引 {n} 件',
       banner_unreachable: 'この端末から pointsd に接続できません — 端末のネットワークを確認してください。',
       footer: '店舗 {store} · レジ {register} · pointsd {version}',
+      footer_granting: 'ポイント付与: {by}',
+      granted_by_register: 'スマレジのレジ',
+      granted_by_pointsd: 'pointsd',
       field_points: 'ポイント',
       field_purchase_amount: '金額',
       field_customer_id: '顧客',
@@ -193,6 +197,44 @@
       code_spend_max_share: 'この金額で利用できるのは {max} pt までです。',
       code_spend_rule: 'この店舗のポイント利用ルールに合いません。',
       code_changed_elsewhere_offline: 'オフライン中: このお客様のポイントは他店かオンラインで変わったため、今は利用できません。ポイントを使わない会計はできます。',
+      code_granted_by_register: 'In this store the Smaregi register grants the points for a purchase; pointsd does not (that would grant them twice). Points can still be given as a number of points.',
+      code_points_expired: 'easyPoints says this customer\'s points have expired: they cannot be used.',
+      slip_print: 'Print slip',
+      slip_width: 'Paper width',
+      slip_title_sale: 'Points slip (sale)',
+      slip_title_earn: 'Points slip (earn)',
+      slip_title_redeem: 'Points slip (redeem)',
+      slip_title_return: 'Points slip (return)',
+      slip_store: 'Store {store}',
+      slip_member: 'Member',
+      slip_before: 'Points before',
+      slip_earned: 'Earned',
+      slip_used: 'Used',
+      slip_after: 'Points after',
+      slip_by_register: 'by the register',
+      slip_confirmed: 'Confirmed by Smaregi',
+      slip_queued: 'Saved in the store, waiting to sync',
+      granting_register: 'The Smaregi register grants the points (this sale earns none here).',
+      granting_unchecked: 'The store\'s Smaregi point settings have not been read yet: the register is taken to grant.',
+      code_granted_by_register: 'この店舗ではスマレジのレジがお買い上げのポイントを付与します。pointsd からは付与できません (二重付与になります)。ポイント数での付与はできます。',
+      code_points_expired: 'easyPoints でこのお客様のポイントは有効期限切れです。利用できません。',
+      slip_print: '控えを印刷',
+      slip_width: '用紙の幅',
+      slip_title_sale: 'ポイント控え (お会計)',
+      slip_title_earn: 'ポイント控え (付与)',
+      slip_title_redeem: 'ポイント控え (利用)',
+      slip_title_return: 'ポイント控え (返品)',
+      slip_store: '店舗 {store}',
+      slip_member: '会員番号',
+      slip_before: '前回ポイント',
+      slip_earned: '付与ポイント',
+      slip_used: '利用ポイント',
+      slip_after: '現在ポイント',
+      slip_by_register: 'レジで付与',
+      slip_confirmed: '本部 (スマレジ) に反映済み',
+      slip_queued: '店舗に保存済み・本部へ送信待ち',
+      granting_register: 'ポイントはスマレジのレジが付与します (このお会計では付与しません)。',
+      granting_unchecked: 'スマレジの店舗設定をまだ確認できていないため、レジが付与するものとして扱っています。',
       code_unknown_sale: 'この取引番号の会計はこの店舗に記録がありません。番号を確認するか、もう一度スキャンしてください。',
       code_return_exceeds_sale: '返品できるのは残り {n} 円までです。',
       code_sale_not_counted: 'この会計のポイントは反映されていないため、返品で戻すポイントはありません。',
@@ -296,6 +338,9 @@
       banner_syncing_one: 'Back online — syncing 1 transaction',
       banner_unreachable: "Cannot reach pointsd from this device — check this device's network.",
       footer: 'Store {store} · Register {register} · pointsd {version}',
+      footer_granting: 'Points granted by: {by}',
+      granted_by_register: 'the Smaregi register',
+      granted_by_pointsd: 'pointsd',
       field_points: 'points',
       field_purchase_amount: 'amount',
       field_customer_id: 'customer',
@@ -401,6 +446,7 @@
     role: null,          // 'manager' | 'register' | null (unknown)
     reviewMessage: null,
     lastSig: '',
+    lastGrants: null,    // whether the register grants, as last rendered
     pollTimer: null,
     saleQuote: null,     // last POST /v1/sales/quote answer for the sale form's figures
     saleMax: null,       // {amount, max}: the most points a sale of that amount may use
@@ -566,6 +612,8 @@
       case 'idempotency_conflict':
         return msg(ctx.sale ? 'code_idempotency_conflict_sale' : 'code_idempotency_conflict');
       case 'changed_elsewhere_offline':
+      case 'granted_by_register':
+      case 'points_expired':
       case 'unknown_sale':
       case 'sale_not_counted':
         return msg('code_' + code);
@@ -856,7 +904,16 @@
     return { points: v };
   }
 
+  /* Who grants points for a purchase, as the daemon says (GET /v1/status granting). */
+  function granting() { return state.status && state.status.granting ? state.status.granting : null; }
+  function registerGrants() { var g = granting(); return !!g && g.granted_by === 'register'; }
+
   function renderEarn() {
+    // Where the register grants, a purchase earns there: only points can be given here.
+    var byRegister = registerGrants();
+    show($('earn-mode-amount'), !byRegister);
+    show(document.querySelector('label[for="earn-mode-amount"]'), !byRegister);
+    if (byRegister && !$('earn-mode-points').checked) $('earn-mode-points').checked = true;
     var mode = earnMode();
     setText('earn-value-label', t(mode === 'amount' ? 'earn_amount_label' : 'earn_points_label'));
     var e = earnPoints();
@@ -981,6 +1038,14 @@
     var form = $('sale-form');
     form.setAttribute('data-quote', q ? 'ready' : 'none');
     show($('sale-preview'), !!q);
+    // The register grants: no earn preview, and the sale says who grants.
+    var byRegister = registerGrants() || !!(q && q.earned_by === 'register');
+    var g = granting();
+    show($('sale-pv-earned').parentNode, !byRegister);
+    setText('sale-granting', byRegister
+      ? t('granting_register') + (g && g.source === 'unchecked' ? ' ' + t('granting_unchecked') : '') : '');
+    show($('sale-granting'), byRegister);
+    form.setAttribute('data-granted-by', byRegister ? 'register' : 'pointsd');
     if (q) {
       setText('sale-pv-used', fmt(q.points_used) + ' ' + t('pt'));
       setText('sale-pv-earned', fmt(q.points_earned) + ' ' + t('pt'));
@@ -1049,8 +1114,12 @@
         amount: ans.amount,
         used: ans.points_used,
         earned: ans.points_earned,
+        earnedBy: ans.earned_by,
+        net: ans.net_delta,
         balance: ans.balance ? ans.balance.available : null,
         name: c.name || c.customer_id,
+        code: c.code || c.customer_id,
+        at: new Date(),
         txn: ans.txn_id,
         sale: ans.sale_id
       };
@@ -1249,7 +1318,10 @@
         given: ans.points_given_back,
         shortfall: ans.shortfall,
         balance: ans.balance ? ans.balance.available : null,
-        id: ans.return_id
+        id: ans.return_id,
+        code: state.customer && state.customer.customer_id === ans.customer_id
+          ? (state.customer.code || ans.customer_id) : ans.customer_id,
+        at: new Date()
       };
       $('return-amount').value = '';
       if (state.customer && state.customer.customer_id === ans.customer_id && ans.balance) {
@@ -1348,6 +1420,9 @@
         kind: form,
         status: ans.status === 'confirmed' ? 'confirmed' : 'queued',
         points: Math.abs(ans.delta),
+        net: ans.delta,
+        code: state.customer ? (state.customer.code || state.customer.customer_id) : '',
+        at: new Date(),
         balance: ans.balance ? ans.balance.available : null,
         name: state.customer && state.customer.name ? state.customer.name : (state.customer ? state.customer.customer_id : ''),
         txn: ans.txn_id
@@ -1398,7 +1473,109 @@
     if (r.status === 'confirmed' && r.synced) detail += ' ' + t('result_synced');
     if (r.status === 'rejected') detail = t('code_upstream_rejected');
     setText('result-detail', detail);
+    show($('slip-print').parentNode, r.status !== 'rejected' && !!(r.kind === 'sale' ? r.sale : r.txn));
     show(el, true);
+  }
+
+  /* ------------------------------------------------------------------ point slip */
+
+  /* Code 128 (set B) bar and space widths for values 0-106 (106: stop with its final bar). */
+  var C128 = [
+    '212222', '222122', '222221', '121223', '121322', '131222', '122213', '122312', '132212', '221213',
+    '221312', '231212', '112232', '122132', '122231', '113222', '123122', '123221', '223211', '221132',
+    '221231', '213212', '223112', '312131', '311222', '321122', '321221', '312212', '322112', '322211',
+    '212123', '212321', '232121', '111323', '131123', '131321', '112313', '132113', '132311', '211313',
+    '231113', '231311', '112133', '112331', '132131', '113123', '113321', '133121', '313121', '211331',
+    '231131', '213113', '213311', '213131', '311123', '311321', '331121', '312113', '312311', '332111',
+    '314111', '221411', '431111', '111224', '111422', '121124', '121421', '141122', '141221', '112214',
+    '112412', '122114', '122411', '142112', '142211', '241211', '221114', '413111', '241112', '134111',
+    '111242', '121142', '121241', '114212', '124112', '124211', '411212', '421112', '421211', '212141',
+    '214121', '412121', '111143', '111341', '131141', '114113', '114311', '411113', '411311', '113141',
+    '114131', '311141', '411131', '211412', '211214', '211232', '2331112'
+  ];
+
+  /* The module widths of `text` (printable ASCII) in Code 128 B: start B, data, check, stop. */
+  function code128Widths(text) {
+    var codes = [104];
+    for (var i = 0; i < text.length; i++) codes.push(text.charCodeAt(i) - 32);
+    var sum = 104;
+    for (var k = 1; k < codes.length; k++) sum += codes[k] * k;
+    codes.push(sum % 103);
+    codes.push(106);
+    var w = '';
+    for (var m = 0; m < codes.length; m++) w += C128[codes[m]];
+    return w;
+  }
+
+  function drawBarcode(svg, text) {
+    var NS = svg.namespaceURI;  // the page's own <svg>: no namespace URL in the assets
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var w = code128Widths(text);
+    var quiet = 10, x = quiet;
+    for (var i = 0; i < w.length; i++) {
+      var n = w.charCodeAt(i) - 48;
+      if (i % 2 === 0) {
+        var r = document.createElementNS(NS, 'rect');
+        r.setAttribute('x', String(x));
+        r.setAttribute('y', '0');
+        r.setAttribute('width', String(n));
+        r.setAttribute('height', '40');
+        svg.appendChild(r);
+      }
+      x += n;
+    }
+    svg.setAttribute('viewBox', '0 0 ' + (x + quiet) + ' 40');
+    svg.setAttribute('data-value', text);
+    svg.setAttribute('data-modules', String(x - quiet));
+    svg.setAttribute('aria-label', text);
+  }
+
+  /* What the slip shows for the last sale, earn, redeem (`which` = 'result') or return. */
+  function slipOf(which) {
+    var r = which === 'return' ? state.returnResult : state.result;
+    if (!r) return null;
+    if (which === 'return') {
+      // A return takes earned points back and gives used points back: shown as negatives.
+      return { kind: 'return', status: r.status, id: r.id, earned: r.taken ? -r.taken : 0, used: r.given ? -r.given : 0,
+        balance: r.balance, code: r.code, at: r.at };
+    }
+    return { kind: r.kind, status: r.status, id: r.kind === 'sale' ? r.sale : r.txn,
+      earned: r.kind === 'sale' ? r.earned : r.kind === 'earn' ? r.points : 0,
+      used: r.kind === 'sale' ? r.used : r.kind === 'redeem' ? r.points : 0,
+      earnedBy: r.earnedBy, balance: r.balance, code: r.code, at: r.at };
+  }
+
+  /* The slip: what a receipt printer prints. */
+  function renderSlip(which) {
+    var r = slipOf(which);
+    if (!r) return false;
+    var id = r.id;
+    var earned = r.earned, used = r.used;
+    var before = r.balance === null || r.balance === undefined ? null : r.balance - (earned - used);
+    var c = state.config;
+    setText('slip-title', t('slip_title_' + r.kind));
+    setText('slip-store', t('slip_store', { store: c ? c.store_id : '' }));
+    setText('slip-time', (r.at || new Date()).toLocaleString(state.lang === 'en' ? 'en-GB' : 'ja-JP'));
+    setText('slip-member', r.code || '');
+    setText('slip-before', fmt(before) + ' ' + t('pt'));
+    setText('slip-earned', r.kind === 'sale' && r.earnedBy === 'register'
+      ? t('slip_by_register') : (earned < 0 ? signed(earned) : fmt(earned)) + ' ' + t('pt'));
+    setText('slip-used', (used < 0 ? signed(used) : fmt(used)) + ' ' + t('pt'));
+    setText('slip-after', fmt(r.balance) + ' ' + t('pt'));
+    setText('slip-status', t(r.status === 'confirmed' ? 'slip_confirmed' : 'slip_queued'));
+    setText('slip-id', id || '');
+    drawBarcode($('slip-barcode'), id || '');
+    $('slip').setAttribute('data-kind', r.kind);
+    $('slip').setAttribute('data-status', r.status);
+    return true;
+  }
+
+  function printSlip(which) {
+    if (!renderSlip(which)) return;
+    var width = $('slip-width').value === '80' ? '80' : '58';
+    save('local', LS_SLIP_WIDTH, width);
+    document.documentElement.setAttribute('data-slip-width', width);
+    window.print();
   }
 
   /* A result that said "saved — will sync" follows its transaction until it settles. */
@@ -1683,8 +1860,10 @@
 
   function renderFooter() {
     var c = state.config;
+    var g = granting();
     setText('footer-info', state.token && c
-      ? t('footer', { store: c.store_id, register: state.register || '—', version: c.version }) : '');
+      ? t('footer', { store: c.store_id, register: state.register || '—', version: c.version })
+        + (g ? ' · ' + t('footer_granting', { by: t('granted_by_' + g.granted_by) }) : '') : '');
   }
 
   /* ------------------------------------------------------------------ polling */
@@ -1706,6 +1885,13 @@
       state.reachable = f.network ? false : state.reachable;
     }).then(function () {
       if (!state.token) return;
+      var grants = registerGrants();
+      if (grants !== state.lastGrants) {
+        state.lastGrants = grants;
+        renderEarn();
+        renderSale();
+        renderFooter();
+      }
       var wasOnline = state.lastOnline;
       state.lastOnline = isOnline();
       state.banner = computeBanner();
@@ -1852,6 +2038,11 @@
     $('sale-amount').addEventListener('input', onSaleInput);
     $('sale-use').addEventListener('input', onSaleInput);
     $('sale-use-all').addEventListener('click', useAll);
+    $('slip-print').addEventListener('click', function () { printSlip('result'); });
+    $('return-slip-print').addEventListener('click', function () { printSlip('return'); });
+    var slipWidth = load('local', LS_SLIP_WIDTH) === '80' ? '80' : '58';
+    $('slip-width').value = slipWidth;
+    document.documentElement.setAttribute('data-slip-width', slipWidth);
     $('return-lookup-form').addEventListener('submit', submitReturnLookup);
     $('return-form').addEventListener('submit', function (ev) { ev.preventDefault(); sendReturn(false); });
     $('return-all').addEventListener('click', function () { sendReturn(true); });

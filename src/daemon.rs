@@ -251,10 +251,23 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             jitter_key: settings.config.agent.store_id.clone(),
             reread_per_second: sc.reread_per_second,
             budget: Some(budget),
+            double_window: Duration::from_secs(settings.config.earn.double_window_s),
         },
     );
     let tracker = TaskTracker::new();
     engine.start(&tracker, shutdown.child_token()).await?;
+    let granting = crate::sync::granting::Granting::load(
+        settings.config.earn.granted_by,
+        settings.config.agent.smaregi_store_id.clone(),
+        &store,
+        clock.clone(),
+    )
+    .await?;
+    tracker.spawn(granting.clone().read_loop(
+        engine.upstream().clone(),
+        store.clone(),
+        shutdown.child_token(),
+    ));
 
     let tls = match &settings.config.api.tls {
         Some(cfg) => {
@@ -339,6 +352,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tls: tls.as_ref().map(|t| t.info.clone()),
         data_dir: data_dir.clone(),
         ledgers,
+        granting,
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())

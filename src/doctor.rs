@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Settings, UpstreamKind};
 use crate::upstream::smaregi::Smaregi;
-use crate::upstream::{FailureClass, TxnQuery, Upstream, UpstreamError};
+use crate::upstream::{FailureClass, StorePoints, TxnQuery, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -139,7 +139,13 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
             time::OffsetDateTime::now_utc().unix_timestamp(),
         ));
     }
-    out.extend(upstream_checks(&settings).await);
+    let (upstream, live) = upstream_checks(&settings).await;
+    out.extend(upstream);
+    out.push(granting_check(
+        &settings,
+        live,
+        &input.data_dir.join("pointsd.db"),
+    ));
     out.extend(easypoints_checks(&settings, &input.data_dir.join("pointsd.db")).await);
     out.push(dir_check("log dir", &input.log_dir));
     out
@@ -422,17 +428,92 @@ fn proxy_in_use(settings: &Settings) -> Option<String> {
         })
 }
 
-async fn upstream_checks(settings: &Settings) -> Vec<Check> {
+/// The store's point conditions as doctor read them now (None: not read).
+type LiveStorePoints = Option<Result<Option<StorePoints>, UpstreamError>>;
+
+/// Who grants points for a purchase (DESIGN.md §14): the store's point conditions read now
+/// (else as the daemon last kept them) against `[earn] granted_by`.
+fn granting_check(settings: &Settings, live: LiveStorePoints, db: &Path) -> Check {
+    use crate::sync::granting::{BOTH_GRANT, GrantSource, Granter, StoreReading, decide};
+    let cfg = &settings.config;
+    let store_id = cfg.agent.smaregi_store_id.clone();
+    let mut read_now = false;
+    let reading = match (&store_id, live) {
+        (Some(id), Some(Ok(Some(sp)))) => {
+            read_now = true;
+            Some(StoreReading {
+                store_id: id.clone(),
+                point_use_division: sp.point_use_division,
+                read_at_ms: 0,
+            })
+        }
+        (Some(id), Some(Ok(None))) => {
+            return Check::fail(
+                "granting",
+                format!("Smaregi knows no store {id} (agent.smaregi_store_id)"),
+                "set agent.smaregi_store_id to this store's id in Smaregi (店舗ID, shown in the back office's store list)",
+            );
+        }
+        (Some(_), Some(Err(e @ UpstreamError::MissingScope { .. }))) => {
+            return Check::warn(
+                "granting",
+                format!("cannot read the store's point conditions: {e}"),
+                "grant the app pos.stores:read in the Smaregi developer console, or set [earn] granted_by to \"register\" or \"pointsd\"",
+            );
+        }
+        _ => crate::store::inspect::meta_readonly(db, crate::store::Meta::StorePoints)
+            .and_then(|j| serde_json::from_str::<StoreReading>(&j).ok()),
+    };
+    let (granter, source, warning, both) =
+        decide(cfg.earn.granted_by, store_id.as_deref(), reading.as_ref());
+    if both {
+        return Check::fail(
+            "granting",
+            warning.unwrap_or_else(|| BOTH_GRANT.into()),
+            "set [earn] granted_by = \"auto\" (pointsd then leaves granting to the register), or turn the store's points off in Smaregi's point conditions (使用しない) if pointsd is to grant",
+        );
+    }
+    if let Some(w) = warning {
+        let fix = if store_id.is_none() {
+            "set agent.smaregi_store_id = \"<店舗ID>\" (the store's id in Smaregi) so pointsd can read whether the register grants"
+        } else {
+            "let the daemon reach Smaregi (it reads the store at start and hourly), or set [earn] granted_by"
+        };
+        return Check::warn("granting", w, fix);
+    }
+    let from = match source {
+        GrantSource::Smaregi if read_now => "the store's point conditions in Smaregi, read now",
+        GrantSource::Smaregi => "the store's point conditions in Smaregi, as last read",
+        GrantSource::Config => "[earn] granted_by",
+        GrantSource::Unchecked => "unchecked",
+    };
+    Check::ok(
+        "granting",
+        match granter {
+            Granter::Register => format!(
+                "the Smaregi register grants points for purchases; pointsd grants none (from {from})"
+            ),
+            Granter::Pointsd => {
+                format!("pointsd grants points for purchases (from {from})")
+            }
+        },
+    )
+}
+
+async fn upstream_checks(settings: &Settings) -> (Vec<Check>, LiveStorePoints) {
     let u = &settings.config.upstream;
     let Some(sm) = u
         .smaregi
         .clone()
         .filter(|_| u.kind == UpstreamKind::Smaregi)
     else {
-        return vec![Check::ok(
-            "upstream",
-            "built-in simulator (upstream.kind = \"sim\"); nothing to reach",
-        )];
+        return (
+            vec![Check::ok(
+                "upstream",
+                "built-in simulator (upstream.kind = \"sim\"); nothing to reach",
+            )],
+            None,
+        );
     };
     let mut out = Vec::new();
     let proxy = proxy_in_use(settings);
@@ -497,7 +578,7 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
         }
     }
     let Some(adapter_settings) = settings.smaregi_settings(None) else {
-        return out;
+        return (out, None);
     };
     let adapter = Smaregi::new(adapter_settings);
     let adapter = match adapter {
@@ -508,7 +589,7 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
                 e.to_string(),
                 "fix upstream.proxy",
             ));
-            return out;
+            return (out, None);
         }
     };
     match adapter.check_credentials().await {
@@ -522,10 +603,14 @@ async fn upstream_checks(settings: &Settings) -> Vec<Check> {
             ));
             out.push(clock_check(date));
             out.push(feed_check(&adapter).await);
+            if let Some(id) = &settings.config.agent.smaregi_store_id {
+                let live = adapter.store_points(id).await;
+                return (out, Some(live));
+            }
         }
         Err(e) => out.push(credential_failure(&e)),
     }
-    out
+    (out, None)
 }
 
 /// The change feed needs `pos.transactions:read` (DESIGN.md §9). Without it the agent falls

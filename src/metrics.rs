@@ -96,6 +96,8 @@ pub struct Metrics {
     pub signin_refused: Counter,
     /// Client addresses throttled now (10 failed sign-ins within a minute).
     pub signin_throttled_addresses: Gauge,
+    /// Register sales that may have counted a purchase twice with pointsd (DESIGN.md §14).
+    pub possible_double_counts: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -241,6 +243,12 @@ impl Metrics {
             "Client addresses throttled now for failed sign-ins",
             signin_throttled_addresses.clone(),
         );
+        let possible_double_counts = Gauge::default();
+        registry.register(
+            "possible_double_counts",
+            "Register sales close to a pointsd grant or redeem of the same customer (GET /v1/reconcile/doubles)",
+            possible_double_counts.clone(),
+        );
         let ledger_differences = Gauge::default();
         registry.register(
             "ledger_differences",
@@ -343,6 +351,7 @@ impl Metrics {
             ledger_differences,
             signin_refused,
             signin_throttled_addresses,
+            possible_double_counts,
         }
     }
 

@@ -67,7 +67,7 @@ pub use transactions::TxnView;
 
 use auth::{auth, whoami};
 use customers::{find_customer, get_customer};
-use reconcile::{last_ledger_report, last_reconcile, run_ledger_report, run_reconcile};
+use reconcile::{doubles, last_ledger_report, last_reconcile, run_ledger_report, run_reconcile};
 use sales::{get_sale, post_return, post_sale, quote};
 pub(crate) use status::refresh_metrics;
 use status::{health, metrics, status};
@@ -103,6 +103,8 @@ pub struct AppState {
     pub tls: Option<tls::CertInfo>,
     /// easyPoints, for a Smapify merchant (`[easypoints]`); read only.
     pub ledgers: Option<Arc<crate::sync::Ledgers>>,
+    /// Who grants points for a purchase: the register or pointsd (DESIGN.md §14).
+    pub granting: Arc<crate::sync::granting::Granting>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;
@@ -127,6 +129,7 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/sales/{sale_id}", get(get_sale))
         .route("/v1/returns", post(post_return))
         .route("/v1/reconcile", get(last_reconcile).post(run_reconcile))
+        .route("/v1/reconcile/doubles", get(doubles))
         .route("/v1/tokens", get(list_tokens).post(add_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route(

@@ -10,7 +10,7 @@ use super::auth::__path_whoami;
 use super::customers::{__path_find_customer, __path_get_customer};
 use super::problem::Problem;
 use super::reconcile::{
-    __path_last_ledger_report, __path_last_reconcile, __path_run_ledger_report,
+    __path_doubles, __path_last_ledger_report, __path_last_reconcile, __path_run_ledger_report,
     __path_run_reconcile,
 };
 use super::sales::{
@@ -135,7 +135,7 @@ impl Modify for BearerAuth {
     paths(
         health, whoami, status, get_customer, find_customer, post_transaction, list_transactions,
         get_transaction, resolve_transaction, quote, post_sale, get_sale, post_return,
-        last_reconcile, run_reconcile, last_ledger_report, run_ledger_report, metrics,
+        last_reconcile, run_reconcile, last_ledger_report, run_ledger_report, doubles, metrics,
         super::tokens::list_tokens, super::tokens::add_token, super::tokens::revoke_token
     ),
     components(schemas(Problem, TxnRequest, ResolveRequest, TokenRequest, QuoteRequest, SaleRequest, ReturnRequest)),

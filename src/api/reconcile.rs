@@ -80,3 +80,30 @@ pub(super) async fn run_ledger_report(
         )),
     }
 }
+
+/// `GET /v1/reconcile/doubles`: possible double counts (DESIGN.md §14).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct DoublesReport {
+    /// A register sale and a pointsd operation for the same customer within `window_s` that
+    /// may have counted the same purchase twice (`kind`: `earn` or `use`). Nothing is
+    /// corrected automatically; a manager settles each with an adjust.
+    doubles: Vec<crate::store::PossibleDouble>,
+    /// `[earn] double_window_s`.
+    window_s: u64,
+}
+
+/// Possible double counts between the register and pointsd (manager only): register sales
+/// of the last 31 days the change feed saw, each with the pointsd grant or redeem close to it.
+#[utoipa::path(get, path = "/v1/reconcile/doubles", tag = "pointsd",
+    responses((status = 200, body = DoublesReport), E401, E403, E503))]
+pub(super) async fn doubles(
+    State(st): State<AppRef>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<DoublesReport>, ApiError> {
+    require_manager(&caller, "list possible double counts")?;
+    let (doubles, window) = st.sync.possible_doubles().await?;
+    Ok(Json(DoublesReport {
+        doubles,
+        window_s: window.as_secs(),
+    }))
+}

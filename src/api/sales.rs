@@ -58,6 +58,21 @@ pub(super) struct QuoteAnswer {
     max_points_used: i64,
     /// The rules that gave these figures, in the order they apply.
     applied_rules: Vec<AppliedRule>,
+    /// Who grants this sale's points: `register` (the Smaregi register, when the sale reaches
+    /// Smaregi; `points_earned` is then 0) or `pointsd`.
+    earned_by: &'static str,
+}
+
+/// `earned_by` of a sale or quote, from the rules that priced it.
+fn earned_by(rules: &[AppliedRule]) -> &'static str {
+    if rules
+        .iter()
+        .any(|r| r.rule == ledger::GRANTED_BY_REGISTER_RULE)
+    {
+        "register"
+    } else {
+        "pointsd"
+    }
 }
 
 /// The figures of a sale before the customer pays; nothing is written.
@@ -103,6 +118,11 @@ pub(super) async fn quote(
         Ok(()) => ledger::max_spendable(b, expired, ctx.online, &ctx.offline),
         Err(_) => 0,
     };
+    // easyPoints' expiry holds online too: only points added since remain.
+    let spendable = match customer.owner_expired_at(ctx.now_ms) {
+        Some(_) => spendable.min((b.available - b.confirmed).max(0)),
+        None => spendable,
+    };
     let max = ledger::usable_points_for(amount, &ctx.rules.spend, spendable);
     Ok(Json(QuoteAnswer {
         customer_id,
@@ -112,6 +132,7 @@ pub(super) async fn quote(
         net_delta: q.net_delta,
         balance_after: Balance::new(b.confirmed, b.pending + q.net_delta),
         max_points_used: max,
+        earned_by: earned_by(&q.applied_rules),
         applied_rules: q.applied_rules,
     }))
 }
@@ -151,6 +172,9 @@ pub(super) struct SaleAnswer {
     /// earned − used, sent upstream as one change (none when zero).
     net_delta: i64,
     applied_rules: Vec<AppliedRule>,
+    /// Who grants this sale's points: `register` (the Smaregi register, when the sale reaches
+    /// Smaregi; `points_earned` is then 0) or `pointsd`.
+    earned_by: &'static str,
     /// Where the net delta is on its way upstream (`applied` when there was nothing to send).
     state: TxnState,
     /// `confirmed`: applied upstream (or nothing to send). `queued`: saved here, will sync.
@@ -174,6 +198,7 @@ fn sale_answer(st: &AppState, r: SaleRecord) -> SaleAnswer {
         points_used: s.points_used,
         points_earned: s.points_earned,
         net_delta: s.net_delta,
+        earned_by: earned_by(&s.applied_rules),
         applied_rules: s.applied_rules,
         state,
         status: status_of(state),

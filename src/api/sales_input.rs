@@ -168,6 +168,7 @@ pub(super) fn sale_ctx(st: &AppState, caller: &Caller) -> SaleCtx {
             earn: cfg.earn.clone(),
             spend: cfg.spend.clone(),
             tiers: cfg.tiers.clone(),
+            register_grants: st.granting.register_grants(),
         },
         offline: cfg.offline.clone(),
         returns: cfg.returns.clone(),
@@ -213,6 +214,13 @@ pub(super) fn refusal(r: PriceRefusal) -> ApiError {
                     "offline_redeem_disabled",
                     "Points cannot be used offline",
                     "The upstream is unreachable and this store does not allow using points offline (offline.allow_redeem = false). Sell without points, or try again when online.".to_string(),
+                ),
+                RedeemRefusal::Expired { at, spendable } => (
+                    "points_expired",
+                    "Points expired",
+                    format!(
+                        "easyPoints says this customer's points expired on {at} (easyPoints owns the expiry; Smaregi does not know it, so pointsd refuses online and offline). Points added since: {spendable}."
+                    ),
                 ),
                 RedeemRefusal::OfflineLimit { requested, limit } => (
                     "offline_redeem_limit",

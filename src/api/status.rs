@@ -49,6 +49,13 @@ pub(super) struct StatusView {
     tls: Option<super::tls::CertInfo>,
     /// A Smapify merchant's easyPoints (null without `[easypoints]`).
     easypoints: Option<EasyPointsStatus>,
+    /// Who grants points for a purchase (`register` or `pointsd`), where that comes from
+    /// (`smaregi`, `config`, `unchecked`) and when Smaregi was read; `warning` when the
+    /// register and pointsd would both grant, or the store could not be checked.
+    granting: crate::sync::granting::GrantingStatus,
+    /// Possible double counts between the register and pointsd, as the last feed poll found
+    /// them (listed at `GET /v1/reconcile/doubles`).
+    possible_double_counts: i64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -154,6 +161,8 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         None => None,
     };
     Ok(Json(StatusView {
+        granting: st.granting.status(),
+        possible_double_counts: st.sync.possible_double_counts(),
         tls: st.tls.clone(),
         easypoints,
         sales: SalesView {
@@ -252,6 +261,8 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     {
         m.ledger_differences.set(r.differences.len() as i64);
     }
+    m.possible_double_counts
+        .set(st.sync.possible_double_counts());
     let ss = st.store.sales_stats().await?;
     m.sales.set(ss.sales);
     m.returns.set(ss.returns);

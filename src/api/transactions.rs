@@ -205,6 +205,32 @@ pub(super) async fn write_transaction(
         }
         ledger::Kind::Redeem => {}
     }
+    // One granter per store (DESIGN.md §14): where the register grants, a purchase earns
+    // there; an earn given as points (a gift, goodwill) stays possible. A replay of an earn
+    // accepted before the mode changed keeps its first answer.
+    if new.kind == ledger::Kind::Earn
+        && new.purchase_amount.is_some()
+        && st.granting.register_grants()
+        && st.store.txn(&new.txn_id).await?.is_none()
+    {
+        let g = st.granting.status();
+        return Err(ApiError::Conflict {
+            code: "granted_by_register",
+            title: "The register grants points for purchases",
+            detail: format!(
+                "This store's Smaregi register grants the points for a purchase ([earn] granted_by = \"{}\", in effect: register, from {}), so pointsd does not: an earn with purchase_amount would grant them twice. Ring the sale up on the register, or give points as an earn with points.",
+                g.setting,
+                match g.source {
+                    crate::sync::granting::GrantSource::Smaregi =>
+                        "the store's point conditions in Smaregi",
+                    crate::sync::granting::GrantSource::Config => "the config",
+                    crate::sync::granting::GrantSource::Unchecked =>
+                        "a store id whose point conditions were not read yet",
+                }
+            ),
+            txn_id: None,
+        });
+    }
     let now = st.clock.now_ms();
     let online = st.health.is_online();
     let ctx = AcceptCtx {
@@ -273,6 +299,13 @@ pub(super) async fn write_transaction(
                     "Points changed elsewhere",
                     format!(
                         "The upstream is unreachable and this customer's points changed in another store or online at {at}, after this store last read them; they cannot be spent offline (offline.changed_elsewhere = \"refuse\"). Earning still works."
+                    ),
+                ),
+                RedeemRefusal::Expired { at, spendable } => (
+                    "points_expired",
+                    "Points expired",
+                    format!(
+                        "easyPoints says this customer's points expired on {at} (easyPoints owns the expiry; Smaregi does not know it, so pointsd refuses online and offline). Points added since: {spendable}."
                     ),
                 ),
                 RedeemRefusal::OfflineLimit { requested, limit } => (

@@ -34,6 +34,10 @@ pub enum Cmd {
         /// between them, and the agent reads both (see `pointsd reconcile --ledgers`).
         #[arg(long)]
         smapify: bool,
+        /// The other granting mode: the simulated store's points are off in Smaregi, so
+        /// pointsd grants points for purchases (by default the register grants them).
+        #[arg(long)]
+        pointsd_grants: bool,
     },
     /// Run the daemon with a config file (what the system service runs).
     Run {
@@ -167,6 +171,10 @@ pub enum Cmd {
         /// easyPoints balances differ beyond Smapify's settle time.
         #[arg(long)]
         ledgers: bool,
+        /// Possible double counts instead: register sales close in time to a grant or a
+        /// redeem through pointsd for the same customer (manager token; exit 2 when any).
+        #[arg(long, conflicts_with_all = ["ledgers", "last"])]
+        doubles: bool,
         #[command(flatten)]
         c: ClientArgs,
     },

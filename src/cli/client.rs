@@ -188,6 +188,32 @@ pub fn render_status(v: &Value) -> String {
         num(v, &["queue", "rejected"]),
         num(v, &["queue", "oldest_pending_age_s"]),
     ));
+    if v.get("granting").is_some_and(Value::is_object) {
+        let by = num(v, &["granting", "granted_by"]);
+        s.push_str(&format!(
+            "granting: {} ({}) grants points for purchases (from {}, read {})\n",
+            if by == "register" {
+                "the Smaregi register"
+            } else {
+                "pointsd"
+            },
+            by,
+            num(v, &["granting", "source"]),
+            num(v, &["granting", "read_at"]),
+        ));
+        if let Some(w) = v.pointer("/granting/warning").and_then(Value::as_str) {
+            s.push_str(&format!("GRANTING WARNING: {w}\n"));
+        }
+    }
+    if let Some(n) = v
+        .get("possible_double_counts")
+        .and_then(Value::as_i64)
+        .filter(|n| *n > 0)
+    {
+        s.push_str(&format!(
+            "POSSIBLE DOUBLE COUNTS: {n} (a register sale close to a grant or redeem here; `pointsd reconcile --doubles`)\n"
+        ));
+    }
     if v.get("sales").is_some_and(Value::is_object) {
         s.push_str(&format!(
             "sales: {} (points used {}, earned {}); returns: {} (taken back {}, given back {}, shortfall {} points on {} returns)\n",
@@ -521,6 +547,33 @@ pub fn render_reconcile(v: &Value) -> String {
 }
 
 /// The cross-ledger report as a table (a merchant sends it to support).
+pub fn render_doubles(v: &Value) -> String {
+    let list = v["doubles"].as_array().cloned().unwrap_or_default();
+    let mut s = format!(
+        "{} possible double count(s) (register sale within {} s of a pointsd grant or redeem of the same customer; nothing was corrected)\n",
+        list.len(),
+        num(v, &["window_s"]),
+    );
+    for d in &list {
+        s.push_str(&format!(
+            "customer {}  {}: register sale {} (store {}, {} points, {})  /  pointsd {} ({} points, {})\n",
+            num(d, &["customer_id"]),
+            num(d, &["kind"]),
+            num(d, &["register", "transaction_head_id"]),
+            num(d, &["register", "store_id"]),
+            num(d, &["register", "points"]),
+            num(d, &["register", "at"]),
+            num(d, &["pointsd", "id"]),
+            num(d, &["pointsd", "points"]),
+            num(d, &["pointsd", "at"]),
+        ));
+    }
+    if !list.is_empty() {
+        s.push_str("a manager settles each with an adjust (POST /v1/transactions, kind \"adjust\", manager token) once the receipts show which one was extra\n");
+    }
+    s
+}
+
 pub fn render_ledger_report(v: &Value) -> String {
     let diffs = v
         .get("differences")

@@ -57,7 +57,8 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             data_dir,
             customers,
             smapify,
-        } => serve::demo(listen, data_dir, customers, smapify).await,
+            pointsd_grants,
+        } => serve::demo(listen, data_dir, customers, smapify, pointsd_grants).await,
         Cmd::Run { cfg, data_dir } => serve::run(cfg, data_dir).await,
         Cmd::ServiceRun { cfg, data_dir } => serve::service_run(cfg, data_dir).await,
         Cmd::Sim {
@@ -175,7 +176,12 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     c,
                 },
         } => remote::review_resolve(txn_id, action, note, c).await,
-        Cmd::Reconcile { last, ledgers, c } => remote::reconcile(last, ledgers, c).await,
+        Cmd::Reconcile {
+            doubles: true, c, ..
+        } => remote::doubles(c).await,
+        Cmd::Reconcile {
+            last, ledgers, c, ..
+        } => remote::reconcile(last, ledgers, c).await,
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Add {

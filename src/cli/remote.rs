@@ -296,6 +296,18 @@ pub(super) async fn review_resolve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `pointsd reconcile --doubles`: exit 2 when any possible double count is listed.
+pub(super) async fn doubles(c: ClientArgs) -> Result<ExitCode> {
+    let v = manager_client_for(&c)?.get("/v1/reconcile/doubles").await?;
+    print_out(&c, &v, client::render_doubles);
+    let n = v["doubles"].as_array().map_or(0, Vec::len);
+    Ok(if n > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// Exit 2 when the report lists discrepancies.
 pub(super) async fn reconcile(last: bool, ledgers: bool, c: ClientArgs) -> Result<ExitCode> {
     if ledgers {

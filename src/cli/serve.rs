@@ -128,6 +128,7 @@ pub(super) async fn demo(
     data_dir: Option<PathBuf>,
     customers: u32,
     smapify: bool,
+    pointsd_grants: bool,
 ) -> Result<ExitCode> {
     let env = config::env_map();
     let data_dir =
@@ -138,6 +139,9 @@ pub(super) async fn demo(
     let manager = demo_token(&data_dir, "demo-manager.token")?;
     let mut cfg = Config::default();
     cfg.agent.store_id = "demo-store".into();
+    // The simulated contract's store 1 uses points (its register grants them), store 4 does
+    // not: `granted_by = "auto"` reads which (README "The register and who grants").
+    cfg.agent.smaregi_store_id = Some(if pointsd_grants { "4" } else { "1" }.into());
     cfg.api.listen = listen.to_string();
     if !listen.ip().is_loopback() {
         // A trial on the LAN: plain HTTP, said out loud (a real install uses [api.tls]).
@@ -223,6 +227,16 @@ pub(super) async fn demo(
         println!(
             "  cross-ledger report: pointsd reconcile --ledgers --url {url} --token {manager}"
         );
+    }
+    if pointsd_grants {
+        println!(
+            "  granting: the store's points are off in Smaregi (store 4): pointsd grants points for purchases"
+        );
+    } else {
+        println!(
+            "  granting: the store's register grants points (Smaregi store 1, points on): pointsd earns none for a purchase"
+        );
+        println!("            (pointsd demo --pointsd-grants shows the other mode)");
     }
     println!("  try:  pointsd balance 1 --url {url} --token {register}");
     println!("        curl -H 'Authorization: Bearer {register}' {url}/v1/customers/1");

@@ -23,8 +23,8 @@ mod tests;
 mod validate;
 
 pub use crate::ledger::{
-    CampaignConfig, EarnBasis, EarnConfig, OfflineConfig, ReturnsConfig, Rounding, SpendConfig,
-    TierConfig, Weekday,
+    CampaignConfig, EarnBasis, EarnConfig, GrantedBy, OfflineConfig, ReturnsConfig, Rounding,
+    SpendConfig, TierConfig, Weekday,
 };
 pub use crate::secret::Secret;
 pub use crate::telemetry::TelemetryConfig;

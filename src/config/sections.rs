@@ -39,6 +39,9 @@ pub struct AgentConfig {
     /// The store's time zone, where campaign dates and weekdays are counted: `Asia/Tokyo`,
     /// `UTC`, or a fixed offset such as `+09:00`.
     pub timezone: String,
+    /// The Smaregi store (店舗ID) this agent stands in: with it, `[earn] granted_by = "auto"`
+    /// reads the store's point conditions to learn whether its register grants points.
+    pub smaregi_store_id: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             store_id: String::new(),
             data_dir: None,
             timezone: "Asia/Tokyo".into(),
+            smaregi_store_id: None,
         }
     }
 }

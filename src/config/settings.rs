@@ -139,6 +139,7 @@ impl Settings {
             proxy,
             page_limit: PAGE_LIMIT,
             store_id: self.config.agent.store_id.clone(),
+            read_stores: self.config.agent.smaregi_store_id.is_some(),
         })
     }
 }

@@ -33,6 +33,23 @@ impl Config {
             );
         }
 
+        if let Some(id) = &self.agent.smaregi_store_id
+            && !(1..=10).contains(&id.len())
+        {
+            bad(
+                "agent.smaregi_store_id",
+                "must be the store's numeric id in Smaregi (店舗ID), e.g. smaregi_store_id = \"1\""
+                    .into(),
+            );
+        } else if let Some(id) = &self.agent.smaregi_store_id
+            && !id.bytes().all(|b| b.is_ascii_digit())
+        {
+            bad(
+                "agent.smaregi_store_id",
+                format!("{id:?} is not a Smaregi store id: digits only (店舗ID), e.g. \"1\""),
+            );
+        }
+
         let listen = match self.api.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -334,6 +351,12 @@ impl Config {
             bad(
                 "earn.yen_per_point",
                 "must be a positive number of yen".into(),
+            );
+        }
+        if !(1..=86_400).contains(&self.earn.double_window_s) {
+            bad(
+                "earn.double_window_s",
+                "must be 1..=86400 seconds (default 600)".into(),
             );
         }
         if crate::ledger::parse_timezone(&self.agent.timezone).is_none() {

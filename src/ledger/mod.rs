@@ -17,14 +17,15 @@ mod validate;
 
 pub use kinds::{Kind, OutboxKind, State};
 pub use rules::{
-    Balance, ChangedElsewhere, EarnConfig, OfflineConfig, RedeemRefusal, Rounding, TierConfig,
-    check_changed_elsewhere, check_redeem, is_expired, is_expired_at, is_stale, max_spendable,
-    points_for_purchase, tier_config_for, tier_for,
+    Balance, ChangedElsewhere, EarnConfig, GrantedBy, OfflineConfig, RedeemRefusal, Rounding,
+    TierConfig, check_changed_elsewhere, check_owner_expiry, check_redeem, is_expired,
+    is_expired_at, is_stale, max_spendable, points_for_purchase, tier_config_for, tier_for,
 };
 pub use sales::{
-    AppliedRule, CampaignConfig, EarnBasis, ReturnSplit, ReturnsConfig, SaleQuote, SaleRules,
-    SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale, max_points_for,
-    parse_timezone, quote_sale, return_split, settle_take_back, store_day, usable_points_for,
+    AppliedRule, CampaignConfig, EarnBasis, GRANTED_BY_REGISTER_RULE, ReturnSplit, ReturnsConfig,
+    SaleQuote, SaleRules, SpendConfig, SpendRefusal, StoreDay, Weekday, check_spend, earn_for_sale,
+    max_points_for, parse_timezone, quote_sale, return_split, settle_take_back, store_day,
+    usable_points_for,
 };
 pub use validate::{
     FieldError, MAX_ID_LEN, MAX_POINTS, MAX_PURCHASE_AMOUNT, MAX_REASON_LEN, NewTxn, is_valid_id,

@@ -72,6 +72,25 @@ pub struct EarnConfig {
     pub basis: EarnBasis,
     /// Date and weekday windows with a multiplier or a bonus, for sales (`[[earn.campaigns]]`).
     pub campaigns: Vec<CampaignConfig>,
+    /// Who grants points for a purchase: the Smaregi register or pointsd (DESIGN.md §14).
+    pub granted_by: GrantedBy,
+    /// A register sale this close (seconds) to a pointsd grant or redeem of the same customer
+    /// is listed as a possible double count.
+    pub double_window_s: u64,
+}
+
+/// `[earn] granted_by`: one granter per store (DESIGN.md §14).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantedBy {
+    /// Read the store's point conditions in Smaregi (`agent.smaregi_store_id`); without a store
+    /// id pointsd grants, as before.
+    #[default]
+    Auto,
+    /// The Smaregi register grants points for sales; pointsd never does.
+    Register,
+    /// pointsd grants points for sales; the store's points are off in Smaregi.
+    Pointsd,
 }
 
 impl Default for EarnConfig {
@@ -81,6 +100,8 @@ impl Default for EarnConfig {
             rounding: Rounding::Floor,
             basis: EarnBasis::AfterPoints,
             campaigns: Vec::new(),
+            granted_by: GrantedBy::Auto,
+            double_window_s: 600,
         }
     }
 }
@@ -168,6 +189,36 @@ pub enum RedeemRefusal {
     ChangedElsewhere {
         at: String,
     },
+    /// The ledger that owns expiry (easyPoints, for a Smapify merchant) says the points
+    /// expired `at`; only points added here since (not yet confirmed) remain.
+    Expired {
+        at: String,
+        spendable: i64,
+    },
+}
+
+/// Expiry owned by the second ledger (easyPoints, DESIGN.md §12): Smaregi does not know it and
+/// will not refuse a redeem of expired points online, so pointsd refuses it itself, online and
+/// offline. Points added here since (pending, not yet confirmed) remain spendable.
+pub fn check_owner_expiry(
+    points: i64,
+    balance: Balance,
+    expired_at: Option<&str>,
+) -> Result<(), RedeemRefusal> {
+    match expired_at {
+        Some(at) => {
+            let spendable = (balance.available - balance.confirmed).max(0);
+            if points > spendable {
+                Err(RedeemRefusal::Expired {
+                    at: at.to_string(),
+                    spendable,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        None => Ok(()),
+    }
 }
 
 /// Is today (`today`, `YYYY-MM-DD` in the store's time) past the upstream expiry date?

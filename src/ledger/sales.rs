@@ -191,7 +191,13 @@ pub struct SaleRules {
     pub earn: EarnConfig,
     pub spend: SpendConfig,
     pub tiers: Vec<TierConfig>,
+    /// The store's register grants the points of a sale (DESIGN.md §14): pointsd earns none
+    /// and records the points used only.
+    pub register_grants: bool,
 }
+
+/// The rule a sale names when the register grants its points (`earned_by: "register"`).
+pub const GRANTED_BY_REGISTER_RULE: &str = "earn.granted_by";
 
 /// A sale's point figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +289,15 @@ pub fn earn_for_sale(
     tier: Option<&TierConfig>,
     day: &StoreDay,
 ) -> (i64, Vec<AppliedRule>) {
+    if rules.register_grants {
+        return (
+            0,
+            vec![applied(
+                GRANTED_BY_REGISTER_RULE,
+                "register: the Smaregi register grants this sale's points when the sale reaches Smaregi; pointsd earns none",
+            )],
+        );
+    }
     let earn = &rules.earn;
     let mut out = Vec::new();
     let paid_with_points = points_used * rules.spend.yen_per_point;

@@ -16,9 +16,11 @@ fn rules(basis: EarnBasis, rounding: Rounding, campaigns: Vec<CampaignConfig>) -
             rounding,
             basis,
             campaigns,
+            ..EarnConfig::default()
         },
         spend: SpendConfig::default(),
         tiers: Vec::new(),
+        register_grants: false,
     }
 }
 

@@ -24,7 +24,9 @@ use serde_json::json;
 use super::limits::AgentCounts;
 use super::options::Faults;
 use super::smaregi::problem;
-use super::state::{AppliedAdd, Elsewhere, ElsewhereError, Shared};
+use super::state::{
+    AppliedAdd, Elsewhere, ElsewhereError, RegisterKind, RegisterSale, Shared, SimStore,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,28 @@ struct ElsewhereBody {
     customer_id: String,
     kind: String,
     delta: Option<i64>,
+}
+
+/// `POST /_sim/register_sales`: a register's sale (or return, void) reaching the server,
+/// rung up `sold_s_ago` seconds before (an offline register's late upload).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterSaleBody {
+    store_id: u32,
+    customer_id: String,
+    #[serde(default)]
+    new_point: i64,
+    #[serde(default)]
+    spend_point: i64,
+    #[serde(default)]
+    sold_s_ago: i64,
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreBody {
+    points_on: bool,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +126,68 @@ pub(super) fn admin_router(st: Shared, refuse: Arc<tokio::sync::watch::Sender<bo
             Err(e @ ElsewhereError::NothingToExpire) => {
                 problem(StatusCode::CONFLICT, "Conflict", &e.to_string())
             }
+            Err(e) => problem(StatusCode::CONFLICT, "Conflict", &e.to_string()),
         }
+    }
+    async fn register_sale(State(st): State<Shared>, Json(b): Json<RegisterSaleBody>) -> Response {
+        let kind = match b.kind.as_deref().unwrap_or("sale") {
+            "sale" => RegisterKind::Sale,
+            "return" => RegisterKind::Return,
+            "void" => RegisterKind::Void,
+            _ => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "kind must be sale, return or void",
+                );
+            }
+        };
+        if b.new_point < 0 || b.spend_point < 0 || b.sold_s_ago < 0 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "new_point, spend_point and sold_s_ago must not be negative",
+            );
+        }
+        let r = RegisterSale {
+            store_id: b.store_id,
+            customer_id: b.customer_id.clone(),
+            new_point: b.new_point,
+            spend_point: b.spend_point,
+            sold_ms_ago: b.sold_s_ago.saturating_mul(1000),
+            kind,
+        };
+        let mut s = st.lock().expect("sim");
+        match s.register_sale(&r) {
+            Ok(t) => {
+                let balance = s.customer(&b.customer_id).map(|c| c.point);
+                (
+                    StatusCode::CREATED,
+                    Json(json!({"transaction": t, "balance": balance})),
+                )
+                    .into_response()
+            }
+            Err(e @ ElsewhereError::UnknownCustomer) | Err(e @ ElsewhereError::UnknownStore(_)) => {
+                problem(StatusCode::NOT_FOUND, "Not Found", &e.to_string())
+            }
+            Err(e) => problem(StatusCode::CONFLICT, "Conflict", &e.to_string()),
+        }
+    }
+    async fn put_store(
+        State(st): State<Shared>,
+        Path(id): Path<u32>,
+        Json(b): Json<StoreBody>,
+    ) -> Json<serde_json::Value> {
+        let mut s = st.lock().expect("sim");
+        match s.opts.stores.iter_mut().find(|x| x.store_id == id) {
+            Some(x) => x.points_on = b.points_on,
+            None => s.opts.stores.push(SimStore {
+                store_id: id,
+                name: format!("store {id}"),
+                points_on: b.points_on,
+            }),
+        }
+        Json(json!({"store_id": id, "points_on": b.points_on}))
     }
     Router::new()
         .route("/_sim/faults", get(get_faults).put(put_faults))
@@ -110,5 +195,7 @@ pub(super) fn admin_router(st: Shared, refuse: Arc<tokio::sync::watch::Sender<bo
         .route("/_sim/adds", get(adds))
         .route("/_sim/requests", get(requests))
         .route("/_sim/elsewhere", post(elsewhere))
+        .route("/_sim/register_sales", post(register_sale))
+        .route("/_sim/stores/{id}", axum::routing::put(put_store))
         .with_state(st)
 }

@@ -51,7 +51,7 @@ pub use limits::AgentCounts;
 pub use options::{Faults, SimOptions};
 pub use state::{
     AppliedAdd, ELSEWHERE_STORE, Elsewhere, ElsewhereError, ONLINE_STORE, POINT_ADD_STORE,
-    SimCustomer, SimTxn, sample_customers,
+    RegisterKind, RegisterSale, SimCustomer, SimStore, SimTxn, sample_customers,
 };
 
 use state::{Shared, SimState};
@@ -282,6 +282,26 @@ impl SimHandle {
         self.state.lock().expect("sim").elsewhere(customer_id, kind)
     }
 
+    /// A register's sale, return or void reaching the server now (an offline register's
+    /// upload: `sold_ms_ago` > 0), with its points applied to the customer's balance.
+    pub fn register_sale(&self, r: &RegisterSale) -> Result<SimTxn, ElsewhereError> {
+        self.state.lock().expect("sim").register_sale(r)
+    }
+
+    /// Switches a store's point conditions (`pointUseDivision`), as its owner would in the
+    /// Smaregi back office; adds the store if it is not there.
+    pub fn set_store_points(&self, store_id: u32, points_on: bool) {
+        let mut s = self.state.lock().expect("sim");
+        match s.opts.stores.iter_mut().find(|x| x.store_id == store_id) {
+            Some(x) => x.points_on = points_on,
+            None => s.opts.stores.push(SimStore {
+                store_id,
+                name: format!("store {store_id}"),
+                points_on,
+            }),
+        }
+    }
+
     /// Edits a customer's last name in the directory: their directory `updDateTime` moves, so
     /// the next `/pos/customers` window shows them.
     pub fn edit_customer(&self, customer_id: &str, last_name: &str) -> Option<SimCustomer> {
@@ -333,6 +353,115 @@ mod tests {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `GET /pos/stores/{id}` answers the store's point conditions with
+    /// `with_point_condition=all` (both settings), refuses other values, needs
+    /// `pos.stores:read`; a register sale uploaded late is listed with its points, its store
+    /// and its own sale time, found by upd_date_time and moving the balance.
+    #[tokio::test]
+    async fn stores_have_point_conditions_and_register_sales_are_listed_late() {
+        let s = sim(SimOptions {
+            customers: 5,
+            ..SimOptions::default()
+        })
+        .await;
+        let http = client("pointsd/t (store a)");
+        let tok: serde_json::Value = token(&http, &s).await.json().await.unwrap();
+        let bearer = tok["access_token"].as_str().unwrap().to_string();
+        let get = |path: String| {
+            let (http, bearer) = (http.clone(), bearer.clone());
+            async move {
+                let r = http.get(path).bearer_auth(bearer).send().await.unwrap();
+                let st = r.status().as_u16();
+                (st, r.json::<serde_json::Value>().await.unwrap_or_default())
+            }
+        };
+        let store = |id: &str, q: &str| format!("{}/sim-contract/pos/stores/{id}{q}", s.url());
+        let (st, v) = get(store("1", "?with_point_condition=all")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["storeId"], "1");
+        assert_eq!(v["pointCondition"]["pointUseDivision"], "1", "{v}");
+        let (st, v) = get(store("4", "?with_point_condition=all")).await;
+        assert_eq!(
+            (st, v["pointCondition"]["pointUseDivision"].as_str()),
+            (200, Some("0"))
+        );
+        let (_, v) = get(store("1", "")).await;
+        assert!(v.get("pointCondition").is_none(), "none by default: {v}");
+        assert_eq!(get(store("1", "?with_point_condition=yes")).await.0, 400);
+        assert_eq!(get(store("99", "?with_point_condition=all")).await.0, 404);
+        s.set_store_points(1, false);
+        let (_, v) = get(store("1", "?with_point_condition=all")).await;
+        assert_eq!(v["pointCondition"]["pointUseDivision"], "0");
+
+        // A register sale rung up two days ago, uploaded now.
+        let before = s.balance("2").unwrap();
+        let t = s
+            .register_sale(&RegisterSale {
+                store_id: 2,
+                customer_id: "2".into(),
+                new_point: 12,
+                spend_point: 0,
+                sold_ms_ago: 2 * 86_400_000,
+                kind: RegisterKind::Sale,
+            })
+            .unwrap();
+        assert_eq!(s.balance("2"), Some(before + 12));
+        // A store whose points are off moves none.
+        assert_eq!(
+            s.register_sale(&RegisterSale {
+                store_id: 4,
+                customer_id: "2".into(),
+                new_point: 1,
+                spend_point: 0,
+                sold_ms_ago: 0,
+                kind: RegisterKind::Sale,
+            }),
+            Err(ElsewhereError::PointsOff(4))
+        );
+        let head = t.transaction_head_id.to_string();
+        let now = state::now_ms();
+        let window = |name: &str, from: i64| {
+            format!(
+                "{}/sim-contract/pos/transactions?{name}-from={}&{name}-to={}",
+                s.url(),
+                crate::clock::smaregi_stamp(from).replace('+', "%2B"),
+                crate::clock::smaregi_stamp(now + 1000).replace('+', "%2B"),
+            )
+        };
+        let (st, v) = get(window("upd_date_time", now - 60_000)).await;
+        assert_eq!(st, 200, "{v}");
+        let row = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["transactionHeadId"] == head.as_str())
+            .unwrap_or_else(|| panic!("the late upload is listed by upd_date_time: {v}"))
+            .clone();
+        assert_eq!(
+            (
+                row["transactionHeadDivision"].as_str(),
+                row["storeId"].as_str()
+            ),
+            (Some("1"), Some("2"))
+        );
+        assert_eq!(
+            (row["newPoint"].as_str(), row["spendPoint"].as_str()),
+            (Some("12"), Some("0"))
+        );
+        let sold = crate::clock::parse_stamp(row["transactionDateTime"].as_str().unwrap()).unwrap();
+        let upd = crate::clock::parse_stamp(row["updDateTime"].as_str().unwrap()).unwrap();
+        assert!(upd - sold >= 2 * 86_400_000 - 1000, "{row}");
+        // By the register's own time it falls outside the last minute.
+        let (_, v) = get(window("transaction_date_time", now - 60_000)).await;
+        assert!(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["transactionHeadId"] != head.as_str()),
+            "{v}"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::easypoints::{EasyPointsSimOptions, SmapifyOptions};
+use super::state::SimStore;
 
 /// Fault switches. Probabilities are 0.0..=1.0 per API request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -58,9 +59,13 @@ pub struct SimOptions {
     #[serde(default)]
     pub omit_transaction_head_ids: bool,
     /// Scopes the app was granted; a token request for any other is refused (`invalid_scope`)
-    /// and an endpoint needing one the token lacks answers 403. Default: all three.
+    /// and an endpoint needing one the token lacks answers 403. Default: all four.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
+    /// The contract's stores and their point conditions (`GET /pos/stores/{id}`). Default:
+    /// store 1 and 2 with points on (their registers grant), store 4 with points off.
+    #[serde(default = "default_stores")]
+    pub stores: Vec<SimStore>,
     /// The easyPoints side (credentials, rate limit), served under `/api/shopify`.
     #[serde(default)]
     pub easypoints: EasyPointsSimOptions,
@@ -70,11 +75,23 @@ pub struct SimOptions {
     pub smapify: Option<SmapifyOptions>,
 }
 
+fn default_stores() -> Vec<SimStore> {
+    [(1, "本店", true), (2, "駅前店", true), (4, "催事店", false)]
+        .into_iter()
+        .map(|(store_id, name, points_on)| SimStore {
+            store_id,
+            name: name.into(),
+            points_on,
+        })
+        .collect()
+}
+
 fn default_scopes() -> Vec<String> {
     [
         "pos.customers:read",
         "pos.customers:write",
         "pos.transactions:read",
+        "pos.stores:read",
     ]
     .into_iter()
     .map(String::from)
@@ -106,6 +123,7 @@ impl Default for SimOptions {
             subsecond_stamps: false,
             omit_transaction_head_ids: false,
             scopes: default_scopes(),
+            stores: default_stores(),
             easypoints: EasyPointsSimOptions::default(),
             smapify: None,
         }

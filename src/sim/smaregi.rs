@@ -496,6 +496,10 @@ pub(super) fn api_router(st: Shared) -> Router {
         .route("/{contract}/pos/customers/point", get(list_points))
         .route("/{contract}/pos/transactions", get(list_transactions))
         .route(
+            "/{contract}/pos/stores/{store_id}",
+            get(super::transactions::get_store),
+        )
+        .route(
             "/{contract}/pos/customers/{customer_id}/point/add",
             post(add_point),
         )

@@ -69,6 +69,69 @@ pub struct SimTxn {
     /// Unix ms of the change (the stamp shown is cut to whole seconds unless asked not to).
     pub at_ms: i64,
     pub upd_date_time: String,
+    /// A register sale's points (`newPoint` earned, `spendPoint` used); 0 for other divisions.
+    #[serde(default)]
+    pub new_point: i64,
+    #[serde(default)]
+    pub spend_point: i64,
+    /// `transactionDateTime`: when the register rang the sale up. An offline register uploads
+    /// later, so it may be well before `updDateTime`. Empty: the same as `updDateTime`.
+    #[serde(default)]
+    pub transaction_date_time: String,
+    /// `cancelDivision` "1": this record voids the sale `transactionHeadId` names in
+    /// `voided`; `returnSales` "1": a return.
+    #[serde(default)]
+    pub cancel: bool,
+    #[serde(default)]
+    pub return_sales: bool,
+}
+
+impl SimTxn {
+    /// Unix ms of `transactionDateTime` (the register's own time; the change's otherwise).
+    pub fn sold_at_ms(&self) -> i64 {
+        if self.transaction_date_time.is_empty() {
+            self.at_ms
+        } else {
+            crate::clock::parse_stamp(&self.transaction_date_time).unwrap_or(self.at_ms)
+        }
+    }
+}
+
+/// What a register rings up for a member ([`SimHandle::register_sale`](super::SimHandle)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterSale {
+    /// The Smaregi store (店舗ID) whose register it is; its point conditions must be on for a
+    /// sale that earns or uses points.
+    pub store_id: u32,
+    pub customer_id: String,
+    /// Points the register granted by the store's rate (`newPoint`).
+    pub new_point: i64,
+    /// Points the customer used (`spendPoint`).
+    pub spend_point: i64,
+    /// How long before the upload the register rang it up (0: online, at once).
+    pub sold_ms_ago: i64,
+    pub kind: RegisterKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterKind {
+    /// A sale: the balance gains `new_point` and loses `spend_point`.
+    Sale,
+    /// A return (`returnSales` "1"): the register takes back `new_point` and gives back
+    /// `spend_point`.
+    Return,
+    /// A void (`cancelDivision` "1") of a sale: undone as a return is.
+    Void,
+}
+
+/// A store of the contract and its point conditions (`GET /pos/stores/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStore {
+    pub store_id: u32,
+    pub name: String,
+    /// `pointCondition.pointUseDivision`: true "1" (使用する: the register grants points),
+    /// false "0".
+    pub points_on: bool,
 }
 
 /// The store id the transaction list shows for a `point/add` (the API does not say which
@@ -99,6 +162,10 @@ pub enum ElsewhereError {
     Insufficient { balance: i64, delta: i64 },
     #[error("the customer has no points to expire")]
     NothingToExpire,
+    #[error("no store {0} in the contract")]
+    UnknownStore(u32),
+    #[error("store {0} does not use points (pointUseDivision 0): its register moves none")]
+    PointsOff(u32),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -356,6 +423,11 @@ impl SimState {
             store_id,
             at_ms: at,
             upd_date_time: upd,
+            new_point: 0,
+            spend_point: 0,
+            transaction_date_time: String::new(),
+            cancel: false,
+            return_sales: false,
         };
         self.transactions.push(t.clone());
         self.dirty = true;
@@ -404,6 +476,47 @@ impl SimState {
             self.smapify_from_smaregi(customer_id, delta);
         }
         Ok(self.record(key, division, store).expect("indexed"))
+    }
+
+    /// A register's sale, return or void reaching the server (uploaded now, rung up
+    /// `sold_ms_ago` earlier): its points move the balance when it arrives, and it is listed
+    /// with `newPoint`/`spendPoint`, `storeId` and the register's `transactionDateTime`.
+    pub fn register_sale(&mut self, r: &RegisterSale) -> Result<SimTxn, ElsewhereError> {
+        let store = self
+            .opts
+            .stores
+            .iter()
+            .find(|s| s.store_id == r.store_id)
+            .ok_or(ElsewhereError::UnknownStore(r.store_id))?;
+        if !store.points_on && (r.new_point != 0 || r.spend_point != 0) {
+            return Err(ElsewhereError::PointsOff(r.store_id));
+        }
+        let key = *self
+            .by_id
+            .get(&r.customer_id)
+            .ok_or(ElsewhereError::UnknownCustomer)?;
+        self.expire_key(key, &jst_today());
+        let delta = match r.kind {
+            RegisterKind::Sale => r.new_point - r.spend_point,
+            RegisterKind::Return | RegisterKind::Void => r.spend_point - r.new_point,
+        };
+        let c = self.customers.get_mut(&key).expect("indexed");
+        if c.point + delta < 0 {
+            return Err(ElsewhereError::Insufficient {
+                balance: c.point,
+                delta,
+            });
+        }
+        c.point += delta;
+        self.smapify_from_smaregi(&r.customer_id, delta);
+        let mut t = self.record(key, 1, r.store_id).expect("indexed");
+        t.new_point = r.new_point;
+        t.spend_point = r.spend_point;
+        t.transaction_date_time = stamp(t.at_ms - r.sold_ms_ago.max(0), false);
+        t.cancel = r.kind == RegisterKind::Void;
+        t.return_sales = r.kind == RegisterKind::Return;
+        *self.transactions.last_mut().expect("just recorded") = t.clone();
+        Ok(t)
     }
 
     /// A directory edit (the last name): moves the customer's directory `updDateTime`.

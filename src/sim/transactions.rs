@@ -164,7 +164,7 @@ pub(super) async fn list_transactions(
     let mut rows: Vec<&SimTxn> = s
         .transactions
         .iter()
-        .filter(|t| within(upd, t.at_ms) && within(tran, t.at_ms))
+        .filter(|t| within(upd, t.at_ms) && within(tran, t.sold_at_ms()))
         .filter(|t| {
             q.customer_code
                 .as_ref()
@@ -192,16 +192,101 @@ pub(super) async fn list_transactions(
         .map(|t| {
             json!({
                 "transactionHeadId": t.transaction_head_id.to_string(),
-                "transactionDateTime": t.upd_date_time,
+                "transactionDateTime": if t.transaction_date_time.is_empty() {
+                    &t.upd_date_time
+                } else {
+                    &t.transaction_date_time
+                },
                 "transactionHeadDivision": t.division.to_string(),
-                "cancelDivision": "0",
+                "cancelDivision": if t.cancel { "1" } else { "0" },
+                "returnSales": if t.return_sales { "1" } else { "0" },
                 "storeId": t.store_id.to_string(),
                 "customerId": t.customer_id,
                 "customerCode": t.customer_code,
+                "newPoint": t.new_point.to_string(),
+                "spendPoint": t.spend_point.to_string(),
                 "total": "0",
                 "updDateTime": t.upd_date_time,
             })
         })
         .collect();
     Json(rows).into_response()
+}
+
+/// `GET /pos/stores/{store_id}` (店舗取得) with `with_point_condition=all|none`: the store, and
+/// with "all" its `pointCondition` (third-party copies of the specification:
+/// feedforce/smaregi-platform-api, PointCondition / GetStoresResponseItem; scope
+/// `pos.stores:read` *(3P)*). Numbers are strings, as everywhere in this API.
+#[derive(Deserialize)]
+pub(super) struct StoreQuery {
+    with_point_condition: Option<String>,
+    with_receipt_print_info: Option<String>,
+}
+
+pub(super) async fn get_store(
+    State(st): State<Shared>,
+    Path((contract, store_id)): Path<(String, String)>,
+    Query(q): Query<StoreQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = gate(
+        &st,
+        &headers,
+        &contract,
+        "pos.stores:read",
+        Class::Read,
+        false,
+    )
+    .await
+    {
+        return r;
+    }
+    let flag = |v: &Option<String>, name: &str| match v.as_deref() {
+        None | Some("none") => Ok(false),
+        Some("all") => Ok(true),
+        Some(other) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            &format!("{name} must be all or none (got {other:?})"),
+        )),
+    };
+    let with_points = match flag(&q.with_point_condition, "with_point_condition") {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = flag(&q.with_receipt_print_info, "with_receipt_print_info") {
+        return r;
+    }
+    let s = st.lock().expect("sim");
+    let Some(store) = store_id
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| s.opts.stores.iter().find(|x| x.store_id == id))
+    else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", "no such store");
+    };
+    let mut body = json!({
+        "storeId": store.store_id.to_string(),
+        "storeCode": format!("S{:03}", store.store_id),
+        "storeName": store.name,
+        "division": "1",
+        "pointNotApplicable": "0",
+    });
+    if with_points {
+        body["pointCondition"] = json!({
+            "storeId": store.store_id.to_string(),
+            "pointUseDivision": if store.points_on { "1" } else { "0" },
+            "spendRate": "1",
+            "pointGivingUnitPrice": "100",
+            "pointGivingUnit": "1",
+            "pointGivingDivision": "0",
+            "pointUseUnit": "1",
+            "pointSpendDivision": "0",
+            "pointSpendLimitDivision": "0",
+            "expireDivision": "0",
+            "expireLimit": "12",
+            "mileageDivision": "0",
+        });
+    }
+    Json(body).into_response()
 }

@@ -46,6 +46,7 @@ mod file;
 pub mod inspect;
 mod outbox;
 mod queries;
+mod register_sales;
 #[cfg(test)]
 mod reprepare_tests;
 mod returns;
@@ -65,6 +66,7 @@ pub use feed::SeenChange;
 use file::*;
 pub use outbox::*;
 pub use queries::*;
+pub use register_sales::{PointsdSide, PossibleDouble, RegisterSaleRow, RegisterSide};
 pub use review::*;
 pub use rows::*;
 pub use sales::{

@@ -363,11 +363,18 @@ pub(super) fn accept_in(
     if new.kind == ledger::Kind::Redeem || delta < 0 {
         let expired = customer.expired(&ctx.today, ctx.now_ms);
         let res = if new.kind == ledger::Kind::Redeem {
-            ledger::check_changed_elsewhere(
-                customer.changed_elsewhere_at.as_deref(),
-                ctx.online,
-                &ctx.offline,
+            ledger::check_owner_expiry(
+                -delta,
+                customer.balance(),
+                customer.owner_expired_at(ctx.now_ms).as_deref(),
             )
+            .and_then(|()| {
+                ledger::check_changed_elsewhere(
+                    customer.changed_elsewhere_at.as_deref(),
+                    ctx.online,
+                    &ctx.offline,
+                )
+            })
             .and_then(|()| {
                 ledger::check_redeem(
                     -delta,

@@ -35,6 +35,8 @@ pub enum Meta {
     LastLedgerReport,
     /// The last check that Smapify carries this store's changes to easyPoints (JSON).
     SmapifyCheck,
+    /// The store's point conditions as Smaregi last gave them (JSON): who grants.
+    StorePoints,
 }
 
 impl Meta {
@@ -45,6 +47,7 @@ impl Meta {
             Meta::FeedWatermark => "feed_watermark_ms",
             Meta::LastLedgerReport => "last_ledger_report",
             Meta::SmapifyCheck => "smapify_check",
+            Meta::StorePoints => "store_point_condition",
         }
     }
 }

@@ -50,6 +50,18 @@ impl CustomerRow {
         ledger::is_expired(self.expires_at.as_deref(), today)
             || ledger::is_expired_at(self.easypoints.as_ref().and_then(|e| e.expires_ms), now_ms)
     }
+
+    /// When easyPoints (the ledger that owns expiry for a Smapify merchant) says the points
+    /// expired, if they have by `now_ms`: its date as it gave it (else the instant, RFC 3339).
+    pub fn owner_expired_at(&self, now_ms: i64) -> Option<String> {
+        let e = self.easypoints.as_ref()?;
+        let ms = e.expires_ms.filter(|t| now_ms >= *t)?;
+        Some(
+            e.expires_at
+                .clone()
+                .unwrap_or_else(|| crate::clock::rfc3339(ms)),
+        )
+    }
 }
 
 /// One outbox row.

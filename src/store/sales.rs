@@ -358,11 +358,18 @@ pub(super) fn price(
     }
     if points_used > 0 {
         let expired = customer.expired(&ctx.today, ctx.now_ms);
-        ledger::check_changed_elsewhere(
-            customer.changed_elsewhere_at.as_deref(),
-            ctx.online,
-            &ctx.offline,
+        ledger::check_owner_expiry(
+            points_used,
+            balance,
+            customer.owner_expired_at(ctx.now_ms).as_deref(),
         )
+        .and_then(|()| {
+            ledger::check_changed_elsewhere(
+                customer.changed_elsewhere_at.as_deref(),
+                ctx.online,
+                &ctx.offline,
+            )
+        })
         .and_then(|()| {
             ledger::check_redeem(points_used, balance, expired, ctx.online, &ctx.offline)
         })

@@ -341,6 +341,27 @@ CREATE TABLE easypoints_balances (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX easypoints_read ON easypoints_balances(ep_read_at);
 "#,
+    // Register sales the change feed saw (DESIGN.md §14): a Smaregi register's sale, return or
+    // void of a member that earned or used points, kept to find possible double counts with
+    // this store's own grants and redeems. Never our own `point/add` (division 6/7, and their
+    // transactionHeadIds are in txns.upstream_txn_ids). `sold_ms` is the register's own time
+    // (transactionDateTime), `upd_ms` when it reached Smaregi (updDateTime).
+    r#"
+CREATE TABLE register_sales (
+    transaction_head_id TEXT PRIMARY KEY NOT NULL,
+    customer_id         TEXT NOT NULL,
+    store_id            TEXT,
+    kind                TEXT NOT NULL CHECK (kind = 'sale' OR kind = 'return' OR kind = 'void'),
+    new_point           INTEGER NOT NULL,
+    spend_point         INTEGER NOT NULL,
+    sold_at             TEXT,
+    sold_ms             INTEGER NOT NULL,
+    upd_ms              INTEGER NOT NULL,
+    seen_at             INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX register_sales_customer ON register_sales(customer_id, sold_ms);
+CREATE INDEX register_sales_sold ON register_sales(sold_ms);
+"#,
 ];
 
 pub fn known_version() -> i64 {

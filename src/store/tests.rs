@@ -295,3 +295,85 @@ async fn close_commits_what_was_acknowledged_then_joins_its_threads() {
     let again = Store::open(&dir.path().join("t.db")).unwrap();
     assert!(again.txn("c-1").await.unwrap().is_some());
 }
+
+/// Register sales: a purchase earn near one is a possible double (earn), a redeem near one
+/// that used points is one too (use); a sale far from any operation of ours is dropped once
+/// nothing can pair with it any more, a paired one stays listed.
+#[tokio::test]
+async fn register_sales_pair_with_our_operations_and_the_rest_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with_customer(dir.path(), 500).await;
+    let mut earn = txn("e1", Kind::Earn, 0);
+    earn.points = None;
+    earn.purchase_amount = Some(3000);
+    assert!(matches!(
+        s.accept(earn, ctx(true)).await.unwrap(),
+        AcceptOutcome::Created { .. }
+    ));
+    assert!(matches!(
+        s.accept(txn("r1", Kind::Redeem, 20), ctx(true))
+            .await
+            .unwrap(),
+        AcceptOutcome::Created { .. }
+    ));
+    // A gift is no purchase grant.
+    assert!(matches!(
+        s.accept(txn("g1", Kind::Earn, 5), ctx(true)).await.unwrap(),
+        AcceptOutcome::Created { .. }
+    ));
+    let row = |id: &str, new_point, spend_point, sold_ms| RegisterSaleRow {
+        transaction_head_id: id.into(),
+        customer_id: "c1".into(),
+        store_id: Some("2".into()),
+        kind: "sale",
+        new_point,
+        spend_point,
+        sold_at: None,
+        sold_ms,
+        upd_ms: sold_ms,
+    };
+    let window = 600_000;
+    // ctx's clock: operations at 1_000 ms.
+    let n = s
+        .record_register_sales(
+            vec![
+                row("h-near-earn", 30, 0, 61_000),
+                row("h-near-use", 0, 20, -59_000),
+                row("h-far", 10, 0, 50_000_000),
+            ],
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    // Again: recorded once each.
+    assert_eq!(
+        s.record_register_sales(vec![row("h-far", 10, 0, 50_000_000)], 1_000)
+            .await
+            .unwrap(),
+        0
+    );
+    let now = 60_000_000;
+    let d = s.possible_doubles(window, now).await.unwrap();
+    let kinds: Vec<(&str, &str, &str, i64)> = d
+        .iter()
+        .map(|x| {
+            (
+                x.kind.as_str(),
+                x.register.transaction_head_id.as_str(),
+                x.pointsd.id.as_str(),
+                x.pointsd.points,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("earn", "h-near-earn", "e1", 30),
+            ("use", "h-near-use", "r1", 20)
+        ]
+    );
+    // h-far has nothing near it and its time is past: dropped; the pairs stay.
+    assert_eq!(s.prune_register_sales(window, now).await.unwrap(), 1);
+    assert_eq!(s.possible_doubles(window, now).await.unwrap().len(), 2);
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{SyncEngine, SyncError};
-use crate::store::SeenChange;
+use crate::store::{RegisterSaleRow, SeenChange};
 use crate::upstream::budget::{Priority, with_priority};
 use crate::upstream::{ChangedQuery, TxnQuery};
 
@@ -34,6 +34,8 @@ pub(super) struct FeedPoll {
     pub changed: usize,
     pub newly_marked: usize,
     pub requests: usize,
+    /// Register sales seen for the first time.
+    pub register_sales: usize,
 }
 
 /// The change feed's state, for `status`.
@@ -88,6 +90,7 @@ impl SyncEngine {
         );
         let mut out = FeedPoll::default();
         let mut changes: Vec<SeenChange> = Vec::new();
+        let mut registers: Vec<RegisterSaleRow> = Vec::new();
         // The directory: new customers and edits (a point change may move the stamp too).
         let mut page = 1;
         loop {
@@ -163,6 +166,31 @@ impl SyncEngine {
                 if own.contains(&t.id) {
                     continue;
                 }
+                // A register's sale, return or void that moved points: kept to find possible
+                // double counts with this store's own grants and redeems (DESIGN.md §14).
+                if t.is_register_points() {
+                    let sold_at = t.transaction_at.clone();
+                    registers.push(RegisterSaleRow {
+                        transaction_head_id: t.id.clone(),
+                        customer_id: cid.clone(),
+                        store_id: t.store_id.clone(),
+                        kind: if t.cancelled {
+                            "void"
+                        } else if t.is_return {
+                            "return"
+                        } else {
+                            "sale"
+                        },
+                        new_point: t.new_point,
+                        spend_point: t.spend_point,
+                        sold_ms: sold_at
+                            .as_deref()
+                            .and_then(crate::clock::parse_stamp)
+                            .unwrap_or(ms),
+                        sold_at,
+                        upd_ms: ms,
+                    });
+                }
                 changes.push(SeenChange {
                     customer_id: cid.clone(),
                     stamp: stamp.clone(),
@@ -176,7 +204,32 @@ impl SyncEngine {
             page += 1;
         }
         out.changed = changes.len();
+        out.register_sales = self.store.record_register_sales(registers, now).await?;
         out.newly_marked = self.store.mark_changed(changes, now).await?;
+        // Possible double counts: a pointsd grant may come after the register sale, so they
+        // are counted on every poll, not only when a register sale arrives. Register sales
+        // that can no longer pair with anything are dropped first.
+        let window_ms = self.opts.double_window.as_millis() as i64;
+        if let Err(e) = self.store.prune_register_sales(window_ms, now).await {
+            tracing::warn!(error = %e, "could not drop register sales that cannot make a double");
+        }
+        match self
+            .store
+            .possible_doubles(self.opts.double_window.as_millis() as i64, now)
+            .await
+        {
+            Ok(d) => {
+                let n = d.len() as i64;
+                let before = self.doubles.swap(n, std::sync::atomic::Ordering::Relaxed);
+                if n > before {
+                    tracing::warn!(
+                        possible_double_counts = n,
+                        "a register sale and a pointsd operation may have counted the same purchase twice; see GET /v1/reconcile/doubles"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count possible double counts"),
+        }
         // Advanced only now that the window's changes are stored.
         self.store
             .set_meta(Meta::FeedWatermark, now.to_string())

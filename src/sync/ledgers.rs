@@ -217,7 +217,8 @@ impl Ledgers {
                 continue;
             };
             // Our own deltas on their way: Smaregi may or may not have them yet.
-            if self.store.ledger_activity(&id).await?.open > 0 {
+            let activity = self.store.ledger_activity(&id).await?;
+            if activity.open > 0 {
                 report.in_flight += 1;
                 continue;
             }
@@ -262,7 +263,13 @@ impl Ledgers {
             let Some(first_seen) = first_seen.filter(|_| differs) else {
                 continue;
             };
-            if now - first_seen < settle_ms {
+            // IT runs the report once and must get the answer: the settle time also counts
+            // from this store's own last delta reaching Smaregi (Smapify has had its time to
+            // carry it), not only from the first report that saw the difference.
+            let settled_since_ours = activity
+                .last_applied_at
+                .is_some_and(|t| now - t >= settle_ms);
+            if now - first_seen < settle_ms && !settled_since_ours {
                 report.settling += 1;
                 continue;
             }

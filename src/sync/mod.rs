@@ -12,6 +12,7 @@
 //! look-ups, and the cross-ledger report).
 
 pub mod feed;
+pub mod granting;
 mod ledgers;
 pub use ledgers::{
     LedgerDifference, LedgerError, LedgerReport, Ledgers, SMAPIFY_NOT_CARRYING, SmapifyCheck,
@@ -59,6 +60,9 @@ pub struct SyncOptions {
     pub reread_per_second: f64,
     /// The request budget, when one is set (for the feed's interval and `status`).
     pub budget: Option<Arc<crate::upstream::budget::Budget>>,
+    /// `[earn] double_window_s`: a register sale this close to a pointsd grant or redeem of
+    /// the same customer is a possible double count.
+    pub double_window: Duration,
 }
 
 /// What a sync operation the API asks for (a reconcile, a customer's refresh) can fail on.
@@ -112,6 +116,8 @@ pub struct SyncEngine {
     /// Customers another writer was seen moving, and when (unix ms): their sends read a
     /// fresh balance first for [`CONTENDED_FOR_MS`].
     contended: Mutex<HashMap<String, i64>>,
+    /// Possible double counts found by the last feed poll (status, metrics).
+    doubles: std::sync::atomic::AtomicI64,
 }
 
 /// How long a customer counts as written by others after it was last seen so.
@@ -153,12 +159,31 @@ impl SyncEngine {
             lookup_paused_until: std::sync::atomic::AtomicI64::new(0),
             lookups_in_flight: Default::default(),
             contended: Mutex::new(HashMap::new()),
+            doubles: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
     /// The request budget's rates and 429 counts, when one is set.
     pub fn budget_snapshot(&self) -> Option<crate::upstream::budget::BudgetSnapshot> {
         self.opts.budget.as_ref().map(|b| b.snapshot())
+    }
+
+    /// Possible double counts as the last feed poll found them.
+    pub fn possible_double_counts(&self) -> i64 {
+        self.doubles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every possible double count now (DESIGN.md §14), and the window used.
+    pub async fn possible_doubles(
+        &self,
+    ) -> Result<(Vec<crate::store::PossibleDouble>, Duration), StoreError> {
+        let d = self
+            .store
+            .possible_doubles(self.opts.double_window.as_millis() as i64, self.now())
+            .await?;
+        self.doubles
+            .store(d.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        Ok((d, self.opts.double_window))
     }
 
     pub fn upstream(&self) -> &Arc<dyn Upstream> {

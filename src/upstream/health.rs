@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::budget::{Budget, Class};
 use super::{
-    Applied, ChangedQuery, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer,
-    UpstreamError, UpstreamTxn,
+    Applied, ChangedQuery, Page, StorePoints, TxnQuery, Upstream, UpstreamBalance,
+    UpstreamCustomer, UpstreamError, UpstreamTxn,
 };
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -245,6 +245,14 @@ impl<U: Upstream> Upstream for Observed<U> {
         let t = Instant::now();
         let r = self.inner.list_transactions(q).await;
         self.note("list_transactions", t, &r);
+        r
+    }
+
+    async fn store_points(&self, store_id: &str) -> Result<Option<StorePoints>, UpstreamError> {
+        self.permit(Class::Read).await;
+        let t = Instant::now();
+        let r = self.inner.store_points(store_id).await;
+        self.note("store_points", t, &r);
         r
     }
 }

@@ -65,9 +65,34 @@ pub struct UpstreamTxn {
     pub customer_id: Option<String>,
     pub customer_code: Option<String>,
     pub updated_at: Option<String>,
+    /// `storeId`: the store whose register (or, for point adds, whose contract) made it.
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// `newPoint` (points the register granted) and `spendPoint` (points used); 0 if absent.
+    #[serde(default)]
+    pub new_point: i64,
+    #[serde(default)]
+    pub spend_point: i64,
+    /// `transactionDateTime`: when the register rang it up (an offline register uploads
+    /// later, so this may be well before `updated_at`).
+    #[serde(default)]
+    pub transaction_at: Option<String>,
+    /// `cancelDivision` "1": a void; `returnSales` "1": a return.
+    #[serde(default)]
+    pub cancelled: bool,
+    #[serde(default)]
+    pub is_return: bool,
 }
 
 impl UpstreamTxn {
+    /// A register's sale, return or void that moved a member's points (division 1 with a
+    /// customer and a non-zero `newPoint` or `spendPoint`, DESIGN.md §14).
+    pub fn is_register_points(&self) -> bool {
+        self.division.as_deref() == Some("1")
+            && self.customer_id.is_some()
+            && (self.new_point != 0 || self.spend_point != 0)
+    }
+
     /// Divisions that can move a member's points (DESIGN.md §4): 1 (a sale or a return),
     /// 6 (add), 7 (subtract), 8 (expiry). A missing division is counted: better one more
     /// "maybe" than a change overlooked.
@@ -76,6 +101,27 @@ impl UpstreamTxn {
             self.division.as_deref(),
             None | Some("1") | Some("6") | Some("7") | Some("8")
         )
+    }
+}
+
+/// A store's point conditions (Smaregi `GET /pos/stores/{id}?with_point_condition=all`,
+/// `pointCondition`): whether the register grants and takes points at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePoints {
+    pub store_id: String,
+    /// `pointUseDivision`: "1" (使用する: the register grants points by the store's rate),
+    /// "0" (使用しない). `None` when the store answered without a point condition.
+    pub point_use_division: Option<String>,
+}
+
+impl StorePoints {
+    /// Whether the store's register grants points itself (`pointUseDivision = "1"`).
+    pub fn register_grants(&self) -> Option<bool> {
+        match self.point_use_division.as_deref() {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        }
     }
 }
 
@@ -208,6 +254,8 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<Page<UpstreamCustomer>, UpstreamError>;
     /// One page of the transaction list in a window of last change.
     async fn list_transactions(&self, q: &TxnQuery) -> Result<Page<UpstreamTxn>, UpstreamError>;
+    /// One store's point conditions; `None` if the upstream does not know the store.
+    async fn store_points(&self, store_id: &str) -> Result<Option<StorePoints>, UpstreamError>;
     /// The cheapest authenticated request, to tell whether the link and credentials work.
     async fn probe(&self) -> Result<(), UpstreamError>;
 }

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{
-    Applied, ChangedQuery, Page, TxnQuery, Upstream, UpstreamBalance, UpstreamCustomer,
-    UpstreamError, UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
+    Applied, ChangedQuery, Page, StorePoints, TxnQuery, Upstream, UpstreamBalance,
+    UpstreamCustomer, UpstreamError, UpstreamTxn, lenient_i64, lenient_opt_string, lenient_string,
 };
 use crate::secret::Secret;
 
@@ -25,9 +25,11 @@ pub const PAGE_LIMIT: u32 = 1000;
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// `pos.transactions:read` is for the transaction list: read-back evidence and the change feed.
 /// Without it those degrade (a 403 there is [`UpstreamError::MissingScope`]), points still sync.
-const SCOPE: &str = "pos.customers:read pos.customers:write pos.transactions:read";
 const BASE_SCOPE: &str = "pos.customers:read pos.customers:write";
 const TXN_SCOPE: &str = "pos.transactions:read";
+/// `pos.stores:read` is for the store's point conditions (who grants, DESIGN.md §14), asked only
+/// when `agent.smaregi_store_id` is set. Refused, the mode stays as last read.
+const STORES_SCOPE: &str = "pos.stores:read";
 
 #[derive(Clone)]
 pub struct SmaregiSettings {
@@ -42,6 +44,8 @@ pub struct SmaregiSettings {
     pub page_limit: u32,
     /// Named in the User-Agent, so the merchant (and Smaregi) can tell a chain's stores apart.
     pub store_id: String,
+    /// Ask for `pos.stores:read` too (the store's point conditions are read).
+    pub read_stores: bool,
 }
 
 pub struct Smaregi {
@@ -51,6 +55,8 @@ pub struct Smaregi {
     /// Set when the app was refused `pos.transactions:read` (`invalid_scope`): tokens are then
     /// asked without it, and the transaction list is unavailable.
     no_txn_scope: std::sync::atomic::AtomicBool,
+    /// Set when the app was refused `pos.stores:read` (or it is not wanted).
+    no_stores_scope: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +126,20 @@ struct TxnRowJson {
     customer_code: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     upd_date_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    store_id: Option<String>,
+    /// Points a register sale granted and used (strings in the API; absent on some rows;
+    /// anything unreadable counts as 0 rather than failing the page).
+    #[serde(default)]
+    new_point: Option<serde_json::Value>,
+    #[serde(default)]
+    spend_point: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    transaction_date_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    cancel_division: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    return_sales: Option<String>,
 }
 
 /// The transaction list is a JSON array in DESIGN.md §4; a third-party copy of the OpenAPI
@@ -225,11 +245,13 @@ impl Smaregi {
         let http = b
             .build()
             .map_err(|e| UpstreamError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        let read_stores = s.read_stores;
         Ok(Smaregi {
             http,
             s,
             token: Mutex::new(None),
             no_txn_scope: std::sync::atomic::AtomicBool::new(false),
+            no_stores_scope: std::sync::atomic::AtomicBool::new(!read_stores),
         })
     }
 
@@ -252,18 +274,39 @@ impl Smaregi {
         &self,
     ) -> Result<(Secret, Instant, Option<std::time::SystemTime>), UpstreamError> {
         use std::sync::atomic::Ordering;
-        if !self.no_txn_scope.load(Ordering::Relaxed) {
-            match self.fetch_token_with(SCOPE).await {
+        // Optional scopes are dropped one at a time when the app is not granted one
+        // (`invalid_scope`): the one the answer names, else the stores scope first.
+        loop {
+            let txn = !self.no_txn_scope.load(Ordering::Relaxed);
+            let stores = !self.no_stores_scope.load(Ordering::Relaxed);
+            if !txn && !stores {
+                return self.fetch_token_with(BASE_SCOPE).await;
+            }
+            let mut scope = BASE_SCOPE.to_string();
+            for (on, name) in [(txn, TXN_SCOPE), (stores, STORES_SCOPE)] {
+                if on {
+                    scope.push(' ');
+                    scope.push_str(name);
+                }
+            }
+            match self.fetch_token_with(&scope).await {
                 Err(UpstreamError::Auth(m)) if m.contains("invalid_scope") => {
-                    tracing::warn!(
-                        "the Smaregi app is not granted {TXN_SCOPE}: read-backs use balances only; grant it in the developer console"
-                    );
-                    self.no_txn_scope.store(true, Ordering::Relaxed);
+                    let drop_txn = txn && (m.contains(TXN_SCOPE) || !stores);
+                    if drop_txn {
+                        tracing::warn!(
+                            "the Smaregi app is not granted {TXN_SCOPE}: read-backs use balances only; grant it in the developer console"
+                        );
+                        self.no_txn_scope.store(true, Ordering::Relaxed);
+                    } else {
+                        tracing::warn!(
+                            "the Smaregi app is not granted {STORES_SCOPE}: the store's point conditions cannot be read (who grants stays as last read); grant it in the developer console"
+                        );
+                        self.no_stores_scope.store(true, Ordering::Relaxed);
+                    }
                 }
                 other => return other,
             }
         }
-        self.fetch_token_with(BASE_SCOPE).await
     }
 
     async fn fetch_token_with(
@@ -377,6 +420,12 @@ impl Smaregi {
                     detail: error_title(&text),
                 });
             }
+            if status == StatusCode::FORBIDDEN && url.contains("/pos/stores/") {
+                return Err(UpstreamError::MissingScope {
+                    scope: STORES_SCOPE,
+                    detail: error_title(&text),
+                });
+            }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(UpstreamError::Auth(format!(
                     "{status} after a fresh token: {}",
@@ -464,8 +513,54 @@ pub fn parse_transactions(text: &str) -> Result<Vec<UpstreamTxn>, serde_json::Er
             customer_id: r.customer_id,
             customer_code: r.customer_code,
             updated_at: r.upd_date_time,
+            store_id: r.store_id,
+            // Points may come as "12" or "12.0"; whole points either way.
+            new_point: points_of(r.new_point.as_ref()),
+            spend_point: points_of(r.spend_point.as_ref()),
+            transaction_at: r.transaction_date_time,
+            cancelled: r.cancel_division.as_deref() == Some("1"),
+            is_return: r.return_sales.as_deref() == Some("1"),
         })
         .collect())
+}
+
+/// The store object of `GET /pos/stores/{id}` (dozens of fields; only these are used).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreJson {
+    #[serde(deserialize_with = "lenient_string")]
+    store_id: String,
+    #[serde(default)]
+    point_condition: Option<PointConditionJson>,
+}
+
+/// `pointCondition`: `storeId`, `pointUseDivision` (0 使用しない / 1 使用する), `spendRate`,
+/// `pointGivingUnitPrice`, `pointGivingUnit`… *(3P)*; only the division decides who grants.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PointConditionJson {
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    point_use_division: Option<String>,
+}
+
+/// Parses the answer of `GET /pos/stores/{id}?with_point_condition=all`.
+pub fn parse_store_points(text: &str) -> Result<StorePoints, serde_json::Error> {
+    serde_json::from_str::<StoreJson>(text).map(|s| StorePoints {
+        store_id: s.store_id,
+        point_use_division: s.point_condition.and_then(|p| p.point_use_division),
+    })
+}
+
+/// A point figure of the transaction list (a string of a number, or a number; absent or
+/// unreadable: 0).
+fn points_of(v: Option<&serde_json::Value>) -> i64 {
+    let f = match v {
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        _ => None,
+    };
+    f.filter(|f| f.is_finite() && f.abs() < 1e12)
+        .map_or(0, |f| f.trunc() as i64)
 }
 
 fn error_title(body: &str) -> String {
@@ -556,6 +651,35 @@ impl Upstream for Smaregi {
         parse_add_answer(&text, customer_id).map_err(|e| {
             UpstreamError::NoAnswer(format!(
                 "unreadable answer to point/add ({e}); body: {}",
+                excerpt(&text)
+            ))
+        })
+    }
+
+    async fn store_points(&self, store_id: &str) -> Result<Option<StorePoints>, UpstreamError> {
+        if self
+            .no_stores_scope
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(UpstreamError::MissingScope {
+                scope: STORES_SCOPE,
+                detail: "not granted to the app (invalid_scope at the token request)".into(),
+            });
+        }
+        // `GET /pos/stores/{store_id}?with_point_condition=all` (店舗取得): "all" adds the
+        // store's `pointCondition` (third-party copies of the POS API specification:
+        // feedforce/smaregi-platform-api, docs PointCondition.md and GetStoresResponseItem.md;
+        // scope pos.stores:read *(3P)*).
+        let url = self.api_url(&format!("/pos/stores/{}", url_escape(store_id)));
+        let q = [("with_point_condition", "all".to_string())];
+        let text = match self.call(Method::GET, &url, &q, None, false).await {
+            Ok(t) => t,
+            Err(UpstreamError::Status { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        parse_store_points(&text).map(Some).map_err(|e| {
+            UpstreamError::Malformed(format!(
+                "/pos/stores/{store_id}: {e}; body: {}",
                 excerpt(&text)
             ))
         })

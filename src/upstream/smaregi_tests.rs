@@ -43,3 +43,37 @@ fn escapes_path_segments() {
     assert_eq!(url_escape("ab-1"), "ab-1");
     assert_eq!(url_escape("a/b"), "a%2Fb");
 }
+
+#[test]
+fn store_point_conditions_and_register_sale_fields_parse_leniently() {
+    let sp = parse_store_points(
+        r#"{"storeId":"3","storeName":"x","pointCondition":{"storeId":"3","pointUseDivision":"1","spendRate":"1"}}"#,
+    )
+    .unwrap();
+    assert_eq!(sp.register_grants(), Some(true));
+    let sp =
+        parse_store_points(r#"{"storeId":3,"pointCondition":{"pointUseDivision":0}}"#).unwrap();
+    assert_eq!(
+        (sp.store_id.as_str(), sp.register_grants()),
+        ("3", Some(false))
+    );
+    let sp = parse_store_points(r#"{"storeId":"3"}"#).unwrap();
+    assert_eq!(sp.register_grants(), None);
+    let rows = parse_transactions(
+        r#"[{"transactionHeadId":"9","transactionHeadDivision":"1","customerId":"5","storeId":"2",
+            "newPoint":"12","spendPoint":"3.0","transactionDateTime":"2026-12-01T10:00:00+09:00",
+            "cancelDivision":"1","returnSales":"0","updDateTime":"2026-12-03T10:00:00+09:00"},
+           {"transactionHeadId":"10","transactionHeadDivision":"6","customerId":"5","newPoint":"x"}]"#,
+    )
+    .unwrap();
+    assert_eq!((rows[0].new_point, rows[0].spend_point), (12, 3));
+    assert!(rows[0].cancelled && !rows[0].is_return && rows[0].is_register_points());
+    assert_eq!(rows[0].store_id.as_deref(), Some("2"));
+    assert_eq!(
+        rows[0].transaction_at.as_deref(),
+        Some("2026-12-01T10:00:00+09:00")
+    );
+    // A point add is never a register sale, whatever its fields say.
+    assert_eq!(rows[1].new_point, 0);
+    assert!(!rows[1].is_register_points());
+}

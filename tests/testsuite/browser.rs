@@ -168,6 +168,259 @@ async fn sales_and_returns_in_chromium() {
     }
 }
 
+/// A store whose register grants (issue 25): the sale form says so and shows no earn preview,
+/// purchase earns are not offered; after the sale the point slip prints on a 58 or 80 mm
+/// receipt (store, time, member code, before / earned / used / after, confirmed or queued,
+/// the sale id as a Code 128 barcode).
+#[cfg_attr(
+    not(have_browser),
+    ignore = "requires Chromium and chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_grants_and_the_point_slip_in_chromium() {
+    let Some(bins) = browser_binaries() else {
+        return;
+    };
+    let sim = common::start_sim(40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&sim, "store-web-slip");
+    cfg.agent.smaregi_store_id = Some("1".into());
+    let mut d = TestDaemon::start(cfg, dir.path().into(), true).await;
+    d.wait_for(
+        "the store read from Smaregi",
+        Duration::from_secs(15),
+        |s| s["granting"]["source"] == "smaregi",
+    )
+    .await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(&bins.chromedriver);
+    let client = connect(&driver, &bins.chromium, profile.path()).await;
+    let mut b = Browser {
+        c: client,
+        shots: screenshot_dir("slip"),
+        step: 0,
+    };
+    let outcome = slip_scenario(&mut b, &d, &sim).await;
+    if let Err(e) = &outcome {
+        let _ = b.shot("FAILED").await;
+        let page = b
+            .js("return document.body ? document.body.innerText : ''")
+            .await
+            .unwrap_or_default();
+        eprintln!(
+            "page text at failure:\n{}",
+            page.as_str().unwrap_or_default()
+        );
+        eprintln!("failed: {e:#}");
+    }
+    let _ = b.c.close().await;
+    drop(driver);
+    d.stop().await;
+    if let Err(e) = outcome {
+        panic!("browser slip scenario failed: {e:#}");
+    }
+}
+
+async fn slip_scenario(b: &mut Browser, d: &TestDaemon, sim: &SimHandle) -> anyhow::Result<()> {
+    let cust = customer_with_points(sim, 500, 2_000, &[]);
+    let start = cust.point;
+    b.c.goto(&d.url).await?;
+    b.wait(
+        "the sign-in form",
+        "return !document.getElementById('signin').hidden",
+    )
+    .await?;
+    b.watch_errors().await?;
+    b.type_into("token-input", &format!("{REGISTER_TOKEN}{ENTER}"))
+        .await?;
+    b.wait(
+        "the cashier view",
+        "return !document.getElementById('app').hidden",
+    )
+    .await?;
+    b.type_into("lookup-input", &format!("{}{ENTER}", cust.barcode))
+        .await?;
+    b.wait(
+        "the customer card",
+        &format!(
+            "return document.getElementById('customer').dataset.customerId === '{}'",
+            cust.customer_id
+        ),
+    )
+    .await?;
+    b.wait(
+        "the sale form to say the register grants",
+        "return document.getElementById('sale-form').dataset.grantedBy === 'register'",
+    )
+    .await?;
+    let note = b.text("sale-granting").await?;
+    ensure!(note.contains("スマレジのレジが付与"), "{note:?}");
+    ensure!(
+        b.js("return document.getElementById('earn-mode-amount').hidden && document.getElementById('earn-mode-points').checked")
+            .await?
+            == json!(true),
+        "no earn by purchase amount where the register grants"
+    );
+    ensure!(
+        b.text("footer-info").await?.contains("スマレジのレジ"),
+        "the footer says who grants"
+    );
+    b.type_into("sale-amount", "2480").await?;
+    b.type_into("sale-use", "100").await?;
+    b.wait(
+        "the sale's quote",
+        "return document.getElementById('sale-form').dataset.quote === 'ready' && \
+         document.getElementById('sale-pv-used').textContent === '100 pt'",
+    )
+    .await?;
+    ensure!(
+        b.js("return document.getElementById('sale-pv-earned').parentNode.hidden")
+            .await?
+            == json!(true),
+        "no earn preview"
+    );
+    b.shot("register-grants-sale").await?;
+    b.type_into("sale-receipt", "R-SLIP-1").await?;
+    b.c.find(Locator::Id("sale-submit")).await?.click().await?;
+    b.wait_for(
+        "the sale to be confirmed",
+        Duration::from_secs(8),
+        "return document.getElementById('result').dataset.status === 'confirmed' && \
+         document.getElementById('result').dataset.kind === 'sale'",
+    )
+    .await?;
+
+    // The slip: printing is the browser's; the page fills the slip and asks to print.
+    b.js(
+        "window.__printed = 0; window.print = function () { window.__printed += 1; }; return true",
+    )
+    .await?;
+    b.c.find(Locator::Id("slip-print")).await?.click().await?;
+    ensure!(
+        b.js("return window.__printed").await? == json!(1),
+        "print asked once"
+    );
+    let slip = |id: &str| format!("return document.getElementById('{id}').textContent");
+    let text = |v: Value| v.as_str().unwrap_or_default().to_string();
+    ensure!(
+        text(b.js(&slip("slip-member")).await?) == cust.code,
+        "member code"
+    );
+    ensure!(
+        text(b.js(&slip("slip-before")).await?) == format!("{} pt", grouped(start)),
+        "points before"
+    );
+    ensure!(
+        text(b.js(&slip("slip-used")).await?) == "100 pt",
+        "points used"
+    );
+    ensure!(
+        text(b.js(&slip("slip-earned")).await?) == "レジで付与",
+        "earned by the register"
+    );
+    ensure!(
+        text(b.js(&slip("slip-after")).await?) == format!("{} pt", grouped(start - 100)),
+        "points after"
+    );
+    ensure!(
+        text(b.js(&slip("slip-status")).await?).contains("反映済み"),
+        "confirmed"
+    );
+    ensure!(
+        text(b.js(&slip("slip-store")).await?).contains("store-web-slip"),
+        "store"
+    );
+    // The barcode encodes the sale id: start, 8 characters and check (10 × 11 modules) and the
+    // stop (13): 123 modules, 3 bars a symbol and 4 in the stop.
+    let bc = b
+        .js("var s = document.getElementById('slip-barcode'); \
+             return [s.getAttribute('data-value'), s.getAttribute('data-modules'), s.querySelectorAll('rect').length]")
+        .await?;
+    ensure!(bc[0] == "R-SLIP-1" && bc[1] == "123", "barcode {bc}");
+    ensure!(bc[2].as_u64().unwrap_or(0) == 34, "bars {bc}");
+    // What the printer gets: only the slip, 58 mm wide (about 219 CSS px), then 80 mm.
+    b.js("document.documentElement.classList.add('print-preview'); return true")
+        .await?;
+    let width = "return Math.round(document.getElementById('slip').getBoundingClientRect().width)";
+    let w = b.js(width).await?.as_i64().unwrap_or(0);
+    ensure!((215..=224).contains(&w), "58 mm slip is {w} px");
+    ensure!(
+        b.js("return document.getElementById('app').offsetParent === null")
+            .await?
+            == json!(true),
+        "only the slip shows"
+    );
+    b.shot("slip-58mm").await?;
+    b.js("document.documentElement.classList.remove('print-preview'); return true")
+        .await?;
+    b.js("document.getElementById('slip-width').value = '80'; return true")
+        .await?;
+    b.c.find(Locator::Id("slip-print")).await?.click().await?;
+    b.js("document.documentElement.classList.add('print-preview'); return true")
+        .await?;
+    let w = b.js(width).await?.as_i64().unwrap_or(0);
+    ensure!((298..=307).contains(&w), "80 mm slip is {w} px");
+    b.shot("slip-80mm").await?;
+    b.js("document.documentElement.classList.remove('print-preview'); return true")
+        .await?;
+
+    // The return of that sale gives back the 100 points used (the register takes back its own
+    // grant), and its slip says so.
+    b.type_into("return-sale-input", &format!("R-SLIP-1{ENTER}"))
+        .await?;
+    b.wait(
+        "the sale to return",
+        "return document.getElementById('returns').dataset.saleId === 'R-SLIP-1'",
+    )
+    .await?;
+    b.c.find(Locator::Id("return-all")).await?.click().await?;
+    b.wait_for(
+        "the return to be confirmed",
+        Duration::from_secs(8),
+        "return document.getElementById('return-result').dataset.status === 'confirmed'",
+    )
+    .await?;
+    b.c.find(Locator::Id("return-slip-print"))
+        .await?
+        .click()
+        .await?;
+    ensure!(
+        b.js("return window.__printed").await? == json!(3),
+        "print asked"
+    );
+    ensure!(
+        text(b.js(&slip("slip-title")).await?).contains("返品"),
+        "a return slip"
+    );
+    ensure!(
+        text(b.js(&slip("slip-used")).await?) == "−100 pt",
+        "used points given back"
+    );
+    ensure!(
+        text(b.js(&slip("slip-earned")).await?) == "0 pt",
+        "nothing taken back"
+    );
+    ensure!(
+        text(b.js(&slip("slip-after")).await?) == format!("{} pt", grouped(start)),
+        "points after the return"
+    );
+    let rid = b.attr_js("return-result", "returnId").await?;
+    ensure!(
+        b.js("return document.getElementById('slip-barcode').getAttribute('data-value')")
+            .await?
+            == json!(rid),
+        "the return's id as the barcode"
+    );
+    b.js("document.documentElement.classList.add('print-preview'); return true")
+        .await?;
+    b.shot("slip-return").await?;
+    b.js("document.documentElement.classList.remove('print-preview'); return true")
+        .await?;
+    b.check_no_errors().await?;
+    Ok(())
+}
+
 /// A Smapify merchant's customer: the card says when easyPoints expires the points, warns
 /// within 30 days, and says that activity moves the date (JA and EN).
 #[cfg_attr(

@@ -224,6 +224,7 @@ fn example_with_commented_keys() -> toml::Value {
 fn every_key_config() -> Config {
     let mut c = Config::default();
     c.agent.data_dir = Some("/var/lib/pointsd".into());
+    c.agent.smaregi_store_id = Some("1".into());
     c.upstream.proxy = Some("http://proxy.local:3128".into());
     c.upstream.smaregi = Some(SmaregiConfig {
         client_secret_file: Some("/etc/pointsd/client_secret".into()),

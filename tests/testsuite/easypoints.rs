@@ -42,6 +42,7 @@ fn daemon_config(
     sim: &SimHandle,
     port: u16,
     easypoints_extra: &str,
+    api_extra: &str,
 ) -> std::path::PathBuf {
     let rest = format!(
         r#"[[api.tokens]]
@@ -67,7 +68,7 @@ api_base = "{ep}"
         "pointsd.toml",
         "store-ep",
         port,
-        "lookup_refresh_after_s = 0\nlookup_refresh_budget_ms = 2000",
+        api_extra,
         REGISTER_TOKEN,
         &rest,
     )
@@ -81,8 +82,18 @@ struct Agent {
 
 impl Agent {
     async fn start(dir: &Path, sim: &SimHandle, easypoints_extra: &str) -> Agent {
+        let api = "lookup_refresh_after_s = 0\nlookup_refresh_budget_ms = 2000";
+        Agent::start_with(dir, sim, easypoints_extra, api).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        sim: &SimHandle,
+        easypoints_extra: &str,
+        api_extra: &str,
+    ) -> Agent {
         let port = free_port();
-        let cfg = daemon_config(dir, sim, port, easypoints_extra);
+        let cfg = daemon_config(dir, sim, port, easypoints_extra, api_extra);
         let data = dir.join("data");
         let proc = DaemonProcess::start(&cfg, &data, port, "pointsd=debug,info");
         proc.wait_healthy(Duration::from_secs(20)).await;
@@ -528,4 +539,110 @@ fn config_check_names_easypoints_problems_without_showing_the_secret() {
     assert!(!out.status.success());
     assert!(text.contains("easypoints.secret_key"), "{text}");
     assert!(!text.contains("123456789987654321"), "{text}");
+}
+
+/// easyPoints owns the expiry and Smaregi does not know it: once easyPoints says the points
+/// expired, a redeem (or a sale using points) is refused online too — 409 `points_expired`
+/// with the date — and nothing is sent, while Smaregi (Smapify has not carried the expiry
+/// yet) would still have accepted it.
+#[tokio::test(flavor = "multi_thread")]
+async fn points_easypoints_says_expired_are_refused_online_too() {
+    // Smapify carries the expiry to Smaregi only after a minute.
+    let sim = smapify_sim(60_000, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &sim, "").await;
+    let id = customer_with_points(&sim, &[]);
+    let shopify = sim.shopify_id(&id).unwrap();
+    let smaregi_before = sim.balance(&id).unwrap();
+    sim.ep_expire_in(&shopify, 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Online, the look-up reads easyPoints: expired.
+    let (st, v) = a.get(&format!("/v1/customers/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["expired"], true, "{v}");
+    assert_eq!(a.get("/v1/status").await.1["online"], true);
+    let adds = sim.adds().len();
+
+    let (st, v) = a.txn("ep-online-expired", "redeem", &id, 10).await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["code"], "points_expired", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("expired on 20"),
+        "the date: {v}"
+    );
+    let (st, v) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/sales",
+            REGISTER_TOKEN,
+            Some(json!({"sale_id": "ep-sale-1", "customer_id": id, "amount": 3000, "points_used": 10})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("points_expired")),
+        "{v}"
+    );
+    let (st, q) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/sales/quote",
+            REGISTER_TOKEN,
+            Some(json!({"customer_id": id, "amount": 3000})),
+        )
+        .await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(q["max_points_used"], 0, "{q}");
+    // Nothing sent: Smaregi still holds the points, untouched by us.
+    assert_eq!(sim.adds().len(), adds);
+    assert_eq!(sim.balance(&id), Some(smaregi_before));
+    assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}
+
+/// IT runs `pointsd reconcile --ledgers` once: a change of this store that Smapify lost is
+/// listed by that one run once the settle time has passed since the change reached Smaregi,
+/// even though no earlier report saw the difference.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_report_run_after_the_settle_time_lists_a_lost_change() {
+    let sim = smapify_sim(300, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start(dir.path(), &sim, "settle_s = 3").await;
+    let lost = customer_with_points(&sim, &[]);
+    sim.set_ep_faults(EpFaults {
+        lose_next: 1,
+        ..EpFaults::default()
+    });
+    let (st, v) = a.txn("ep-lost-once", "earn", &lost, 100).await;
+    assert_eq!((st, v["status"].as_str()), (201, Some("confirmed")), "{v}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (st, r) = a.report(MANAGER_TOKEN).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["settling"], 0, "{r:#}");
+    let diffs = r["differences"].as_array().unwrap();
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d["customer_id"] == lost.as_str() && d["difference"] == 100),
+        "{r:#}"
+    );
+    assert_no_write_to_easypoints(&sim);
+    sim.shutdown().await;
+}
+
+/// The first online look-up of a Smapify customer after start shows easyPoints' expiry,
+/// within the default look-up budget (the background Smapify check must not take the
+/// easyPoints slot a cashier's look-up needs).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_look_up_after_start_shows_the_expiry() {
+    let sim = smapify_sim(300, 0, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::start_with(dir.path(), &sim, "", "").await;
+    let id = customer_with_points(&sim, &[]);
+    let (st, v) = a.get(&format!("/v1/customers/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["expires_source"], "easypoints", "{v:#}");
+    assert!(v["expires_at"].is_string(), "{v:#}");
+    sim.shutdown().await;
 }

@@ -16,6 +16,7 @@ mod durability;
 mod easypoints;
 mod faults;
 mod fleet;
+mod granting;
 mod lan;
 mod ops;
 mod packaging;

@@ -59,7 +59,17 @@ async fn sim() -> SimHandle {
 async fn doctor_is_all_ok_against_a_working_upstream() {
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &sim.url(), "sim-secret", free_port());
+    // A complete install names its Smaregi store (without it, doctor warns that it cannot
+    // tell who grants points).
+    let cfg = common::write_config(
+        dir.path(),
+        "pointsd.toml",
+        "store-doctor\"\nsmaregi_store_id = \"1",
+        free_port(),
+        "",
+        "doctor-test-token-0123456789",
+        &common::smaregi_upstream(&sim.url(), "sim-secret", 2_000),
+    );
     let o = doctor(&cfg, &dir.path().join("data")).await;
     let out = lines(&o);
     assert!(o.status.success(), "{out}");
@@ -74,6 +84,7 @@ async fn doctor_is_all_ok_against_a_working_upstream() {
         "credentials",
         "clock",
         "change feed",
+        "granting",
         "log dir",
     ] {
         assert!(

@@ -235,6 +235,7 @@ fn sale_rules() -> impl Strategy<Value = SaleRules> {
                 rounding,
                 basis,
                 campaigns: Vec::new(),
+                ..EarnConfig::default()
             },
             spend: SpendConfig::default(),
             tiers: vec![TierConfig {
@@ -242,6 +243,7 @@ fn sale_rules() -> impl Strategy<Value = SaleRules> {
                 min_points: 1000,
                 earn_multiplier: multiplier,
             }],
+            register_grants: false,
         })
 }
 
