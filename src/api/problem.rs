@@ -188,6 +188,14 @@ impl ApiError {
                 "Storage full",
                 "The disk is full, so nothing was saved. Free space in the data dir; retry the same request (same txn_id) afterwards.".into(),
             ),
+            // A bug in a write job (it panicked, or broke its own invariant): 500 like any
+            // other bug; the writer logged the job's kind, and nothing of the job was kept.
+            ApiError::Store(e) if e.is_bug() => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "pointsd hit a bug answering this request. Retry with the same txn_id (a retry is never counted twice), and report it with the log.".into(),
+            ),
             ApiError::Store(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_error",

@@ -32,6 +32,20 @@ pub enum StoreError {
     Batch(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    /// A write job panicked (a bug): it alone failed and was rolled back; the writer goes on.
+    #[error("a write job ({kind}) panicked: {message}")]
+    JobPanicked { kind: &'static str, message: String },
+    /// A job was handed to the writer a second time (a bug; reported, never a crash).
+    #[error("a write job was run twice")]
+    JobRanTwice,
+    /// A group committed without running one of its jobs (a bug; reported, never a crash).
+    #[error("a write job was not run")]
+    JobNotRun,
+    /// A row a job had just written could not be read back in the same transaction.
+    #[error("the {0} row just written could not be read back")]
+    RowMissing(&'static str),
+    #[error("cannot encode a row as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -56,6 +70,18 @@ impl StoreError {
             StoreError::WriterGone => StoreError::WriterGone,
             other => StoreError::Batch(other.to_string()),
         }
+    }
+    /// A bug in pointsd's own code rather than a storage problem: the API answers 500
+    /// `internal` (retrying the same txn_id is safe; nothing of the job was kept).
+    pub fn is_bug(&self) -> bool {
+        matches!(
+            self,
+            StoreError::JobPanicked { .. }
+                | StoreError::JobRanTwice
+                | StoreError::JobNotRun
+                | StoreError::RowMissing(_)
+                | StoreError::Encode(_)
+        )
     }
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full)

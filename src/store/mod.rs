@@ -153,7 +153,12 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // An empty job wakes the writer, which sees the flag after committing its group.
         let _ = self.write(|_| Ok(())).await;
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().expect("store threads"));
+        let threads: Vec<_> = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -167,7 +172,10 @@ impl Store {
     }
 
     pub fn storage_health(&self) -> StorageHealth {
-        self.storage.lock().expect("storage health").clone()
+        self.storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs `f` in the writer's next group commit and returns once that commit is durable.
@@ -226,7 +234,7 @@ impl Store {
             .readers
             .idle
             .lock()
-            .map_err(|_| StoreError::Batch("reader pool poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for c in idle.iter() {
             out.extend(stmt_stats::live_statements(c));
         }

@@ -353,7 +353,7 @@ pub(super) fn accept_in(
             {
                 c.prepare_cached("INSERT INTO customers(customer_id, local_only) VALUES (?1, 1)")?
                     .execute([&new.customer_id])?;
-                customer_by_id(c, &new.customer_id)?.expect("just inserted")
+                customer_by_id(c, &new.customer_id)?.ok_or(StoreError::RowMissing("customer"))?
             } else {
                 return Ok(AcceptOutcome::UnknownCustomer);
             }
@@ -405,6 +405,7 @@ pub(super) fn accept_in(
         ctx.now_ms,
     ])?;
     let txn = txn_by_seq(c, c.last_insert_rowid())?;
-    let customer = customer_by_id(c, &new.customer_id)?.expect("exists");
+    let customer =
+        customer_by_id(c, &new.customer_id)?.ok_or(StoreError::RowMissing("customer"))?;
     Ok(AcceptOutcome::Created { txn, customer })
 }
