@@ -27,6 +27,31 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The Smapify merchant's second ledger, read only (absent: not read at all).
     pub easypoints: Option<EasyPointsConfig>,
+    /// Scheduled backups of the database (DESIGN.md §15).
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: where and how often the daemon copies its database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BackupConfig {
+    /// Another disk, a USB stick or a share. Unset: no scheduled backups (`pointsd backup`
+    /// still works, and `doctor` warns).
+    pub dir: Option<PathBuf>,
+    /// Seconds between scheduled backups.
+    pub interval_s: u64,
+    /// Scheduled backups kept in `dir` (the oldest beyond these are deleted).
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            interval_s: 3600,
+            keep: 48,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -190,6 +190,16 @@ impl Config {
                 "must be at most 30000 (registers should not wait longer)".into(),
             );
         }
+        let b = &self.backup;
+        if b.interval_s < 60 || b.interval_s > 7 * 24 * 3600 {
+            bad(
+                "backup.interval_s",
+                "must be 60..=604800 (a minute to a week)".into(),
+            );
+        }
+        if b.keep == 0 {
+            bad("backup.keep", "must be at least 1".into());
+        }
         if s.concurrency == 0 || s.concurrency > 64 {
             bad("sync.concurrency", "must be 1..=64".into());
         }

@@ -131,6 +131,11 @@ pub(super) fn open_writer(
         },
         other => other,
     })?;
+    // Before the writer takes any job, so before anything can be sent (DESIGN.md §15).
+    backup::settle_restored(
+        &conn,
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+    )?;
     Ok(conn)
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Files: this one (the handle: open, reads, the write entry point, close); `writer.rs` (group
 //! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
-//! `schema.rs` (migrations); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
+//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
 //! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
 //! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `easypoints.rs` (a Smapify
 //! merchant's second ledger: cached reads, what the cross-ledger report needs); `review.rs` (a
@@ -38,6 +38,7 @@ macro_rules! open_rows {
     };
 }
 
+pub mod backup;
 mod cache;
 mod easypoints;
 mod error;
