@@ -286,6 +286,22 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    let backup = Arc::new(crate::store::backup::BackupSchedule::default());
+    if let Some(dir) = settings.config.backup.dir.clone() {
+        let b = &settings.config.backup;
+        tracker.spawn(crate::store::backup::run_schedule(
+            crate::store::backup::ScheduleConfig {
+                db: db_path.clone(),
+                data_dir: data_dir.clone(),
+                dir,
+                interval: Duration::from_secs(b.interval_s),
+                keep: b.keep as usize,
+            },
+            backup.clone(),
+            clock.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let store_for_close = store.clone();
     let telemetry = settings
         .config
@@ -310,6 +326,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         tls: tls.as_ref().map(|t| t.info.clone()),
         data_dir: data_dir.clone(),
         ledgers,
+        backup,
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub started: std::time::Instant,
     /// Customers whose Smaregi and easyPoints balances differ (the last cross-ledger report).
     pub ledger_differences: Gauge,
+    /// Unix seconds of the last good backup (0: none yet), and the configured interval.
+    pub backup_last_success: Gauge,
+    pub backup_interval: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -119,6 +122,18 @@ impl Metrics {
         let online = Gauge::default();
         let writes = Family::<ResultLabels, Counter>::default();
         let storage_ok = Gauge::default();
+        let backup_last_success = Gauge::default();
+        let backup_interval = Gauge::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last verified backup of the database was taken (unix seconds; 0: never)",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_interval_seconds",
+            "[backup] interval_s: how often a backup is due",
+            backup_interval.clone(),
+        );
         let storage_errors = Counter::default();
         let db_commits = Counter::default();
         let db_write_jobs = Counter::default();
@@ -303,6 +318,8 @@ impl Metrics {
             online,
             writes,
             storage_ok,
+            backup_last_success,
+            backup_interval,
             storage_errors,
             db_commits,
             db_write_jobs,

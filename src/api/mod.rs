@@ -98,6 +98,8 @@ pub struct AppState {
     pub tls: Option<tls::CertInfo>,
     /// easyPoints, for a Smapify merchant (`[easypoints]`); read only.
     pub ledgers: Option<Arc<crate::sync::Ledgers>>,
+    /// When the next scheduled backup is due (`[backup] dir`).
+    pub backup: Arc<crate::store::backup::BackupSchedule>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

@@ -49,6 +49,23 @@ pub(super) struct StatusView {
     tls: Option<super::tls::CertInfo>,
     /// A Smapify merchant's easyPoints (null without `[easypoints]`).
     easypoints: Option<EasyPointsStatus>,
+    /// The last backup (scheduled or `pointsd backup`) and the next scheduled one.
+    backup: BackupView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BackupView {
+    /// When the last backup attempt ended, and whether it worked (null: none yet).
+    last_at: Option<String>,
+    last_ok: Option<bool>,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    /// The last good backup: its file, size and when it was taken.
+    path: Option<String>,
+    bytes: Option<u64>,
+    last_success_at: Option<String>,
+    /// The next scheduled backup (null without `[backup] dir`).
+    next_at: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -153,7 +170,22 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         }
         None => None,
     };
+    let data_dir = st.data_dir.clone();
+    let last =
+        tokio::task::spawn_blocking(move || crate::store::backup::LastBackup::load(&data_dir))
+            .await
+            .unwrap_or_default();
+    let backup = BackupView {
+        last_at: last.last_at_ms.map(clock::rfc3339),
+        last_ok: last.last_ok,
+        last_error: last.last_error,
+        path: last.path.map(|p| p.display().to_string()),
+        bytes: last.bytes,
+        last_success_at: last.success_at_ms.map(clock::rfc3339),
+        next_at: st.backup.next_at_ms().map(clock::rfc3339),
+    };
     Ok(Json(StatusView {
+        backup,
         tls: st.tls.clone(),
         easypoints,
         sales: SalesView {
@@ -279,5 +311,15 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     m.feed_oldest_mark_age
         .set(feed.oldest_mark_age_s.unwrap_or(0.0).max(0.0));
     m.feed_marked.set(feed.marked);
+    let data_dir = st.data_dir.clone();
+    let last =
+        tokio::task::spawn_blocking(move || crate::store::backup::LastBackup::load(&data_dir))
+            .await
+            .unwrap_or_default();
+    // 0 until a backup has been made: the alert's age is then "since 1970", i.e. overdue.
+    m.backup_last_success
+        .set(last.success_at_ms.map_or(0, |t| t / 1000));
+    m.backup_interval
+        .set(st.settings.config.backup.interval_s as i64);
     Ok(())
 }

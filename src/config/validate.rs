@@ -191,10 +191,10 @@ impl Config {
             );
         }
         let b = &self.backup;
-        if b.interval_s < 60 || b.interval_s > 7 * 24 * 3600 {
+        if b.interval_s == 0 || b.interval_s > 7 * 24 * 3600 {
             bad(
                 "backup.interval_s",
-                "must be 60..=604800 (a minute to a week)".into(),
+                "must be 1..=604800 (up to a week; 3600 is the default)".into(),
             );
         }
         if b.keep == 0 {

@@ -488,3 +488,97 @@ mod tests {
         assert!(dir.path().join("other.db").exists());
     }
 }
+
+/// The daemon's backup schedule: when the next one is due (unix ms; 0 = no schedule), for
+/// `status`.
+#[derive(Debug, Default)]
+pub struct BackupSchedule {
+    next_at_ms: std::sync::atomic::AtomicI64,
+}
+
+impl BackupSchedule {
+    pub fn next_at_ms(&self) -> Option<i64> {
+        let v = self.next_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (v > 0).then_some(v)
+    }
+    fn set_next(&self, at: i64) {
+        self.next_at_ms
+            .store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What the scheduled backups need.
+pub struct ScheduleConfig {
+    pub db: PathBuf,
+    pub data_dir: PathBuf,
+    pub dir: PathBuf,
+    pub interval: std::time::Duration,
+    pub keep: usize,
+}
+
+/// Backs the database up into `dir` every `interval` (the first one when the last success is
+/// older than that, else when it comes due), keeping the newest `keep`. Each copy runs on the
+/// blocking pool and reads one snapshot: registers' writes go on meanwhile.
+pub async fn run_schedule(
+    cfg: ScheduleConfig,
+    schedule: std::sync::Arc<BackupSchedule>,
+    clock: crate::clock::SharedClock,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let interval_ms = cfg.interval.as_millis() as i64;
+    let last = LastBackup::load(&cfg.data_dir);
+    let now = clock.now_ms();
+    let mut next = last
+        .success_at_ms
+        .map_or(now, |t| (t + interval_ms).clamp(now, now + interval_ms));
+    loop {
+        schedule.set_next(next);
+        let wait = std::time::Duration::from_millis((next - clock.now_ms()).max(0) as u64);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let at = clock.now_ms();
+        let to = cfg.dir.join(scheduled_name(at));
+        let (db, dir, keep) = (cfg.db.clone(), cfg.dir.clone(), cfg.keep);
+        let r = tokio::task::spawn_blocking(move || {
+            let r = backup_to(&db, &to, at);
+            let gone = if r.is_ok() {
+                rotate(&dir, keep)
+            } else {
+                Vec::new()
+            };
+            (r, gone)
+        })
+        .await;
+        let (r, gone) = match r {
+            Ok(x) => x,
+            Err(e) => (
+                Err(BackupError::Write {
+                    path: cfg.dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+                Vec::new(),
+            ),
+        };
+        match &r {
+            Ok(rep) => tracing::info!(
+                path = %rep.path.display(),
+                bytes = rep.bytes,
+                sha256 = %rep.sha256,
+                ms = rep.took_ms,
+                deleted = gone.len(),
+                "scheduled backup made and verified"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                dir = %cfg.dir.display(),
+                "scheduled backup failed; the database has no fresh copy"
+            ),
+        }
+        if let Err(e) = LastBackup::record(&cfg.data_dir, clock.now_ms(), &r) {
+            tracing::warn!(error = %e, "cannot record the last backup in the data dir");
+        }
+        next = clock.now_ms() + interval_ms;
+    }
+}
