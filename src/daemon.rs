@@ -165,6 +165,16 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         }
     };
     let store = Store::open(&db_path)?;
+    // The disk floor: measured now (so a start on a full disk refuses writes at once) and
+    // every second after.
+    let floor = store.disk_floor().clone();
+    floor.set_min_free_mb(settings.config.storage.min_free_mb);
+    match floor.measure(&data_dir) {
+        Ok(s) => {
+            tracing::info!(free_mb = ?s.free_mb, min_free_mb = s.min_free_mb, "free disk space in the data dir")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot measure free disk space in the data dir"),
+    }
 
     let sim = if settings.config.upstream.kind == UpstreamKind::Sim {
         let sc = &settings.config.upstream.sim;
@@ -286,6 +296,12 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    tracker.spawn(crate::store::floor::watch(
+        floor,
+        data_dir.clone(),
+        Duration::from_secs(1),
+        shutdown.child_token(),
+    ));
     let backup = Arc::new(crate::store::backup::BackupSchedule::default());
     if let Some(dir) = settings.config.backup.dir.clone() {
         let b = &settings.config.backup;

@@ -131,6 +131,12 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
     if data_writable {
         out.extend(database_checks(&input.data_dir.join("pointsd.db")));
     }
+    if data_writable {
+        out.push(disk_check(
+            settings.config.storage.min_free_mb,
+            &input.data_dir,
+        ));
+    }
     out.push(backup_check(
         &settings.config.backup,
         &input.data_dir,
@@ -148,6 +154,34 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
     out.extend(easypoints_checks(&settings, &input.data_dir.join("pointsd.db")).await);
     out.push(dir_check("log dir", &input.log_dir));
     out
+}
+
+/// Free space on the data dir's file system against `[storage] min_free_mb`.
+fn disk_check(min_free_mb: u64, data_dir: &Path) -> Check {
+    let floor = crate::store::floor::DiskFloor::new(min_free_mb);
+    match floor.measure(data_dir) {
+        Ok(s) if s.below_floor => Check::warn(
+            "disk",
+            format!(
+                "{} MB free in {}, below [storage] min_free_mb = {min_free_mb}: registers' writes are refused (507)",
+                s.free_mb.unwrap_or(0),
+                data_dir.display()
+            ),
+            "free space on that disk (writes resume by themselves), or move the data dir to a larger disk",
+        ),
+        Ok(s) => Check::ok(
+            "disk",
+            format!(
+                "{} MB free in the data dir (floor {min_free_mb} MB)",
+                s.free_mb.unwrap_or(0)
+            ),
+        ),
+        Err(e) => Check::warn(
+            "disk",
+            format!("cannot measure free space in {}: {e}", data_dir.display()),
+            "check that the data dir exists and is readable",
+        ),
+    }
 }
 
 /// The last backup (`last-backup.json` in the data dir): none while a database exists, or

@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Unix seconds of the last good backup (0: none yet), and the configured interval.
     pub backup_last_success: Gauge,
     pub backup_interval: Gauge,
+    /// 1 while new writes are refused for lack of disk space; the free bytes last measured.
+    pub storage_below_floor: Gauge,
+    pub storage_free_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +127,18 @@ impl Metrics {
         let storage_ok = Gauge::default();
         let backup_last_success = Gauge::default();
         let backup_interval = Gauge::default();
+        let storage_below_floor = Gauge::default();
+        let storage_free_bytes = Gauge::default();
+        registry.register(
+            "storage_below_floor",
+            "1 while free space in the data dir is below [storage] min_free_mb: new writes get 507",
+            storage_below_floor.clone(),
+        );
+        registry.register(
+            "storage_free_bytes",
+            "Free space on the data dir's file system at the last check (-1: not measured)",
+            storage_free_bytes.clone(),
+        );
         registry.register(
             "backup_last_success_timestamp_seconds",
             "When the last verified backup of the database was taken (unix seconds; 0: never)",
@@ -320,6 +335,8 @@ impl Metrics {
             storage_ok,
             backup_last_success,
             backup_interval,
+            storage_below_floor,
+            storage_free_bytes,
             storage_errors,
             db_commits,
             db_write_jobs,

@@ -389,3 +389,59 @@ async fn backups_under_load_are_consistent_and_scheduled_ones_rotate() {
     assert!((now - ts).abs() < 30.0, "{ts} vs {now}");
     Arc::into_inner(d).expect("one handle").stop().await;
 }
+
+/// The disk floor on a small tmpfs: below `min_free_mb` writes get 507 `insufficient_storage`
+/// while SQLite still has room (storage stays ok: no ENOSPC was ever met), look-ups work,
+/// status and /metrics say so; once space is freed, writes resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_floor_writes_get_507_and_resume_by_themselves() {
+    use common::*;
+    let test = "below_the_disk_floor_writes_get_507_and_resume_by_themselves";
+    let Some(fs) = Tmpfs::mount(test, "24m") else {
+        return;
+    };
+    let sim = start_sim(5).await;
+    let mut config = test_config(&sim, "store-floor");
+    config.storage.min_free_mb = 8;
+    let data = fs.path().join("data");
+    let mut d = TestDaemon::start(config, data.clone(), true).await;
+    let (s, v) = d.earn("floor-1", "1", 5).await;
+    assert!(s == 201 || s == 202, "{s} {v}");
+
+    // 4 MB left: below the 8 MB floor, well above a full disk.
+    let filler = Filler::leave(fs.path().join("filler"), 4 * 1024 * 1024);
+    d.wait_for("below the floor", std::time::Duration::from_secs(10), |s| {
+        s["storage"]["below_floor"] == true
+    })
+    .await;
+    let (s, v) = d.earn("floor-2", "1", 5).await;
+    assert_eq!(s, 507, "{v}");
+    assert_eq!(v["code"], "insufficient_storage", "{v}");
+    // Nothing of it was saved; look-ups and what was acknowledged are untouched.
+    let (s, _) = d.get("/v1/transactions/floor-2").await;
+    assert_eq!(s, 404);
+    let (s, v) = d.get("/v1/transactions/floor-1").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = d.get("/v1/customers/1").await;
+    assert_eq!(s, 200, "{v}");
+    let st = d.status().await;
+    assert_eq!(
+        st["storage"]["ok"], true,
+        "the floor came before ENOSPC: {st}"
+    );
+    assert!(st["storage"]["free_mb"].as_u64().unwrap() < 8, "{st}");
+    let m = d.metrics_text().await;
+    assert_eq!(metric(&m, "pointsd_storage_below_floor", None), Some(1.0));
+
+    // Space returns: writes resume without a restart.
+    drop(filler);
+    d.wait_for("above the floor", std::time::Duration::from_secs(10), |s| {
+        s["storage"]["below_floor"] == false
+    })
+    .await;
+    let (s, v) = d.earn("floor-2", "1", 5).await;
+    assert!(s == 201 || s == 202, "{s} {v}");
+    let m = d.metrics_text().await;
+    assert_eq!(metric(&m, "pointsd_storage_below_floor", None), Some(0.0));
+    d.stop().await;
+}

@@ -99,6 +99,12 @@ pub(super) struct StorageView {
     last_error: Option<String>,
     last_error_at: Option<String>,
     errors: u64,
+    /// Free space on the data dir's file system at the last check (every second).
+    free_mb: Option<u64>,
+    /// `[storage] min_free_mb`; 0: no floor.
+    min_free_mb: u64,
+    /// True while new writes are refused (507 `insufficient_storage`) for lack of space.
+    below_floor: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -156,6 +162,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let h = st.health.snapshot();
     let now = st.clock.now_ms();
     let storage = st.store.storage_health();
+    let floor = st.store.disk_floor().status();
     let feed = st.sync.feed_status().await;
     let budget = st.sync.budget_snapshot();
     let ss = st.store.sales_stats().await?;
@@ -206,6 +213,9 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
             last_error: storage.last_error,
             last_error_at: storage.last_error_at.map(clock::rfc3339),
             errors: storage.errors,
+            free_mb: floor.free_mb,
+            min_free_mb: floor.min_free_mb,
+            below_floor: floor.below_floor,
         },
         reconcile,
         online: h.online && !h.auth_failed,
@@ -290,6 +300,13 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     m.auth_failed.set(st.health.snapshot().auth_failed as i64);
     let storage = st.store.storage_health();
     m.storage_ok.set(storage.ok as i64);
+    let floor = st.store.disk_floor().status();
+    m.storage_below_floor.set(floor.below_floor as i64);
+    m.storage_free_bytes.set(
+        floor
+            .free_bytes
+            .map_or(-1, |b| b.min(i64::MAX as u64) as i64),
+    );
     // The store keeps running totals; the counters catch up to them.
     Metrics::catch_up(&m.storage_errors, storage.errors);
     Metrics::catch_up(&m.db_commits, storage.commits);

@@ -35,7 +35,8 @@ pub use perms::file_mode_warnings;
 pub(crate) use perms::group_id;
 pub use sections::{
     AgentConfig, ApiConfig, BackupConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role,
-    SimConfig, SmaregiConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig, UpstreamKind,
+    SimConfig, SmaregiConfig, StorageConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig,
+    UpstreamKind,
 };
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use strength::{MIN_TOKEN_BITS, token_weakness};

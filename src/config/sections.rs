@@ -29,6 +29,23 @@ pub struct Config {
     pub easypoints: Option<EasyPointsConfig>,
     /// Scheduled backups of the database (DESIGN.md §15).
     pub backup: BackupConfig,
+    /// The disk floor.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the free space kept in reserve on the data dir's file system.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Below this many MB free, new writes are refused (507) before SQLite meets a full
+    /// disk; they resume by themselves. 0 turns the floor off.
+    pub min_free_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { min_free_mb: 256 }
+    }
 }
 
 /// `[backup]`: where and how often the daemon copies its database.

@@ -46,6 +46,11 @@ pub enum StoreError {
     RowMissing(&'static str),
     #[error("cannot encode a row as JSON: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The data dir's file system has less free space than `[storage] min_free_mb`.
+    #[error(
+        "the data dir has {free_mb} MB free, below the floor of {min_mb} MB ([storage] min_free_mb): the transaction was not saved. Free disk space; writes resume by themselves"
+    )]
+    BelowFloor { free_mb: u64, min_mb: u64 },
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -9,7 +9,7 @@
 //!
 //! Files: this one (the handle: open, reads, the write entry point, close); `writer.rs` (group
 //! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
-//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
+//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `floor.rs` (the disk floor); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
 //! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
 //! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `easypoints.rs` (a Smapify
 //! merchant's second ledger: cached reads, what the cross-ledger report needs); `review.rs` (a
@@ -44,6 +44,7 @@ mod easypoints;
 mod error;
 mod feed;
 mod file;
+pub mod floor;
 pub mod inspect;
 mod outbox;
 mod queries;
@@ -100,6 +101,8 @@ pub struct Store {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Counts statement compilations when opened with [`Store::open_counting_prepares`].
     prepares: Option<Arc<PrepareCounter>>,
+    /// Free space against `[storage] min_free_mb` (off until the daemon sets it).
+    floor: Arc<floor::DiskFloor>,
 }
 
 impl Store {
@@ -142,6 +145,7 @@ impl Store {
             }),
             prepares,
             path: Arc::new(path.to_path_buf()),
+            floor: Arc::new(floor::DiskFloor::new(0)),
         })
     }
 
@@ -170,6 +174,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The disk floor new register writes are admitted against.
+    pub fn disk_floor(&self) -> &Arc<floor::DiskFloor> {
+        &self.floor
     }
 
     pub fn storage_health(&self) -> StorageHealth {

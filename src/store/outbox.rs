@@ -50,6 +50,7 @@ pub enum AcceptOutcome {
 impl Store {
     /// The accept rule, atomically: idempotency check, customer check, redeem policy, insert.
     pub async fn accept(&self, new: NewTxn, ctx: AcceptCtx) -> Result<AcceptOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_in(c, &new, &ctx)).await
     }
 

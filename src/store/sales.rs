@@ -488,6 +488,7 @@ impl Store {
     /// The sale rule, atomically: idempotency, customer, spend and balance checks, one outbox
     /// row for the net delta, the sale's row.
     pub async fn accept_sale(&self, new: NewSale, ctx: SaleCtx) -> Result<SaleOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_sale_in(c, &new, &ctx)).await
     }
 
@@ -498,6 +499,7 @@ impl Store {
         new: NewReturn,
         ctx: SaleCtx,
     ) -> Result<ReturnOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_return_in(c, &new, &ctx)).await
     }
 
