@@ -302,6 +302,18 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         Duration::from_secs(1),
         shutdown.child_token(),
     ));
+    let keep_days = settings.config.retention.keep_days;
+    if keep_days > 0 {
+        // Off the hot path: a minute after start and hourly after, in batches of a few ms.
+        tracker.spawn(crate::store::run_retention_schedule(
+            store.clone(),
+            keep_days,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            clock.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let backup = Arc::new(crate::store::backup::BackupSchedule::default());
     if let Some(dir) = settings.config.backup.dir.clone() {
         let b = &settings.config.backup;

@@ -445,3 +445,203 @@ async fn below_the_disk_floor_writes_get_507_and_resume_by_themselves() {
     assert_eq!(metric(&m, "pointsd_storage_below_floor", None), Some(0.0));
     d.stop().await;
 }
+
+/// Retention under a write load: 1,500 applied transactions older than keep_days go in small
+/// batches while registers keep earning (every earn acknowledged and kept); recent, open and
+/// in-review rows stay; an old sale goes with its return and their transactions, an old sale
+/// with a recent return stays; the queue counts stay true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_closed_history_in_batches_under_a_write_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("pointsd.db")).unwrap();
+    store
+        .upsert_balances(
+            vec![UpstreamBalance {
+                customer_id: "c1".into(),
+                point: 100,
+                expires_at: None,
+                updated_at: Some("u0".into()),
+            }],
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+    let day = 86_400_000i64;
+    let now = 1_000 * day;
+    let old = now - 500 * day;
+    let cutoff = now - 400 * day;
+    let mut ids = Vec::new();
+    for i in 0..2_000 {
+        ids.push(format!("h{i:05}"));
+    }
+    for extra in ["sale:S-old", "return:R-old", "sale:S-kept", "return:R-kept"] {
+        ids.push(extra.to_string());
+    }
+    for id in &ids {
+        store.accept(earn(id, 1), ctx()).await.unwrap();
+    }
+    for i in 0..30 {
+        store
+            .accept(earn(&format!("open{i:02}"), 1), ctx())
+            .await
+            .unwrap();
+    }
+    // History: 1,500 applied long ago, 499 applied recently, one old in review, 30 old still
+    // open; two old sales (one returned long ago, one returned recently).
+    store
+        .write(move |c| {
+            c.execute_batch(&format!(
+                "UPDATE txns SET state = 'applied', created_at = {old}, updated_at = {old} WHERE txn_id < 'h01500';
+                 UPDATE txns SET state = 'applied', created_at = {now}, updated_at = {now} WHERE txn_id >= 'h01500' AND txn_id < 'h01999';
+                 UPDATE txns SET state = 'needs_review', created_at = {old}, updated_at = {old} WHERE txn_id = 'h01999';
+                 UPDATE txns SET created_at = {old}, updated_at = {old} WHERE txn_id LIKE 'open%';
+                 UPDATE txns SET state = 'applied', created_at = {old}, updated_at = {old} WHERE txn_id LIKE 'sale:%' OR txn_id = 'return:R-old';
+                 UPDATE txns SET state = 'applied', created_at = {now}, updated_at = {now} WHERE txn_id = 'return:R-kept';
+                 INSERT INTO sales(sale_id, request, customer_id, amount, points_used, points_earned, net_delta, applied_rules, txn_id, token_name, created_at)
+                   VALUES ('S-old', '{{}}', 'c1', 1000, 0, 10, 10, '[]', 'sale:S-old', 't', {old}),
+                          ('S-kept', '{{}}', 'c1', 1000, 0, 10, 10, '[]', 'sale:S-kept', 't', {old});
+                 INSERT INTO returns(return_id, request, sale_id, amount, points_taken_back, points_given_back, net_delta, txn_id, token_name, created_at)
+                   VALUES ('R-old', '{{}}', 'S-old', 1000, 10, 0, -10, 'return:R-old', 't', {old}),
+                          ('R-kept', '{{}}', 'S-kept', 1000, 10, 0, -10, 'return:R-kept', 't', {now});"
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    // Registers keep earning while retention runs; each earn's latency is recorded.
+    let load = {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let mut worst = std::time::Duration::ZERO;
+            for i in 0..300 {
+                let t0 = std::time::Instant::now();
+                let r = s
+                    .accept(earn(&format!("load{i:03}"), 1), ctx())
+                    .await
+                    .unwrap();
+                assert!(matches!(r, AcceptOutcome::Created { .. }), "{r:?}");
+                worst = worst.max(t0.elapsed());
+            }
+            worst
+        })
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let t0 = std::time::Instant::now();
+    let run = store
+        .run_retention(cutoff, std::time::Duration::from_millis(1), &stop)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let worst = load.await.unwrap();
+    eprintln!("retention: {run:?} in {took:?}; worst earn latency meanwhile {worst:?}");
+    assert_eq!((run.txns, run.sales, run.returns), (1_502, 1, 1), "{run:?}");
+    assert!(run.batches >= 4, "small batches: {run:?}");
+
+    let count = |sql: &'static str| {
+        let s = store.clone();
+        async move {
+            s.read(move |c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM txns WHERE txn_id < 'h01500'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM txns WHERE txn_id >= 'h01500' AND txn_id LIKE 'h%'").await,
+        500
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM txns WHERE txn_id LIKE 'open%'").await,
+        30
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM txns WHERE txn_id LIKE 'load%'").await,
+        300
+    );
+    assert_eq!(count("SELECT count(*) FROM sales").await, 1);
+    assert_eq!(count("SELECT count(*) FROM returns").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM txns WHERE txn_id LIKE 'sale:%' OR txn_id LIKE 'return:%'")
+            .await,
+        2
+    );
+    // The queue counts (kept by triggers) agree with the rows.
+    let q = store.queue_stats().await.unwrap();
+    assert_eq!(
+        q.applied,
+        count("SELECT count(*) FROM txns WHERE state = 'applied'").await
+    );
+    assert_eq!(
+        q.pending,
+        count("SELECT count(*) FROM txns WHERE state = 'pending'").await
+    );
+    assert_eq!(q.needs_review, 1);
+    store.close().await;
+}
+
+/// `pointsd export` on the real binary: every transaction created in the range, as JSON lines
+/// or CSV; nothing outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_the_history_of_a_date_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("pointsd.db")).unwrap();
+    store
+        .upsert_balances(
+            vec![UpstreamBalance {
+                customer_id: "c1".into(),
+                point: 100,
+                expires_at: None,
+                updated_at: Some("u0".into()),
+            }],
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let mut t = earn(&format!("x{i}"), 3);
+        t.reason = Some("=cmd, \"quoted\"".into());
+        store.accept(t, ctx()).await.unwrap();
+    }
+    // ctx() stamps 1970-01-01T00:00:01Z: 09:00:01 on 1970-01-01 in Tokyo.
+    store.close().await;
+    let data = dir.path().as_os_str();
+    let run = |from: &str, to: &str, format: &str| {
+        let (ok, out) = pointsd(&[
+            os("export"),
+            os("--config"),
+            os("/nonexistent/pointsd.toml"),
+            os("--data-dir"),
+            data,
+            os("--from"),
+            os(from),
+            os("--to"),
+            os(to),
+            os("--format"),
+            os(format),
+        ]);
+        assert!(ok, "{out}");
+        out
+    };
+    let jsonl = run("1970-01-01", "1970-01-01", "jsonl");
+    let rows: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5, "{jsonl}");
+    assert_eq!(rows[0]["record"], "txn");
+    assert_eq!(rows[0]["id"], "x0");
+    assert_eq!(rows[0]["delta"], 3);
+    assert_eq!(rows[0]["state"], "pending");
+    let csv = run("1970-01-01", "1970-01-01", "csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 6, "{csv}");
+    assert!(lines[0].starts_with("record,id,customer_id"), "{csv}");
+    assert!(lines[1].contains("\"'=cmd, \"\"quoted\"\"\""), "{csv}");
+    assert_eq!(run("1970-01-02", "1970-12-31", "jsonl").lines().count(), 0);
+}

@@ -219,6 +219,25 @@ pub enum Cmd {
         #[arg(long, env = "POINTSD_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Write the history (transactions, sales, returns) created between two dates, for audit
+    /// before retention deletes it (safe while the daemon runs).
+    Export {
+        /// First day, `YYYY-MM-DD` in the store's time zone (agent.timezone).
+        #[arg(long)]
+        from: String,
+        /// Last day, `YYYY-MM-DD`, included.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// List transactions in the outbox (sales and returns with their split).
     #[command(visible_alias = "transactions")]
     Queue {

@@ -1,5 +1,5 @@
-//! The commands that work on the database file itself: `backup` (safe while the daemon runs)
-//! and `restore` (the daemon stopped). Both find the database like every command does
+//! The commands that work on the database file itself: `backup` and `export` (safe while the
+//! daemon runs) and `restore` (the daemon stopped). Both find the database like every command does
 //! (`--data-dir`, else the config's `agent.data_dir`, else the default).
 
 use std::path::{Path, PathBuf};
@@ -123,4 +123,72 @@ fn refuse_if_db_locked(db: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let _ = db;
     Ok(())
+}
+
+/// `pointsd export`'s flags.
+pub(super) struct ExportArgs {
+    pub from: String,
+    pub to: String,
+    pub format: String,
+    pub out: Option<PathBuf>,
+    pub cfg: ConfigArgs,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Midnight starting `date` (`YYYY-MM-DD`) in a zone `offset_s` east of UTC, as unix ms.
+fn day_start_ms(date: &str, offset_s: i32) -> Result<i64> {
+    let d = time::Date::parse(
+        date,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .with_context(|| format!("{date:?} is not a date (YYYY-MM-DD)"))?;
+    let utc = d.midnight().assume_utc().unix_timestamp() - i64::from(offset_s);
+    Ok(utc * 1000)
+}
+
+/// `pointsd export --from DATE --to DATE [--format jsonl|csv] [--out FILE]`.
+pub(super) fn export(a: ExportArgs) -> Result<ExitCode> {
+    let (paths, config) = locate(&a.cfg, a.data_dir);
+    let tz = config
+        .as_ref()
+        .map(|c| c.agent.timezone.clone())
+        .unwrap_or_else(|| "Asia/Tokyo".into());
+    let offset = crate::ledger::parse_timezone(&tz)
+        .with_context(|| format!("agent.timezone {tz:?} is not a known zone"))?;
+    let from = day_start_ms(&a.from, offset)?;
+    let to = day_start_ms(&a.to, offset)? + 86_400_000;
+    if to <= from {
+        bail!("--to {} is before --from {}", a.to, a.from);
+    }
+    let db = paths.data.join("pointsd.db");
+    if !db.exists() {
+        bail!(
+            "there is no database at {}: check --data-dir / --config",
+            db.display()
+        );
+    }
+    let format = if a.format == "csv" {
+        crate::store::export::ExportFormat::Csv
+    } else {
+        crate::store::export::ExportFormat::Jsonl
+    };
+    match &a.out {
+        Some(p) => {
+            let f = std::fs::File::create(p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            let n = crate::store::export::export_history(&db, from, to, format, &mut w)?;
+            w.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("{n} record(s) written to {}", p.display());
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            crate::store::export::export_history(&db, from, to, format, &mut w)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

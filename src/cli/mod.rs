@@ -8,7 +8,7 @@
 //!   (`status`, `balance`, `earn`, `redeem`, `sale`, `return`, `sales show`, `queue`, ...).
 //! - [`client`]: the HTTP client those commands use, and how their answers are rendered.
 //! - [`tokens`]: `token add|list|revoke` (the data dir's `tokens.json`).
-//! - [`data`]: `backup` and `restore` (the database file itself).
+//! - [`data`]: `backup`, `restore` and `export` (the database file itself).
 //! - [`admin`]: `config check`, `doctor`, `service ...` (with `uninstall --purge`).
 
 mod admin;
@@ -181,6 +181,26 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
         Cmd::Backup { to, cfg, data_dir } => {
             tokio::task::spawn_blocking(move || data::backup(cfg, data_dir, to)).await?
+        }
+        Cmd::Export {
+            from,
+            to,
+            format,
+            out,
+            cfg,
+            data_dir,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                data::export(data::ExportArgs {
+                    from,
+                    to,
+                    format,
+                    out,
+                    cfg,
+                    data_dir,
+                })
+            })
+            .await?
         }
         Cmd::Restore {
             file,

@@ -34,9 +34,9 @@ pub use perms::file_mode_warnings;
 #[cfg(unix)]
 pub(crate) use perms::group_id;
 pub use sections::{
-    AgentConfig, ApiConfig, BackupConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role,
-    SimConfig, SmaregiConfig, StorageConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig,
-    UpstreamKind,
+    AgentConfig, ApiConfig, BackupConfig, CheckDigit, Config, EasyPointsConfig, LogConfig,
+    RetentionConfig, Role, SimConfig, SmaregiConfig, StorageConfig, SyncConfig, TlsConfig,
+    TokenConfig, UpstreamConfig, UpstreamKind,
 };
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use strength::{MIN_TOKEN_BITS, token_weakness};

@@ -31,6 +31,23 @@ pub struct Config {
     pub backup: BackupConfig,
     /// The disk floor.
     pub storage: StorageConfig,
+    /// How long closed history is kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: closed transactions, sales and returns older than this are deleted.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Days closed history is kept (export it first with `pointsd export`); must be longer
+    /// than the store's return period. 0 keeps everything.
+    pub keep_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep_days: 400 }
+    }
 }
 
 /// `[storage]`: the free space kept in reserve on the data dir's file system.

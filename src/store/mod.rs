@@ -9,7 +9,7 @@
 //!
 //! Files: this one (the handle: open, reads, the write entry point, close); `writer.rs` (group
 //! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
-//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `floor.rs` (the disk floor); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
+//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `floor.rs` (the disk floor); `retention.rs` (deleting old closed history in small batches); `export.rs` (`pointsd export`); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
 //! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
 //! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `easypoints.rs` (a Smapify
 //! merchant's second ledger: cached reads, what the cross-ledger report needs); `review.rs` (a
@@ -42,6 +42,7 @@ pub mod backup;
 mod cache;
 mod easypoints;
 mod error;
+pub mod export;
 mod feed;
 mod file;
 pub mod floor;
@@ -50,6 +51,7 @@ mod outbox;
 mod queries;
 #[cfg(test)]
 mod reprepare_tests;
+mod retention;
 mod returns;
 mod review;
 mod rows;
@@ -67,6 +69,7 @@ pub use feed::SeenChange;
 use file::*;
 pub use outbox::*;
 pub use queries::*;
+pub use retention::{RETENTION_BATCH, RetentionRun, run_schedule as run_retention_schedule};
 pub use review::*;
 pub use rows::*;
 pub use sales::{
