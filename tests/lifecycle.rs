@@ -645,3 +645,78 @@ async fn export_writes_the_history_of_a_date_range() {
     assert!(lines[1].contains("\"'=cmd, \"\"quoted\"\"\""), "{csv}");
     assert_eq!(run("1970-01-02", "1970-12-31", "jsonl").lines().count(), 0);
 }
+
+/// Measurement (ignored by default; `cargo test --test lifecycle -- --ignored --nocapture
+/// backup_beside`): earn latency with and without a backup of a 200,000-transaction database
+/// running beside it. The backup reads one snapshot on its own connection; the writer does not
+/// wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (builds a 200,000-row database); run it by name"]
+async fn backup_beside_a_stream_of_earns_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pointsd.db");
+    let store = Store::open(&db).unwrap();
+    store
+        .upsert_balances(
+            vec![UpstreamBalance {
+                customer_id: "c1".into(),
+                point: 100,
+                expires_at: None,
+                updated_at: Some("u0".into()),
+            }],
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+    store.accept(earn("seed", 1), ctx()).await.unwrap();
+    store
+        .write(|c| {
+            c.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+                 INSERT INTO txns(txn_id, request, customer_id, kind, delta, points, token_name,
+                   created_at, state, next_attempt_at, updated_at)
+                 SELECT 'bulk' || i, '{\"reason\":\"a request body of some length, as registers send\"}',
+                   'c1', 'earn', 1, 1, 'register-1', 1000, 'applied', 1000, 1000 FROM n;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let bytes = std::fs::metadata(&db).unwrap().len()
+        + std::fs::metadata(dir.path().join("pointsd.db-wal")).map_or(0, |m| m.len());
+    let earns = |s: Store, tag: &'static str, n: usize| async move {
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let t0 = std::time::Instant::now();
+            s.accept(earn(&format!("{tag}{i}"), 1), ctx())
+                .await
+                .unwrap();
+            lat.push(t0.elapsed());
+        }
+        lat.sort();
+        (
+            lat[lat.len() / 2],
+            lat[lat.len() * 99 / 100],
+            lat[lat.len() - 1],
+        )
+    };
+    let base = earns(store.clone(), "base", 300).await;
+    let to = std::env::var_os("BACKUP_TO")
+        .map_or_else(|| dir.path().join("copy.db"), std::path::PathBuf::from);
+    let db2 = db.clone();
+    let backup = tokio::task::spawn_blocking(move || {
+        pointsd::store::backup::backup_to(&db2, &to, 0).unwrap()
+    });
+    let during = earns(store.clone(), "during", 300).await;
+    let rep = backup.await.unwrap();
+    eprintln!(
+        "database {} MB; backup {} MB in {} ms; earn latency p50/p99/max without a backup {:?}, with one running {:?}",
+        bytes / 1_000_000,
+        rep.bytes / 1_000_000,
+        rep.took_ms,
+        base,
+        during
+    );
+    store.close().await;
+}
