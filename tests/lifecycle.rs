@@ -720,3 +720,109 @@ async fn backup_beside_a_stream_of_earns_measurement() {
     );
     store.close().await;
 }
+
+/// Measurement (ignored by default; `cargo test --release --test lifecycle -- --ignored
+/// --nocapture a_million`): earn and look-up latency on an empty history and beside 1,000,000
+/// closed transactions, and the database file's size across retention runs (it stops growing:
+/// SQLite reuses the pages retention frees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (builds a 1,000,000-row database); run it by name"]
+async fn a_million_closed_transactions_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pointsd.db");
+    let store = Store::open(&db).unwrap();
+    store
+        .upsert_balances(
+            ["c1", "c2"]
+                .map(|c| UpstreamBalance {
+                    customer_id: c.into(),
+                    point: 100,
+                    expires_at: None,
+                    updated_at: Some("u0".into()),
+                })
+                .to_vec(),
+            0,
+            1,
+        )
+        .await
+        .unwrap();
+    let measure = |s: Store, tag: String| async move {
+        let mut earn_lat = Vec::new();
+        let mut look_lat = Vec::new();
+        for i in 0..400 {
+            let t0 = std::time::Instant::now();
+            s.accept(earn(&format!("{tag}{i}"), 1), ctx())
+                .await
+                .unwrap();
+            earn_lat.push(t0.elapsed());
+            let t0 = std::time::Instant::now();
+            // c2: the customer the closed history belongs to (c1's open earns would add to
+            // its look-up's open-rows sum whatever the history).
+            assert!(s.customer("c2").await.unwrap().is_some());
+            look_lat.push(t0.elapsed());
+        }
+        earn_lat.sort();
+        look_lat.sort();
+        (earn_lat[200], look_lat[200])
+    };
+    store.checkpoint().await.unwrap();
+    let empty = measure(store.clone(), "empty".into()).await;
+    let old_rows = |from: i64, n: i64| {
+        let s = store.clone();
+        async move {
+            s.write(move |c| {
+                c.execute_batch(&format!(
+                    "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {from} + {n} - 1)
+                     INSERT INTO txns(txn_id, request, customer_id, kind, delta, points, token_name,
+                       created_at, state, next_attempt_at, updated_at)
+                     SELECT 'old' || i, '{{\"reason\":\"a request body of some length\"}}',
+                       'c2', 'earn', 1, 1, 'register-1', 1000, 'applied', 1000, 1000 FROM n;"
+                ))?;
+                Ok(())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for k in 0..10 {
+        old_rows(k * 100_000, 100_000).await;
+    }
+    // Measured once the bulk load's WAL is folded in (not beside a 200 MB checkpoint).
+    store.checkpoint().await.unwrap();
+    let full = measure(store.clone(), "full".into()).await;
+    let size = || {
+        std::fs::metadata(&db).unwrap().len()
+            + std::fs::metadata(dir.path().join("pointsd.db-wal")).map_or(0, |m| m.len())
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let t0 = std::time::Instant::now();
+    let cutoff = 2_000;
+    let r1 = store
+        .run_retention(cutoff, std::time::Duration::from_millis(1), &stop)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let after_first = size();
+    let mut sizes = Vec::new();
+    for round in 0..3 {
+        old_rows(2_000_000 + round * 300_000, 300_000).await;
+        store
+            .run_retention(cutoff, std::time::Duration::from_millis(1), &stop)
+            .await
+            .unwrap();
+        sizes.push(size());
+    }
+    eprintln!(
+        "median earn / look-up: empty history {:?} / {:?}; beside 1,000,000 closed {:?} / {:?}",
+        empty.0, empty.1, full.0, full.1
+    );
+    eprintln!(
+        "retention deleted {} rows in {} batches, {took:?}; file {} MB after it, then {:?} MB after 3 rounds of 300,000 more old rows and retention",
+        r1.txns,
+        r1.batches,
+        after_first / 1_000_000,
+        sizes.iter().map(|s| s / 1_000_000).collect::<Vec<_>>()
+    );
+    assert_eq!(r1.txns, 1_000_000);
+    store.close().await;
+}
