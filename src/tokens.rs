@@ -197,13 +197,19 @@ impl TokenSet {
     }
 
     pub fn current(&self) -> Arc<Vec<ApiToken>> {
-        self.current.read().expect("token set lock").clone()
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn apply(&self, file: &TokenFile) -> usize {
         let next = Arc::new(file.effective(&self.config));
         let n = next.len();
-        *self.current.write().expect("token set lock") = next;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         n
     }
 

@@ -58,7 +58,12 @@ pub(super) async fn auth(State(st): State<AppRef>, mut req: Request, next: Next)
             st.throttle.failed(client, now);
             // The first refusal is logged, then one line a minute with the count: a flood of
             // guesses must not fill the disk.
-            if let Some(skipped) = st.signin_log.lock().expect("sampler lock").hit() {
+            if let Some(skipped) = st
+                .signin_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .hit()
+            {
                 tracing::warn!(
                     %client,
                     path = %req.uri().path(),

@@ -183,18 +183,24 @@ impl Registry {
         let shed = CancellationToken::new();
         self.open
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, (act, shed.clone()));
         (id, shed)
     }
 
     fn remove(&self, id: u64) {
-        self.open.lock().expect("registry lock").remove(&id);
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Closes the oldest connection without a request in progress; false if every one is busy.
     fn shed_oldest_idle(&self) -> bool {
-        let mut open = self.open.lock().expect("registry lock");
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let victim = open
             .iter()
             .find(|(_, (a, _))| a.idle())
@@ -210,7 +216,12 @@ impl Registry {
     }
 
     fn shed_all(&self) {
-        for (_, (_, shed)) in std::mem::take(&mut *self.open.lock().expect("registry lock")) {
+        for (_, (_, shed)) in std::mem::take(
+            &mut *self
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ) {
             shed.cancel();
         }
     }

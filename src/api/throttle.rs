@@ -44,7 +44,10 @@ impl Throttle {
             return None;
         }
         let addr = unit(addr);
-        let mut map = self.failures.lock().expect("throttle lock");
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let q = map.get_mut(&addr)?;
         while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             q.pop_front();
@@ -52,7 +55,7 @@ impl Throttle {
         if q.len() < MAX_FAILURES {
             return None;
         }
-        let oldest = *q.front().expect("full");
+        let oldest = *q.front()?;
         let left = WINDOW.saturating_sub(now.duration_since(oldest));
         Some(left.as_secs_f64().ceil().max(1.0) as u64)
     }
@@ -60,7 +63,10 @@ impl Throttle {
     /// Notes a failed sign-in from `addr`.
     pub fn failed(&self, addr: IpAddr, now: Instant) {
         let addr = unit(addr);
-        let mut map = self.failures.lock().expect("throttle lock");
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
             if map.len() >= MAX_ADDRESSES {
