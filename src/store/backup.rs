@@ -170,6 +170,12 @@ pub fn verify(file: &Path) -> Result<(), BackupError> {
     if !has_outbox {
         return Err(check("not a pointsd database (no txns table)".into()));
     }
+    conn.query_row(
+        concat!("SELECT count(*) FROM txns WHERE ", open_rows!()),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_err(|e| check(format!("not a pointsd database ({e})")))?;
     Ok(())
 }
 
@@ -222,41 +228,12 @@ pub fn restore(file: &Path, db: &Path, now_ms: i64) -> Result<RestoreReport, Bac
     }
     let staged = with_suffix(db, ".restoring");
     let _ = std::fs::remove_file(&staged);
-    std::fs::copy(file, &staged).map_err(write_err)?;
-    let copy_err = |source| BackupError::Copy {
-        path: db.to_path_buf(),
-        source,
-    };
-    // The mark goes into the staged copy before it takes the database's name, so there is no
-    // moment when a restored file sits in place unmarked.
-    let open_txns = {
-        let conn = Connection::open(&staged).map_err(copy_err)?;
-        // A backup made by VACUUM INTO is in rollback-journal mode; the daemon switches it
-        // back to WAL at its start.
-        let open: i64 = conn
-            .query_row(
-                concat!("SELECT count(*) FROM txns WHERE ", open_rows!()),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(copy_err)?;
-        let mark = serde_json::json!({
-            "from": file.display().to_string(),
-            "sha256": sha256,
-            "restored_at_ms": now_ms,
-        })
-        .to_string();
-        conn.execute(
-            "INSERT INTO sync_state(key, value) VALUES (?1, ?2) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![RESTORED_META_KEY, mark],
-        )
-        .map_err(copy_err)?;
-        open
-    };
-    std::fs::File::open(&staged)
-        .and_then(|f| f.sync_all())
-        .map_err(write_err)?;
+    let r = stage(file, &staged, db, &sha256, now_ms);
+    if r.is_err() {
+        // Nothing half-done stays beside the database.
+        let _ = std::fs::remove_file(&staged);
+    }
+    let open_txns = r?;
     let previous = if db.exists() {
         // Fold the old file's WAL in (it belongs to the old file, never to the restored one),
         // then keep the old file aside rather than deleting anything.
@@ -281,6 +258,57 @@ pub fn restore(file: &Path, db: &Path, now_ms: i64) -> Result<RestoreReport, Bac
         open_txns,
         previous,
     })
+}
+
+/// Copies the backup to `staged`, marks it restored and syncs it; returns how many
+/// transactions were open in it.
+fn stage(
+    file: &Path,
+    staged: &Path,
+    db: &Path,
+    sha256: &str,
+    now_ms: i64,
+) -> Result<i64, BackupError> {
+    let write_err = |source| BackupError::Write {
+        path: db.to_path_buf(),
+        source,
+    };
+    std::fs::copy(file, staged).map_err(write_err)?;
+    let copy_err = |source| BackupError::Copy {
+        path: db.to_path_buf(),
+        source,
+    };
+    // The mark goes into the staged copy before it takes the database's name, so there is no
+    // moment when a restored file sits in place unmarked.
+    let open_txns = {
+        let conn = Connection::open(staged).map_err(copy_err)?;
+        // A backup made by VACUUM INTO is in rollback-journal mode; the daemon switches it
+        // back to WAL at its start.
+        let open: i64 = conn
+            .query_row(
+                concat!("SELECT count(*) FROM txns WHERE ", open_rows!()),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(copy_err)?;
+        let mark = serde_json::json!({
+            "from": file.display().to_string(),
+            "sha256": sha256,
+            "restored_at_ms": now_ms,
+        })
+        .to_string();
+        conn.execute(
+            "INSERT INTO sync_state(key, value) VALUES (?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![RESTORED_META_KEY, mark],
+        )
+        .map_err(copy_err)?;
+        open
+    };
+    std::fs::File::open(staged)
+        .and_then(|f| f.sync_all())
+        .map_err(write_err)?;
+    Ok(open_txns)
 }
 
 /// At the first start of a restored database (run by the writer's connection before the
