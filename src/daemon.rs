@@ -303,6 +303,10 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         shutdown.child_token(),
     ));
     let keep_days = settings.config.retention.keep_days;
+    let retention = Arc::new(std::sync::Mutex::new(crate::store::RetentionStatus {
+        keep_days,
+        ..Default::default()
+    }));
     if keep_days > 0 {
         // Off the hot path: a minute after start and hourly after, in batches of a few ms.
         tracker.spawn(crate::store::run_retention_schedule(
@@ -311,6 +315,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
             Duration::from_secs(60),
             Duration::from_secs(3600),
             clock.clone(),
+            retention.clone(),
             shutdown.child_token(),
         ));
     }
@@ -355,6 +360,7 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         data_dir: data_dir.clone(),
         ledgers,
         backup,
+        retention,
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())

@@ -380,6 +380,7 @@ async fn backups_under_load_are_consistent_and_scheduled_ones_rotate() {
     let last_path = s["backup"]["path"].as_str().unwrap().to_string();
     assert!(std::path::Path::new(&last_path).exists(), "{s}");
     assert!(s["backup"]["bytes"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["retention"]["keep_days"], 400, "{s}");
     let m = d.metrics_text().await;
     let ts = metric(&m, "pointsd_backup_last_success_timestamp_seconds", None).unwrap();
     let now = std::time::SystemTime::now()

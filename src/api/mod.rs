@@ -100,6 +100,8 @@ pub struct AppState {
     pub ledgers: Option<Arc<crate::sync::Ledgers>>,
     /// When the next scheduled backup is due (`[backup] dir`).
     pub backup: Arc<crate::store::backup::BackupSchedule>,
+    /// The last retention run (`[retention] keep_days`).
+    pub retention: Arc<std::sync::Mutex<crate::store::RetentionStatus>>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

@@ -51,6 +51,19 @@ pub(super) struct StatusView {
     easypoints: Option<EasyPointsStatus>,
     /// The last backup (scheduled or `pointsd backup`) and the next scheduled one.
     backup: BackupView,
+    /// Deleting closed history older than `[retention] keep_days`: the last run.
+    retention: RetentionView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct RetentionView {
+    keep_days: u32,
+    last_run_at: Option<String>,
+    /// Rows the last run deleted.
+    deleted_txns: Option<u64>,
+    deleted_sales: Option<u64>,
+    deleted_returns: Option<u64>,
+    last_error: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -191,7 +204,21 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         last_success_at: last.success_at_ms.map(clock::rfc3339),
         next_at: st.backup.next_at_ms().map(clock::rfc3339),
     };
+    let r = st
+        .retention
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let retention = RetentionView {
+        keep_days: r.keep_days,
+        last_run_at: r.last_run_at_ms.map(clock::rfc3339),
+        deleted_txns: r.last_run.as_ref().map(|x| x.txns),
+        deleted_sales: r.last_run.as_ref().map(|x| x.sales),
+        deleted_returns: r.last_run.as_ref().map(|x| x.returns),
+        last_error: r.last_error,
+    };
     Ok(Json(StatusView {
+        retention,
         backup,
         tls: st.tls.clone(),
         easypoints,

@@ -69,7 +69,9 @@ pub use feed::SeenChange;
 use file::*;
 pub use outbox::*;
 pub use queries::*;
-pub use retention::{RETENTION_BATCH, RetentionRun, run_schedule as run_retention_schedule};
+pub use retention::{
+    RETENTION_BATCH, RetentionRun, RetentionStatus, run_schedule as run_retention_schedule,
+};
 pub use review::*;
 pub use rows::*;
 pub use sales::{

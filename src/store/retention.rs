@@ -126,6 +126,17 @@ fn sale_batch(
     Ok((n_sales, n_returns, n_txns, last, end))
 }
 
+/// The last retention run, for `status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionStatus {
+    /// `[retention] keep_days` (0: everything is kept).
+    pub keep_days: u32,
+    /// When the last run ended (unix ms), and what it deleted.
+    pub last_run_at_ms: Option<i64>,
+    pub last_run: Option<RetentionRun>,
+    pub last_error: Option<String>,
+}
+
 /// Runs retention every `every` (the first run `first` after start) for history older than
 /// `keep_days`, logging what each run deleted.
 pub async fn run_schedule(
@@ -134,6 +145,7 @@ pub async fn run_schedule(
     first: Duration,
     every: Duration,
     clock: crate::clock::SharedClock,
+    status: std::sync::Arc<Mutex<RetentionStatus>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut wait = first;
@@ -145,10 +157,23 @@ pub async fn run_schedule(
         wait = every;
         let cutoff = clock.now_ms() - i64::from(keep_days) * 86_400_000;
         let t0 = std::time::Instant::now();
-        match store
+        let r = store
             .run_retention(cutoff, Duration::from_millis(20), &stop)
-            .await
+            .await;
         {
+            let mut s = status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.last_run_at_ms = Some(clock.now_ms());
+            match &r {
+                Ok(run) => {
+                    s.last_run = Some(run.clone());
+                    s.last_error = None;
+                }
+                Err(e) => s.last_error = Some(e.to_string()),
+            }
+        }
+        match r {
             Ok(r) if r.txns + r.sales + r.returns > 0 => tracing::info!(
                 txns = r.txns,
                 sales = r.sales,
