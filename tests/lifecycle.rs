@@ -897,3 +897,54 @@ async fn a_restore_sends_exactly_what_the_old_pc_had_not_sent() {
     }
     d.stop().await;
 }
+
+/// The naive move: the data dir copied to a new PC by hand (no `pointsd restore`) while the
+/// old PC still had 10 earns queued, which it sent afterwards. The copy knows it was moved
+/// (another path; the same holds for another machine or an older file put in place) and reads
+/// every open transaction back: nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_copied_by_hand_never_sends_twice() {
+    use common::*;
+    let sim = start_sim(20).await;
+    let old = tempfile::tempdir().unwrap();
+    let config = test_config(&sim, "store-1");
+    let mut d = TestDaemon::start(config.clone(), old.path().to_path_buf(), true).await;
+    let customers: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+    let initial: std::collections::HashMap<String, i64> = customers
+        .iter()
+        .map(|c| (c.clone(), sim.balance(c).unwrap()))
+        .collect();
+    set_faults(&sim, |f| f.error_rate = 1.0);
+    for c in &customers {
+        let (s, v) = d.earn(&format!("m-{c}"), c, 7).await;
+        assert!(s == 201 || s == 202, "{s} {v}");
+    }
+    d.stop().await;
+    // Copied by hand: every file of the data dir.
+    let new = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(old.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), new.path().join(e.file_name())).unwrap();
+        }
+    }
+    // The old PC runs once more and sends its queue.
+    set_faults(&sim, |f| f.error_rate = 0.0);
+    let mut d = TestDaemon::start(config.clone(), old.path().to_path_buf(), true).await;
+    d.wait_drained(std::time::Duration::from_secs(60)).await;
+    d.stop().await;
+    assert_eq!(sim.adds().len(), 10);
+    // The copy starts on the new PC.
+    let mut d = TestDaemon::start(config, new.path().to_path_buf(), true).await;
+    d.wait_drained(std::time::Duration::from_secs(60)).await;
+    for c in &customers {
+        assert_eq!(adds_for(&sim, c), vec![7], "customer {c}");
+        assert_eq!(sim.balance(c), Some(initial[c] + 7));
+        let (_, v) = d.get(&format!("/v1/transactions/m-{c}")).await;
+        assert!(
+            v["state"] == "applied" || v["state"] == "needs_review",
+            "m-{c}: {v}"
+        );
+    }
+    d.stop().await;
+}

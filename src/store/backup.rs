@@ -393,6 +393,101 @@ pub(super) fn settle_restored(conn: &Connection, now_ms: i64) -> Result<usize, S
     Ok(rows.len())
 }
 
+/// The meta key holding this database's identity as of its last start (`{generation, host,
+/// path}`), and the file beside the database holding the same generation.
+pub const IDENTITY_META_KEY: &str = "db_identity";
+
+fn generation_file(db: &Path) -> PathBuf {
+    with_suffix(db, ".generation")
+}
+
+/// This machine's name, as well as it can be told without a dependency.
+fn host_name() -> String {
+    std::env::var("COMPUTERNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+/// Tells a database that was copied or moved here without `pointsd restore` (DESIGN.md
+/// §15): each start writes a fresh generation into the database and into the file beside it,
+/// with the machine's name and the database's path. At the next start they must agree; if the
+/// file beside it is missing or names another generation (an older copy put over this one, or
+/// a database brought from elsewhere), or the machine or path differ (a whole data dir copied
+/// to a new PC, maybe while the old one still ran), the database is treated as restored: its
+/// open transactions are read back before anything is sent. A false alarm costs some reads.
+/// Must run before [`settle_restored`].
+pub(super) fn check_identity(conn: &Connection, db: &Path, now_ms: i64) -> Result<(), StoreError> {
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM sync_state WHERE key = ?1",
+            [IDENTITY_META_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let beside = std::fs::read_to_string(generation_file(db))
+        .ok()
+        .map(|s| s.trim().to_string());
+    let host = host_name();
+    let path = std::path::absolute(db)
+        .unwrap_or_else(|_| db.to_path_buf())
+        .display()
+        .to_string();
+    let moved = match stored
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        // A database from before identities, or a new one: nothing to compare.
+        None => None,
+        Some(Err(_)) => Some("its identity record is unreadable".to_string()),
+        Some(Ok(id)) => {
+            if beside.as_deref() != id["generation"].as_str() {
+                Some(
+                    "the file beside it names another start (a copy or an older file put here)"
+                        .into(),
+                )
+            } else if id["host"].as_str() != Some(host.as_str()) {
+                Some(format!("it last ran on {} (this is {host})", id["host"]))
+            } else if id["path"].as_str() != Some(path.as_str()) {
+                Some(format!("it last ran at {} (this is {path})", id["path"]))
+            } else {
+                None
+            }
+        }
+    };
+    let tx = conn.unchecked_transaction()?;
+    if let Some(why) = &moved {
+        tracing::warn!(reason = %why, "this database was copied or moved here without `pointsd restore`: it is treated as restored");
+        let mark = serde_json::json!({"detected": why, "at_ms": now_ms}).to_string();
+        tx.execute(
+            "INSERT INTO sync_state(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            params![RESTORED_META_KEY, mark],
+        )?;
+    }
+    let generation = format!("{now_ms:x}-{:016x}", rand::random::<u64>());
+    let id = serde_json::json!({"generation": generation, "host": host, "path": path}).to_string();
+    tx.execute(
+        "INSERT INTO sync_state(key, value) VALUES (?1, ?2) \
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![IDENTITY_META_KEY, id],
+    )?;
+    tx.commit()?;
+    // After the commit: a crash in between leaves the two disagreeing, which only causes a
+    // (safe) read-back at the next start.
+    let file = generation_file(db);
+    let tmp = with_suffix(&file, ".tmp");
+    let written = std::fs::write(&tmp, &generation).and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, file = %file.display(), "cannot record the database's generation; the next start reads open transactions back");
+    }
+    Ok(())
+}
+
 /// The name a scheduled backup gets: sorts by time.
 pub fn scheduled_name(now_ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)

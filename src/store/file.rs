@@ -132,10 +132,9 @@ pub(super) fn open_writer(
         other => other,
     })?;
     // Before the writer takes any job, so before anything can be sent (DESIGN.md §15).
-    backup::settle_restored(
-        &conn,
-        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
-    )?;
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    backup::check_identity(&conn, path, now)?;
+    backup::settle_restored(&conn, now)?;
     Ok(conn)
 }
 
