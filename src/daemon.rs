@@ -185,6 +185,16 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         }
     };
     let store = Store::open(&db_path)?;
+    // The disk floor: measured now (so a start on a full disk refuses writes at once) and
+    // every second after.
+    let floor = store.disk_floor().clone();
+    floor.set_min_free_mb(settings.config.storage.min_free_mb);
+    match floor.measure(&data_dir) {
+        Ok(s) => {
+            tracing::info!(free_mb = ?s.free_mb, min_free_mb = s.min_free_mb, "free disk space in the data dir")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot measure free disk space in the data dir"),
+    }
 
     let sim = if settings.config.upstream.kind == UpstreamKind::Sim {
         let sc = &settings.config.upstream.sim;
@@ -319,6 +329,45 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    tracker.spawn(crate::store::floor::watch(
+        floor,
+        data_dir.clone(),
+        Duration::from_secs(1),
+        shutdown.child_token(),
+    ));
+    let keep_days = settings.config.retention.keep_days;
+    let retention = Arc::new(std::sync::Mutex::new(crate::store::RetentionStatus {
+        keep_days,
+        ..Default::default()
+    }));
+    if keep_days > 0 {
+        // Off the hot path: a minute after start and hourly after, in batches of a few ms.
+        tracker.spawn(crate::store::run_retention_schedule(
+            store.clone(),
+            keep_days,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            clock.clone(),
+            retention.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    let backup = Arc::new(crate::store::backup::BackupSchedule::default());
+    if let Some(dir) = settings.config.backup.dir.clone() {
+        let b = &settings.config.backup;
+        tracker.spawn(crate::store::backup::run_schedule(
+            crate::store::backup::ScheduleConfig {
+                db: db_path.clone(),
+                data_dir: data_dir.clone(),
+                dir,
+                interval: Duration::from_secs(b.interval_s),
+                keep: b.keep as usize,
+            },
+            backup.clone(),
+            clock.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let store_for_close = store.clone();
     let telemetry = settings
         .config
@@ -353,6 +402,8 @@ pub async fn run(rc: RunConfig) -> Result<(), DaemonError> {
         data_dir: data_dir.clone(),
         ledgers,
         granting,
+        backup,
+        retention,
     });
     if let Some(t) = telemetry {
         crate::telemetry::start(state.clone(), t, &tracker, shutdown.child_token())

@@ -131,6 +131,17 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
     if data_writable {
         out.extend(database_checks(&input.data_dir.join("pointsd.db")));
     }
+    if data_writable {
+        out.push(disk_check(
+            settings.config.storage.min_free_mb,
+            &input.data_dir,
+        ));
+    }
+    out.push(backup_check(
+        &settings.config.backup,
+        &input.data_dir,
+        time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    ));
     out.push(listen_check(settings.listen, settings.config.api.tls.is_some()).await);
     if let Some(tls) = &settings.config.api.tls {
         out.push(tls_check(
@@ -149,6 +160,98 @@ pub async fn run(input: DoctorInput) -> Vec<Check> {
     out.extend(easypoints_checks(&settings, &input.data_dir.join("pointsd.db")).await);
     out.push(dir_check("log dir", &input.log_dir));
     out
+}
+
+/// Free space on the data dir's file system against `[storage] min_free_mb`.
+fn disk_check(min_free_mb: u64, data_dir: &Path) -> Check {
+    let floor = crate::store::floor::DiskFloor::new(min_free_mb);
+    match floor.measure(data_dir) {
+        Ok(s) if s.below_floor => Check::warn(
+            "disk",
+            format!(
+                "{} MB free in {}, below [storage] min_free_mb = {min_free_mb}: registers' writes are refused (507)",
+                s.free_mb.unwrap_or(0),
+                data_dir.display()
+            ),
+            "free space on that disk (writes resume by themselves), or move the data dir to a larger disk",
+        ),
+        Ok(s) => Check::ok(
+            "disk",
+            format!(
+                "{} MB free in the data dir (floor {min_free_mb} MB)",
+                s.free_mb.unwrap_or(0)
+            ),
+        ),
+        Err(e) => Check::warn(
+            "disk",
+            format!("cannot measure free space in {}: {e}", data_dir.display()),
+            "check that the data dir exists and is readable",
+        ),
+    }
+}
+
+/// The last backup (`last-backup.json` in the data dir): none while a database exists, or
+/// one older than two `[backup] interval_s`, is a WARN with the fix.
+fn backup_check(cfg: &crate::config::BackupConfig, data_dir: &Path, now_ms: i64) -> Check {
+    use crate::store::backup::LastBackup;
+    if !data_dir.join("pointsd.db").exists() {
+        return Check::ok("backup", "no database yet: nothing to back up");
+    }
+    let fix_schedule = match &cfg.dir {
+        Some(d) => format!(
+            "check that {} exists and is writable by the pointsd user (GET /v1/status shows backup.last_error), or run `pointsd backup`",
+            d.display()
+        ),
+        None => "set [backup] dir to another disk, a USB stick or a share (the daemon then backs up every interval_s), or run `pointsd backup --to FILE`".to_string(),
+    };
+    let last = LastBackup::load(data_dir);
+    let Some(at) = last.success_at_ms else {
+        return Check::warn(
+            "backup",
+            "the database has never been backed up: a dead disk would take every queued transaction with it",
+            fix_schedule,
+        );
+    };
+    let age_s = (now_ms - at).max(0) / 1000;
+    let limit_s = 2 * cfg.interval_s as i64;
+    let path = last
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if age_s > limit_s {
+        return Check::warn(
+            "backup",
+            format!(
+                "the last good backup ({path}) is {} h old, more than two intervals ({} s each)",
+                age_s / 3600,
+                cfg.interval_s
+            ),
+            fix_schedule,
+        );
+    }
+    let failing = if last.last_ok == Some(false) {
+        format!(
+            "; the last attempt failed: {}",
+            last.last_error.unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    if !failing.is_empty() {
+        return Check::warn(
+            "backup",
+            format!("last good backup {path}, {age_s} s ago{failing}"),
+            fix_schedule,
+        );
+    }
+    Check::ok(
+        "backup",
+        format!(
+            "last good backup {path} ({} bytes), {age_s} s ago",
+            last.bytes.unwrap_or(0)
+        ),
+    )
 }
 
 /// Warn this long before a certificate expires: time to renew it or put the new one on the
@@ -688,6 +791,36 @@ fn clock_check(server: Option<SystemTime>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_backup_or_one_older_than_two_intervals_is_a_warning_with_the_fix() {
+        use crate::store::backup::{BackupReport, LastBackup};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::BackupConfig::default();
+        let hour = 3_600_000;
+        // No database: nothing to back up.
+        assert_eq!(backup_check(&cfg, dir.path(), 0).level, Level::Ok);
+        std::fs::write(dir.path().join("pointsd.db"), b"").unwrap();
+        let none = backup_check(&cfg, dir.path(), 10 * hour);
+        assert_eq!(none.level, Level::Warn, "{}", none.line());
+        assert!(none.line().contains("[backup] dir"), "{}", none.line());
+        let rep = BackupReport {
+            path: "/backups/pointsd-x.db".into(),
+            bytes: 4096,
+            sha256: "00".repeat(32),
+            at_ms: 10 * hour,
+            took_ms: 1,
+        };
+        LastBackup::record(dir.path(), 10 * hour, &Ok(rep)).unwrap();
+        for (now, level) in [
+            (11 * hour, Level::Ok),
+            (12 * hour, Level::Ok),
+            (12 * hour + 1_000, Level::Warn),
+        ] {
+            let c = backup_check(&cfg, dir.path(), now);
+            assert_eq!(c.level, level, "{}", c.line());
+        }
+    }
 
     #[test]
     fn a_certificate_is_warned_about_30_days_before_it_expires() {

@@ -98,6 +98,12 @@ pub struct Metrics {
     pub signin_throttled_addresses: Gauge,
     /// Register sales that may have counted a purchase twice with pointsd (DESIGN.md §14).
     pub possible_double_counts: Gauge,
+    /// Unix seconds of the last good backup (0: none yet), and the configured interval.
+    pub backup_last_success: Gauge,
+    pub backup_interval: Gauge,
+    /// 1 while new writes are refused for lack of disk space; the free bytes last measured.
+    pub storage_below_floor: Gauge,
+    pub storage_free_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,6 +131,30 @@ impl Metrics {
         let online = Gauge::default();
         let writes = Family::<ResultLabels, Counter>::default();
         let storage_ok = Gauge::default();
+        let backup_last_success = Gauge::default();
+        let backup_interval = Gauge::default();
+        let storage_below_floor = Gauge::default();
+        let storage_free_bytes = Gauge::default();
+        registry.register(
+            "storage_below_floor",
+            "1 while free space in the data dir is below [storage] min_free_mb: new writes get 507",
+            storage_below_floor.clone(),
+        );
+        registry.register(
+            "storage_free_bytes",
+            "Free space on the data dir's file system at the last check (-1: not measured)",
+            storage_free_bytes.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last verified backup of the database was taken (unix seconds; 0: never)",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_interval_seconds",
+            "[backup] interval_s: how often a backup is due",
+            backup_interval.clone(),
+        );
         let storage_errors = Counter::default();
         let db_commits = Counter::default();
         let db_write_jobs = Counter::default();
@@ -327,6 +357,10 @@ impl Metrics {
             online,
             writes,
             storage_ok,
+            backup_last_success,
+            backup_interval,
+            storage_below_floor,
+            storage_free_bytes,
             storage_errors,
             db_commits,
             db_write_jobs,

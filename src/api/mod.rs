@@ -105,6 +105,10 @@ pub struct AppState {
     pub ledgers: Option<Arc<crate::sync::Ledgers>>,
     /// Who grants points for a purchase: the register or pointsd (DESIGN.md §14).
     pub granting: Arc<crate::sync::granting::Granting>,
+    /// When the next scheduled backup is due (`[backup] dir`).
+    pub backup: Arc<crate::store::backup::BackupSchedule>,
+    /// The last retention run (`[retention] keep_days`).
+    pub retention: Arc<std::sync::Mutex<crate::store::RetentionStatus>>,
 }
 
 pub(crate) type AppRef = Arc<AppState>;

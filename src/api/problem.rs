@@ -192,6 +192,20 @@ impl ApiError {
                 "Storage full",
                 "The disk is full, so nothing was saved. Free space in the data dir; retry the same request (same txn_id) afterwards.".into(),
             ),
+            // A bug in a write job (it panicked, or broke its own invariant): 500 like any
+            // other bug; the writer logged the job's kind, and nothing of the job was kept.
+            ApiError::Store(StoreError::BelowFloor { free_mb, min_mb }) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "Insufficient storage",
+                format!("The store PC's disk has {free_mb} MB free, below the floor of {min_mb} MB, so nothing was saved (look-ups still work). Free space in the data dir; writes resume by themselves; retry the same request (same txn_id) afterwards."),
+            ),
+            ApiError::Store(e) if e.is_bug() => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "pointsd hit a bug answering this request. Retry with the same txn_id (a retry is never counted twice), and report it with the log.".into(),
+            ),
             ApiError::Store(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_error",

@@ -56,6 +56,36 @@ pub(super) struct StatusView {
     /// Possible double counts between the register and pointsd, as the last feed poll found
     /// them (listed at `GET /v1/reconcile/doubles`).
     possible_double_counts: i64,
+    /// The last backup (scheduled or `pointsd backup`) and the next scheduled one.
+    backup: BackupView,
+    /// Deleting closed history older than `[retention] keep_days`: the last run.
+    retention: RetentionView,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct RetentionView {
+    keep_days: u32,
+    last_run_at: Option<String>,
+    /// Rows the last run deleted.
+    deleted_txns: Option<u64>,
+    deleted_sales: Option<u64>,
+    deleted_returns: Option<u64>,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BackupView {
+    /// When the last backup attempt ended, and whether it worked (null: none yet).
+    last_at: Option<String>,
+    last_ok: Option<bool>,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    /// The last good backup: its file, size and when it was taken.
+    path: Option<String>,
+    bytes: Option<u64>,
+    last_success_at: Option<String>,
+    /// The next scheduled backup (null without `[backup] dir`).
+    next_at: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -89,6 +119,12 @@ pub(super) struct StorageView {
     last_error: Option<String>,
     last_error_at: Option<String>,
     errors: u64,
+    /// Free space on the data dir's file system at the last check (every second).
+    free_mb: Option<u64>,
+    /// `[storage] min_free_mb`; 0: no floor.
+    min_free_mb: u64,
+    /// True while new writes are refused (507 `insufficient_storage`) for lack of space.
+    below_floor: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -146,6 +182,7 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
     let h = st.health.snapshot();
     let now = st.clock.now_ms();
     let storage = st.store.storage_health();
+    let floor = st.store.disk_floor().status();
     let feed = st.sync.feed_status().await;
     let budget = st.sync.budget_snapshot();
     let ss = st.store.sales_stats().await?;
@@ -160,9 +197,38 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
         }
         None => None,
     };
+    let data_dir = st.data_dir.clone();
+    let last =
+        tokio::task::spawn_blocking(move || crate::store::backup::LastBackup::load(&data_dir))
+            .await
+            .unwrap_or_default();
+    let backup = BackupView {
+        last_at: last.last_at_ms.map(clock::rfc3339),
+        last_ok: last.last_ok,
+        last_error: last.last_error,
+        path: last.path.map(|p| p.display().to_string()),
+        bytes: last.bytes,
+        last_success_at: last.success_at_ms.map(clock::rfc3339),
+        next_at: st.backup.next_at_ms().map(clock::rfc3339),
+    };
+    let r = st
+        .retention
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let retention = RetentionView {
+        keep_days: r.keep_days,
+        last_run_at: r.last_run_at_ms.map(clock::rfc3339),
+        deleted_txns: r.last_run.as_ref().map(|x| x.txns),
+        deleted_sales: r.last_run.as_ref().map(|x| x.sales),
+        deleted_returns: r.last_run.as_ref().map(|x| x.returns),
+        last_error: r.last_error,
+    };
     Ok(Json(StatusView {
         granting: st.granting.status(),
         possible_double_counts: st.sync.possible_double_counts(),
+        retention,
+        backup,
         tls: st.tls.clone(),
         easypoints,
         sales: SalesView {
@@ -183,6 +249,9 @@ pub(super) async fn status(State(st): State<AppRef>) -> Result<Json<StatusView>,
             last_error: storage.last_error,
             last_error_at: storage.last_error_at.map(clock::rfc3339),
             errors: storage.errors,
+            free_mb: floor.free_mb,
+            min_free_mb: floor.min_free_mb,
+            below_floor: floor.below_floor,
         },
         reconcile,
         online: h.online && !h.auth_failed,
@@ -271,6 +340,13 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     m.auth_failed.set(st.health.snapshot().auth_failed as i64);
     let storage = st.store.storage_health();
     m.storage_ok.set(storage.ok as i64);
+    let floor = st.store.disk_floor().status();
+    m.storage_below_floor.set(floor.below_floor as i64);
+    m.storage_free_bytes.set(
+        floor
+            .free_bytes
+            .map_or(-1, |b| b.min(i64::MAX as u64) as i64),
+    );
     // The store keeps running totals; the counters catch up to them.
     Metrics::catch_up(&m.storage_errors, storage.errors);
     Metrics::catch_up(&m.db_commits, storage.commits);
@@ -292,5 +368,15 @@ pub(crate) async fn refresh_metrics(st: &AppState) -> Result<(), StoreError> {
     m.feed_oldest_mark_age
         .set(feed.oldest_mark_age_s.unwrap_or(0.0).max(0.0));
     m.feed_marked.set(feed.marked);
+    let data_dir = st.data_dir.clone();
+    let last =
+        tokio::task::spawn_blocking(move || crate::store::backup::LastBackup::load(&data_dir))
+            .await
+            .unwrap_or_default();
+    // 0 until a backup has been made: the alert's age is then "since 1970", i.e. overdue.
+    m.backup_last_success
+        .set(last.success_at_ms.map_or(0, |t| t / 1000));
+    m.backup_interval
+        .set(st.settings.config.backup.interval_s as i64);
     Ok(())
 }

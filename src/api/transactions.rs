@@ -491,7 +491,10 @@ pub(super) async fn resolve_transaction(
     if !errs.is_empty() {
         return Err(ApiError::Validation(errs));
     }
-    let (res, note) = (res.expect("checked"), note.expect("checked"));
+    // Both are Some when no error was recorded; a bug here is a 500, never a crash.
+    let (Some(res), Some(note)) = (res, note) else {
+        return Err(ApiError::Internal);
+    };
     match st
         .store
         .resolve(&txn_id, res, &caller.name, &note, st.clock.now_ms())

@@ -206,6 +206,46 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Copy the database to a file, consistently and verified (safe while the daemon runs);
+    /// prints where, how large and its SHA-256.
+    Backup {
+        /// The copy's path (default: `[backup] dir`, else `<data dir>/backups`, named by time).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Put a backup in place (stop the daemon first). At the next start every transaction
+    /// that was open in it is read back from the upstream before anything is sent.
+    Restore {
+        /// The backup file (made by `pointsd backup` or a scheduled backup).
+        file: PathBuf,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write the history (transactions, sales, returns) created between two dates, for audit
+    /// before retention deletes it (safe while the daemon runs).
+    Export {
+        /// First day, `YYYY-MM-DD` in the store's time zone (agent.timezone).
+        #[arg(long)]
+        from: String,
+        /// Last day, `YYYY-MM-DD`, included.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, env = "POINTSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// List transactions in the outbox (sales and returns with their split).
     #[command(visible_alias = "transactions")]
     Queue {

@@ -8,11 +8,13 @@
 //!   (`status`, `balance`, `earn`, `redeem`, `sale`, `return`, `sales show`, `queue`, ...).
 //! - [`client`]: the HTTP client those commands use, and how their answers are rendered.
 //! - [`tokens`]: `token add|list|revoke` (the data dir's `tokens.json`).
+//! - [`data`]: `backup`, `restore` and `export` (the database file itself).
 //! - [`admin`]: `config check`, `doctor`, `service ...` (with `uninstall --purge`).
 
 mod admin;
 pub mod args;
 pub mod client;
+mod data;
 pub mod paths;
 mod remote;
 mod serve;
@@ -183,6 +185,34 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             last, ledgers, c, ..
         } => remote::reconcile(last, ledgers, c).await,
         Cmd::Queue { state, limit, c } => remote::queue(state, limit, c).await,
+        Cmd::Backup { to, cfg, data_dir } => {
+            tokio::task::spawn_blocking(move || data::backup(cfg, data_dir, to)).await?
+        }
+        Cmd::Export {
+            from,
+            to,
+            format,
+            out,
+            cfg,
+            data_dir,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                data::export(data::ExportArgs {
+                    from,
+                    to,
+                    format,
+                    out,
+                    cfg,
+                    data_dir,
+                })
+            })
+            .await?
+        }
+        Cmd::Restore {
+            file,
+            cfg,
+            data_dir,
+        } => tokio::task::spawn_blocking(move || data::restore(file, cfg, data_dir)).await?,
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Add {
                 name,

@@ -34,8 +34,9 @@ pub use paths::{Scope, default_config_file, default_data_dir, default_log_dir};
 pub(crate) use perms::group_id;
 pub use perms::{file_mode_warnings, private_dir, private_file};
 pub use sections::{
-    AgentConfig, ApiConfig, CheckDigit, Config, EasyPointsConfig, LogConfig, Role, SimConfig,
-    SmaregiConfig, SyncConfig, TlsConfig, TokenConfig, UpstreamConfig, UpstreamKind,
+    AgentConfig, ApiConfig, BackupConfig, CheckDigit, Config, EasyPointsConfig, LogConfig,
+    RetentionConfig, Role, SimConfig, SmaregiConfig, StorageConfig, SyncConfig, TlsConfig,
+    TokenConfig, UpstreamConfig, UpstreamKind,
 };
 pub use settings::{ApiDurations, ApiToken, Settings, SimEndpoint, SyncDurations, sha256};
 pub use strength::{MIN_TOKEN_BITS, token_weakness};

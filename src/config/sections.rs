@@ -27,6 +27,65 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The Smapify merchant's second ledger, read only (absent: not read at all).
     pub easypoints: Option<EasyPointsConfig>,
+    /// Scheduled backups of the database (DESIGN.md §15).
+    pub backup: BackupConfig,
+    /// The disk floor.
+    pub storage: StorageConfig,
+    /// How long closed history is kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: closed transactions, sales and returns older than this are deleted.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Days closed history is kept (export it first with `pointsd export`); must be longer
+    /// than the store's return period. 0 keeps everything.
+    pub keep_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep_days: 400 }
+    }
+}
+
+/// `[storage]`: the free space kept in reserve on the data dir's file system.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Below this many MB free, new writes are refused (507) before SQLite meets a full
+    /// disk; they resume by themselves. 0 turns the floor off.
+    pub min_free_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { min_free_mb: 256 }
+    }
+}
+
+/// `[backup]`: where and how often the daemon copies its database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BackupConfig {
+    /// Another disk, a USB stick or a share. Unset: no scheduled backups (`pointsd backup`
+    /// still works, and `doctor` warns).
+    pub dir: Option<PathBuf>,
+    /// Seconds between scheduled backups.
+    pub interval_s: u64,
+    /// Scheduled backups kept in `dir` (the oldest beyond these are deleted).
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            interval_s: 3600,
+            keep: 48,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -211,6 +211,23 @@ impl Config {
                 "must be at most 30000 (registers should not wait longer)".into(),
             );
         }
+        let b = &self.backup;
+        if b.interval_s == 0 || b.interval_s > 7 * 24 * 3600 {
+            bad(
+                "backup.interval_s",
+                "must be 1..=604800 (up to a week; 3600 is the default)".into(),
+            );
+        }
+        let k = self.retention.keep_days;
+        if k != 0 && k < 30 {
+            bad(
+                "retention.keep_days",
+                "must be 0 (keep everything) or at least 30: history must outlive the return period and the upstream's 31-day transaction list".into(),
+            );
+        }
+        if b.keep == 0 {
+            bad("backup.keep", "must be at least 1".into());
+        }
         if s.concurrency == 0 || s.concurrency > 64 {
             bad("sync.concurrency", "must be 1..=64".into());
         }

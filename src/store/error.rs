@@ -32,6 +32,25 @@ pub enum StoreError {
     Batch(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    /// A write job panicked (a bug): it alone failed and was rolled back; the writer goes on.
+    #[error("a write job ({kind}) panicked: {message}")]
+    JobPanicked { kind: &'static str, message: String },
+    /// A job was handed to the writer a second time (a bug; reported, never a crash).
+    #[error("a write job was run twice")]
+    JobRanTwice,
+    /// A group committed without running one of its jobs (a bug; reported, never a crash).
+    #[error("a write job was not run")]
+    JobNotRun,
+    /// A row a job had just written could not be read back in the same transaction.
+    #[error("the {0} row just written could not be read back")]
+    RowMissing(&'static str),
+    #[error("cannot encode a row as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The data dir's file system has less free space than `[storage] min_free_mb`.
+    #[error(
+        "the data dir has {free_mb} MB free, below the floor of {min_mb} MB ([storage] min_free_mb): the transaction was not saved. Free disk space; writes resume by themselves"
+    )]
+    BelowFloor { free_mb: u64, min_mb: u64 },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -56,6 +75,18 @@ impl StoreError {
             StoreError::WriterGone => StoreError::WriterGone,
             other => StoreError::Batch(other.to_string()),
         }
+    }
+    /// A bug in pointsd's own code rather than a storage problem: the API answers 500
+    /// `internal` (retrying the same txn_id is safe; nothing of the job was kept).
+    pub fn is_bug(&self) -> bool {
+        matches!(
+            self,
+            StoreError::JobPanicked { .. }
+                | StoreError::JobRanTwice
+                | StoreError::JobNotRun
+                | StoreError::RowMissing(_)
+                | StoreError::Encode(_)
+        )
     }
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full)

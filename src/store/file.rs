@@ -32,7 +32,12 @@ pub(super) fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 
 impl Readers {
     pub(super) fn take(&self) -> Result<Connection, StoreError> {
-        if let Some(c) = self.idle.lock().expect("reader pool").pop() {
+        if let Some(c) = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+        {
             return Ok(c);
         }
         let mut conn = Connection::open_with_flags(
@@ -55,7 +60,10 @@ impl Readers {
         Ok(conn)
     }
     pub(super) fn give(&self, c: Connection) {
-        let mut idle = self.idle.lock().expect("reader pool");
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Two async workers read inline, plus the blocking pool's scans: four idle readers
         // cover them; more would only hold page caches.
         if idle.len() < 4 {
@@ -123,6 +131,10 @@ pub(super) fn open_writer(
         },
         other => other,
     })?;
+    // Before the writer takes any job, so before anything can be sent (DESIGN.md §15).
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    backup::check_identity(&conn, path, now)?;
+    backup::settle_restored(&conn, now)?;
     Ok(conn)
 }
 
@@ -234,7 +246,11 @@ impl Store {
     /// the file stays exactly as left.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let path = self.path.to_path_buf();
-        self.readers.idle.lock().expect("reader pool").clear();
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let c = Connection::open(&path)?;
             c.busy_timeout(Duration::from_secs(5))?;

@@ -9,7 +9,7 @@
 //!
 //! Files: this one (the handle: open, reads, the write entry point, close); `writer.rs` (group
 //! commit, storage health); `file.rs` (opening, reader pool, checkpointer, clean-stop marker);
-//! `schema.rs` (migrations); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
+//! `schema.rs` (migrations); `backup.rs` (backups, restores, the first start of a restored file); `floor.rs` (the disk floor); `retention.rs` (deleting old closed history in small batches); `export.rs` (`pointsd export`); `rows.rs` (row types); `outbox.rs` (accept rule, claims, send
 //! transitions); `cache.rs` (customers, pulled balances, discrepancies); `feed.rs` (customers
 //! marked changed elsewhere); `queries.rs` (listing, stats, typed meta keys); `easypoints.rs` (a Smapify
 //! merchant's second ledger: cached reads, what the cross-ledger report needs); `review.rs` (a
@@ -38,17 +38,21 @@ macro_rules! open_rows {
     };
 }
 
+pub mod backup;
 mod cache;
 mod easypoints;
 mod error;
+pub mod export;
 mod feed;
 mod file;
+pub mod floor;
 pub mod inspect;
 mod outbox;
 mod queries;
 mod register_sales;
 #[cfg(test)]
 mod reprepare_tests;
+mod retention;
 mod returns;
 mod review;
 mod rows;
@@ -67,6 +71,9 @@ use file::*;
 pub use outbox::*;
 pub use queries::*;
 pub use register_sales::{PointsdSide, PossibleDouble, RegisterSaleRow, RegisterSide};
+pub use retention::{
+    RETENTION_BATCH, RetentionRun, RetentionStatus, run_schedule as run_retention_schedule,
+};
 pub use review::*;
 pub use rows::*;
 pub use sales::{
@@ -101,6 +108,8 @@ pub struct Store {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Counts statement compilations when opened with [`Store::open_counting_prepares`].
     prepares: Option<Arc<PrepareCounter>>,
+    /// Free space against `[storage] min_free_mb` (off until the daemon sets it).
+    floor: Arc<floor::DiskFloor>,
 }
 
 impl Store {
@@ -143,6 +152,7 @@ impl Store {
             }),
             prepares,
             path: Arc::new(path.to_path_buf()),
+            floor: Arc::new(floor::DiskFloor::new(0)),
         })
     }
 
@@ -155,7 +165,12 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // An empty job wakes the writer, which sees the flag after committing its group.
         let _ = self.write(|_| Ok(())).await;
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().expect("store threads"));
+        let threads: Vec<_> = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -168,8 +183,16 @@ impl Store {
         &self.path
     }
 
+    /// The disk floor new register writes are admitted against.
+    pub fn disk_floor(&self) -> &Arc<floor::DiskFloor> {
+        &self.floor
+    }
+
     pub fn storage_health(&self) -> StorageHealth {
-        self.storage.lock().expect("storage health").clone()
+        self.storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs `f` in the writer's next group commit and returns once that commit is durable.
@@ -228,7 +251,7 @@ impl Store {
             .readers
             .idle
             .lock()
-            .map_err(|_| StoreError::Batch("reader pool poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for c in idle.iter() {
             out.extend(stmt_stats::live_statements(c));
         }

@@ -50,6 +50,7 @@ pub enum AcceptOutcome {
 impl Store {
     /// The accept rule, atomically: idempotency check, customer check, redeem policy, insert.
     pub async fn accept(&self, new: NewTxn, ctx: AcceptCtx) -> Result<AcceptOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_in(c, &new, &ctx)).await
     }
 
@@ -353,7 +354,7 @@ pub(super) fn accept_in(
             {
                 c.prepare_cached("INSERT INTO customers(customer_id, local_only) VALUES (?1, 1)")?
                     .execute([&new.customer_id])?;
-                customer_by_id(c, &new.customer_id)?.expect("just inserted")
+                customer_by_id(c, &new.customer_id)?.ok_or(StoreError::RowMissing("customer"))?
             } else {
                 return Ok(AcceptOutcome::UnknownCustomer);
             }
@@ -412,6 +413,7 @@ pub(super) fn accept_in(
         ctx.now_ms,
     ])?;
     let txn = txn_by_seq(c, c.last_insert_rowid())?;
-    let customer = customer_by_id(c, &new.customer_id)?.expect("exists");
+    let customer =
+        customer_by_id(c, &new.customer_id)?.ok_or(StoreError::RowMissing("customer"))?;
     Ok(AcceptOutcome::Created { txn, customer })
 }

@@ -12,7 +12,7 @@ pub(super) fn accept_return_in(
     new: &NewReturn,
     ctx: &SaleCtx,
 ) -> Result<ReturnOutcome, StoreError> {
-    let request = canonical(new);
+    let request = canonical(new)?;
     if let Some(existing) = return_row(c, &new.return_id)? {
         if existing.request == request {
             let sale = sale_row(c, &existing.sale_id)?
@@ -59,7 +59,7 @@ pub(super) fn accept_return_in(
                 receipt.points_used,
                 receipt.points_earned,
                 receipt.points_earned - receipt.points_used,
-                serde_json::to_string(&rules).expect("serializes"),
+                serde_json::to_string(&rules)?,
                 new.register_id,
                 new.staff_id,
                 ctx.token_name,
@@ -135,8 +135,11 @@ pub(super) fn accept_return_in(
         ctx.token_name,
         ctx.now_ms,
     ])?;
-    let ret = return_record(c, return_row(c, &new.return_id)?.expect("just inserted"))?;
-    let customer = customer_by_id(c, &s.customer_id)?.expect("exists");
+    let ret = return_record(
+        c,
+        return_row(c, &new.return_id)?.ok_or(StoreError::RowMissing("return"))?,
+    )?;
+    let customer = customer_by_id(c, &s.customer_id)?.ok_or(StoreError::RowMissing("customer"))?;
     Ok(ReturnOutcome::Created { ret, customer })
 }
 

@@ -42,8 +42,8 @@ pub struct NewReturn {
     pub staff_id: Option<String>,
 }
 
-pub(super) fn canonical<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain struct serializes")
+pub(super) fn canonical<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    Ok(serde_json::to_string(v)?)
 }
 
 /// What pricing a sale needs besides the request.
@@ -426,7 +426,7 @@ pub(super) fn accept_sale_in(
     new: &NewSale,
     ctx: &SaleCtx,
 ) -> Result<SaleOutcome, StoreError> {
-    let request = canonical(new);
+    let request = canonical(new)?;
     if let Some(existing) = sale_row(c, &new.sale_id)? {
         if existing.request == request {
             let rec = sale_record(c, &new.sale_id)?
@@ -446,7 +446,7 @@ pub(super) fn accept_sale_in(
         None if !ctx.online && ctx.offline.allow_unknown_customers && new.points_used == 0 => {
             c.prepare_cached("INSERT INTO customers(customer_id, local_only) VALUES (?1, 1)")?
                 .execute([&new.customer_id])?;
-            customer_by_id(c, &new.customer_id)?.expect("just inserted")
+            customer_by_id(c, &new.customer_id)?.ok_or(StoreError::RowMissing("customer"))?
         }
         None => return Ok(SaleOutcome::UnknownCustomer),
     };
@@ -483,14 +483,14 @@ pub(super) fn accept_sale_in(
         q.points_used,
         q.points_earned,
         q.net_delta,
-        serde_json::to_string(&q.applied_rules).expect("serializes"),
+        serde_json::to_string(&q.applied_rules)?,
         outbox,
         new.register_id,
         new.staff_id,
         ctx.token_name,
         ctx.now_ms,
     ])?;
-    let rec = sale_record(c, &new.sale_id)?.expect("just inserted");
+    let rec = sale_record(c, &new.sale_id)?.ok_or(StoreError::RowMissing("sale"))?;
     Ok(SaleOutcome::Created(rec))
 }
 
@@ -515,6 +515,7 @@ impl Store {
     /// The sale rule, atomically: idempotency, customer, spend and balance checks, one outbox
     /// row for the net delta, the sale's row.
     pub async fn accept_sale(&self, new: NewSale, ctx: SaleCtx) -> Result<SaleOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_sale_in(c, &new, &ctx)).await
     }
 
@@ -525,6 +526,7 @@ impl Store {
         new: NewReturn,
         ctx: SaleCtx,
     ) -> Result<ReturnOutcome, StoreError> {
+        self.floor.admit()?;
         self.write(move |c| accept_return_in(c, &new, &ctx)).await
     }
 

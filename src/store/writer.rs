@@ -34,8 +34,29 @@ where
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
     fn run(&mut self, conn: &Connection) -> JobRun {
-        let f = self.f.take().expect("job runs once");
-        let r = f(conn);
+        let Some(f) = self.f.take() else {
+            // Never happens (a job runs once); if it did, the caller hears of it instead of the
+            // writer ending.
+            self.result = Some(Err(StoreError::JobRanTwice));
+            return JobRun::Failed;
+        };
+        // A panic in one job (a bug in its code) must fail that job alone: unwound here, its
+        // savepoint rolled back, its caller answered 500, the writer and the rest of the group
+        // going on. `AssertUnwindSafe`: the only shared state the job touches is the connection,
+        // and the savepoint rollback puts that back as it was.
+        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+            Ok(r) => r,
+            Err(payload) => {
+                let kind = job_kind::<F>();
+                let message = panic_message(payload.as_ref());
+                tracing::error!(
+                    job = kind,
+                    panic = %message,
+                    "a write job panicked; it alone fails (its caller gets 500), the writer goes on"
+                );
+                Err(StoreError::JobPanicked { kind, message })
+            }
+        };
         let outcome = match &r {
             Ok(_) => JobRun::Ok,
             Err(e) if e.is_full() => JobRun::StorageFull,
@@ -47,11 +68,28 @@ where
     fn finish(self: Box<Self>, commit: Result<(), &StoreError>) {
         let out = match (commit, self.result) {
             (Ok(()), Some(r)) => r,
-            (Ok(()), None) => Err(StoreError::Batch("job was not run".into())),
+            (Ok(()), None) => Err(StoreError::JobNotRun),
             (Err(e), Some(Err(own))) => Err(if own.is_full() { own } else { e.for_batch() }),
             (Err(e), _) => Err(e.for_batch()),
         };
         let _ = self.reply.send(out);
+    }
+}
+
+/// What kind of job this is, for the log: the closure's type name names the store function
+/// that queued it (e.g. `pointsd::store::outbox::<impl pointsd::store::Store>::accept::{{closure}}`).
+fn job_kind<F>() -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// The text a panic carried (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a message)".to_string()
     }
 }
 
@@ -73,7 +111,9 @@ pub struct StorageHealth {
 
 /// Records a group commit of `jobs` writes and how it went.
 pub(super) fn note_storage(health: &Mutex<StorageHealth>, failure: Option<&StoreError>, jobs: u64) {
-    let mut h = health.lock().expect("storage health");
+    // A poisoned lock only means another thread panicked while holding it; the counters are
+    // still whole numbers, so go on with them.
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
     h.commits += 1;
     h.jobs += jobs;
     match failure {

@@ -143,7 +143,13 @@ impl SyncEngine {
                 let Some(ms) = crate::clock::parse_stamp(stamp) else {
                     continue;
                 };
-                if self.feed.lock().expect("feed").seen.contains_key(&t.id) {
+                if self
+                    .feed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .seen
+                    .contains_key(&t.id)
+                {
                     continue;
                 }
                 // A send of ours for this customer is unsettled: the transaction may be its own
@@ -154,7 +160,7 @@ impl SyncEngine {
                 }
                 self.feed
                     .lock()
-                    .expect("feed")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .seen
                     .insert(t.id.clone(), now);
                 // Read after the settled check: a send that settled meanwhile has its ids here.
@@ -235,7 +241,10 @@ impl SyncEngine {
             .set_meta(Meta::FeedWatermark, now.to_string())
             .await?;
         {
-            let mut fs = self.feed.lock().expect("feed");
+            let mut fs = self
+                .feed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             fs.last_poll_at = Some(now);
             let keep_after = now - 4 * FEED_OVERLAP_MS;
             fs.seen.retain(|_, at| *at >= keep_after);
@@ -274,7 +283,10 @@ impl SyncEngine {
             return true;
         };
         let due: Vec<String> = {
-            let mut fs = self.feed.lock().expect("feed");
+            let mut fs = self
+                .feed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = tokio::time::Instant::now();
             fs.reread_at
                 .retain(|_, at| now.duration_since(*at) < REREAD_RETRY);
@@ -297,7 +309,7 @@ impl SyncEngine {
             if still_marked {
                 self.feed
                     .lock()
-                    .expect("feed")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .reread_at
                     .insert(id.clone(), tokio::time::Instant::now());
             }
@@ -323,7 +335,10 @@ impl SyncEngine {
             .flatten()
             .and_then(|v| v.parse::<i64>().ok());
         let now = self.now();
-        let fs = self.feed.lock().expect("feed");
+        let fs = self
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         FeedStatus {
             available: fs.unavailable.is_none(),
             unavailable_reason: fs.unavailable.clone(),

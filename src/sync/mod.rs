@@ -192,7 +192,10 @@ impl SyncEngine {
 
     fn note_another_writer(&self, customer_id: &str) {
         let now = self.now();
-        let mut c = self.contended.lock().expect("contended");
+        let mut c = self
+            .contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if c.len() > 10_000 {
             c.retain(|_, at| now - *at < CONTENDED_FOR_MS);
         }
@@ -203,7 +206,7 @@ impl SyncEngine {
         let now = self.now();
         self.contended
             .lock()
-            .expect("contended")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(customer_id)
             .is_some_and(|at| now - at < CONTENDED_FOR_MS)
     }
@@ -219,7 +222,7 @@ impl SyncEngine {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
-            .expect("waiters")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(txn_id.to_string())
             .or_default()
             .push(tx);
@@ -227,7 +230,10 @@ impl SyncEngine {
     }
 
     pub fn unwatch(&self, txn_id: &str) {
-        let mut w = self.waiters.lock().expect("waiters");
+        let mut w = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(list) = w.get_mut(txn_id) {
             list.retain(|s| !s.is_closed());
             if list.is_empty() {
@@ -237,7 +243,12 @@ impl SyncEngine {
     }
 
     fn settle(&self, txn_id: &str, state: State) {
-        if let Some(list) = self.waiters.lock().expect("waiters").remove(txn_id) {
+        if let Some(list) = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(txn_id)
+        {
             for s in list {
                 let _ = s.send(state);
             }

@@ -111,7 +111,10 @@ impl SyncEngine {
                             "change feed polled"
                         );
                         {
-                            let mut fs = self.feed.lock().expect("feed");
+                            let mut fs = self
+                                .feed
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             fs.unavailable = None;
                             fs.interval = interval;
                         }
@@ -142,11 +145,19 @@ impl SyncEngine {
                     Err(SyncError::Upstream(
                         e @ crate::upstream::UpstreamError::MissingScope { .. },
                     )) => {
-                        let first = self.feed.lock().expect("feed").unavailable.is_none();
+                        let first = self
+                            .feed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .unavailable
+                            .is_none();
                         if first {
                             tracing::warn!(error = %e, "no change feed: falling back to full pulls every {} s", LEGACY_FULL_INTERVAL.as_secs());
                         }
-                        self.feed.lock().expect("feed").unavailable = Some(e.to_string());
+                        self.feed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .unavailable = Some(e.to_string());
                         next_full = next_full.min(Instant::now() + LEGACY_FULL_INTERVAL);
                         next_feed = Instant::now() + LEGACY_FULL_INTERVAL;
                     }
@@ -184,7 +195,12 @@ impl SyncEngine {
                 // The feed covers the outage from its watermark; a full pull in progress
                 // resumes after the store's own queue has drained.
                 next_feed = Instant::now();
-                let no_feed = self.feed.lock().expect("feed").unavailable.is_some();
+                let no_feed = self
+                    .feed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unavailable
+                    .is_some();
                 if full.page > 0 || no_feed {
                     next_full = Instant::now();
                     if matches!(self.store.meta(Meta::LastFullRefreshAt).await, Ok(Some(_))) {
@@ -216,7 +232,13 @@ impl SyncEngine {
     /// The full-pull interval: the configured one with the feed, the old pull interval
     /// without it; plus this store's share of a tenth of it, so a chain spreads out.
     fn full_interval(&self) -> Duration {
-        let base = if self.feed.lock().expect("feed").unavailable.is_some() {
+        let base = if self
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unavailable
+            .is_some()
+        {
             LEGACY_FULL_INTERVAL.min(self.opts.full_refresh_interval)
         } else {
             self.opts.full_refresh_interval

@@ -64,8 +64,12 @@ impl SyncEngine {
             }
             // Outcomes that could not be saved (disk full): settle them by read-back now that
             // a write may work again, rather than leave the customer blocked until a restart.
-            let unrecorded: Vec<i64> =
-                std::mem::take(&mut *self.unrecorded.lock().expect("unrecorded"));
+            let unrecorded: Vec<i64> = std::mem::take(
+                &mut *self
+                    .unrecorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             if !unrecorded.is_empty()
                 && let Err(e) = self
                     .store
@@ -75,7 +79,7 @@ impl SyncEngine {
                 tracing::error!(error = %e, "cannot save sync outcomes yet; retrying in 1 s");
                 self.unrecorded
                     .lock()
-                    .expect("unrecorded")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .extend(unrecorded);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -157,7 +161,10 @@ impl SyncEngine {
             // block the customer): once writes work again it becomes ambiguous and the
             // read-back settles it, never a blind resend.
             tracing::error!(error = %e, "could not record a sync outcome; will verify by read-back");
-            self.unrecorded.lock().expect("unrecorded").push(txn.seq);
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(txn.seq);
         }
     }
 

@@ -68,7 +68,10 @@ impl TelemetryState {
     }
 
     pub fn snapshot(&self) -> TelemetryStatus {
-        let i = self.inner.lock().expect("telemetry state");
+        let i = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         TelemetryStatus {
             enabled: self.target.is_some(),
             remote_write_url: self.target.clone(),
@@ -84,24 +87,36 @@ impl TelemetryState {
     }
 
     pub(super) fn sent(&self, now: i64, samples: u64) {
-        let mut i = self.inner.lock().expect("telemetry state");
+        let mut i = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         i.last_success_at = Some(now);
         i.sent_samples += samples;
         i.next_attempt_at = None;
     }
 
     pub(super) fn failed(&self, now: i64, error: String, next_attempt_at: Option<i64>) {
-        let mut i = self.inner.lock().expect("telemetry state");
+        let mut i = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         i.last_error = Some(error);
         i.last_error_at = Some(now);
         i.next_attempt_at = next_attempt_at;
     }
 
     pub(super) fn dropped(&self, samples: u64) {
-        self.inner.lock().expect("telemetry state").dropped_samples += samples;
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .dropped_samples += samples;
     }
 
     pub(super) fn buffered(&self, samples: u64) {
-        self.inner.lock().expect("telemetry state").buffered_samples = samples;
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .buffered_samples = samples;
     }
 }

@@ -330,7 +330,10 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut l = self.lane.lock().expect("budget");
+        let mut l = self
+            .lane
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         l.waiting[self.prio as usize] = l.waiting[self.prio as usize].saturating_sub(1);
     }
 }
@@ -359,10 +362,16 @@ impl Budget {
         }
         let prio = current_priority();
         let lane = self.lane(class);
-        lane.lock().expect("budget").waiting[prio as usize] += 1;
+        lane.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .waiting[prio as usize] += 1;
         let _w = Waiting { lane, prio };
         loop {
-            let wait = match lane.lock().expect("budget").try_take(prio, Instant::now()) {
+            let wait = match lane
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .try_take(prio, Instant::now())
+            {
                 Ok(()) => return,
                 Err(d) => d,
             };
@@ -402,21 +411,21 @@ impl Budget {
     pub fn observe_write_seq(&self, id: u64) {
         self.lane(Class::Write)
             .lock()
-            .expect("budget")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .observe_seq(id);
     }
 
     pub fn on_throttled(&self, class: Class) {
         self.lane(class)
             .lock()
-            .expect("budget")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .throttled(Instant::now());
     }
 
     pub fn on_success(&self, class: Class) {
         self.lane(class)
             .lock()
-            .expect("budget")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .succeeded(Instant::now());
     }
 
@@ -424,7 +433,10 @@ impl Budget {
     /// over the current rate while a 429 cut it within the last minute, else 1. (A rate the
     /// idle rule lowered is not a sign that the contract is short.)
     pub fn stretch(&self, class: Class) -> f64 {
-        let l = self.lane(class).lock().expect("budget");
+        let l = self
+            .lane(class)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match l.last_cut {
             Some(t) if t.elapsed() < Duration::from_secs(60) => {
                 (l.ceiling / l.rate.max(0.01)).clamp(1.0, 8.0)
@@ -435,7 +447,10 @@ impl Budget {
 
     pub fn snapshot(&self) -> BudgetSnapshot {
         let s = |c: Class| {
-            let l = self.lane(c).lock().expect("budget");
+            let l = self
+                .lane(c)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             LaneSnapshot {
                 ceiling_per_s: l.ceiling,
                 rate_per_s: (l.rate * 100.0).round() / 100.0,

@@ -44,25 +44,37 @@ impl Health {
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {
-        self.inner.lock().expect("health").clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn is_online(&self) -> bool {
-        let h = self.inner.lock().expect("health");
+        let h = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         h.online && !h.auth_failed
     }
 
     /// Milliseconds until a `Retry-After` pause ends, if one is in force.
     pub fn pause_remaining_ms(&self) -> Option<i64> {
         let now = self.clock.now_ms();
-        let h = self.inner.lock().expect("health");
+        let h = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         h.paused_until.filter(|u| *u > now).map(|u| u - now)
     }
 
     pub fn record_ok(&self) {
         let now = self.clock.now_ms();
         let was_online = {
-            let mut h = self.inner.lock().expect("health");
+            let mut h = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let was = h.online && !h.auth_failed;
             h.online = true;
             h.auth_failed = false;
@@ -77,7 +89,10 @@ impl Health {
 
     pub fn record_err(&self, e: &UpstreamError) {
         let now = self.clock.now_ms();
-        let mut h = self.inner.lock().expect("health");
+        let mut h = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         h.last_error = Some(e.to_string());
         h.last_error_at = Some(now);
         if let Some(wait) = e.retry_after() {

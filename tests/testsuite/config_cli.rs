@@ -256,6 +256,7 @@ fn every_key_config() -> Config {
         generate: false,
         names: vec!["store-pc.local".into()],
     });
+    c.backup.dir = Some("/mnt/backup/pointsd".into());
     c.sync.max_reads_per_second = Some(50);
     c.sync.max_writes_per_second = Some(20);
     c.telemetry.remote_write_url = Some("https://metrics.hq.example/api/v1/write".into());

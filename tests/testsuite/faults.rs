@@ -236,6 +236,9 @@ async fn disk_full_refuses_writes_keeps_lookups_and_recovers_by_itself() {
     let sim = start_sim(5).await;
     let mut config = test_config(&sim, "store-disk-full");
     config.sync.online_budget_ms = 0;
+    // The disk floor off: this test is about SQLite itself meeting a full disk, the case the
+    // floor (tests/lifecycle.rs) is there to prevent.
+    config.storage.min_free_mb = 0;
     let data = fs.path().join("data");
     let mut d = TestDaemon::start(config, data.clone(), true).await;
     let initial = sim.balance("1").unwrap();
@@ -430,6 +433,9 @@ async fn a_sync_outcome_lost_to_a_full_disk_settles_without_a_restart() {
     let sim = start_sim(5).await;
     let mut config = test_config(&sim, "store-disk-full-send");
     config.sync.online_budget_ms = 0;
+    // The disk floor off: this test is about SQLite itself meeting a full disk, the case the
+    // floor (tests/lifecycle.rs) is there to prevent.
+    config.storage.min_free_mb = 0;
     let mut d = TestDaemon::start(config, fs.path().join("data"), true).await;
     let initial = sim.balance("1").unwrap();
     // Slow answers, so the disk can fill between the claim and the answer.

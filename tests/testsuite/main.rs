@@ -18,6 +18,7 @@ mod faults;
 mod fleet;
 mod granting;
 mod lan;
+mod lifecycle;
 mod ops;
 mod packaging;
 mod partition;

@@ -410,7 +410,7 @@ fn shipped_alert_rules_pass_promtool_and_their_unit_tests() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 9, "{alerts:?}");
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
     for a in alerts {
         assert!(
             tests.contains(&format!("alertname: {a}")),

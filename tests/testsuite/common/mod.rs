@@ -490,3 +490,93 @@ impl Drop for DaemonProcess {
         self.kill();
     }
 }
+
+/// A tmpfs mounted on a fresh temp dir (needs root); unmounted on drop (lazily if something
+/// still holds a file open). `None` (after [`skip_or_fail`]) where it cannot be mounted.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
+            .arg("pointsd-test")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "`mount -t tmpfs` failed (needs root): {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                skip_or_fail(test, &format!("cannot run `mount`: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(self.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.path())
+                .status();
+        }
+    }
+}
+
+/// A file that takes a file system's space; removed on drop (that is how space "returns").
+pub struct Filler(pub PathBuf);
+
+impl Filler {
+    /// Writes until only `room` bytes are left free (or the file system is full).
+    pub fn leave(path: PathBuf, room: u64) -> Filler {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xA5u8; 64 * 1024];
+        loop {
+            let free = fs4_free(&path);
+            if free <= room + chunk.len() as u64 {
+                break;
+            }
+            match f.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        f.sync_all().unwrap();
+        Filler(path)
+    }
+}
+
+fn fs4_free(p: &std::path::Path) -> u64 {
+    fs4::available_space(p.parent().unwrap_or(p)).unwrap()
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
