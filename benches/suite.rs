@@ -522,22 +522,7 @@ async fn gate() {
         seconds: 8,
     };
     let bin = bench_bin();
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("bench-gate");
-    let work = out_dir.join("work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("bench gate: wrk not found: install it (Debian/Ubuntu: apt-get install wrk)");
-        std::process::exit(1);
-    }
-    let http = pointsd::http_client_builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let (_, work, http) = prepare("bench-gate");
     let sim = start_sim(&bin, &o);
     let port = free_port();
     let data = work.join("data");
@@ -610,6 +595,28 @@ async fn gate() {
     }
 }
 
+/// The results folder `target/<name>`, an empty work folder inside it and an HTTP client;
+/// exits with the install hint when wrk is missing.
+fn prepare(name: &str) -> (PathBuf, PathBuf, reqwest::Client) {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join(name);
+    let work = out_dir.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("pointsd bench: wrk not found: install it (Debian/Ubuntu: apt-get install wrk)");
+        std::process::exit(1);
+    }
+    let http = pointsd::http_client_builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    (out_dir, work, http)
+}
+
 /// POINTSD_BENCH_BIN runs another build, e.g. target/profiling/pointsd (symbols, for perf).
 fn bench_bin() -> PathBuf {
     std::env::var_os("POINTSD_BENCH_BIN")
@@ -620,22 +627,7 @@ fn bench_bin() -> PathBuf {
 async fn suite() {
     let o = opts();
     let bin = bench_bin();
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("bench");
-    let work = out_dir.join("work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("wrk not found: install it (Debian/Ubuntu: apt-get install wrk) and rerun");
-        std::process::exit(1);
-    }
-    let http = pointsd::http_client_builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let (out_dir, work, http) = prepare("bench");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "pointsd bench: {} customers, {} queued, upstream limit {}/s, {} s per load run, {} cores",
