@@ -519,7 +519,7 @@ async fn gate() {
         customers: 10_000,
         queued: 0,
         rate: 1_000,
-        seconds: 8,
+        seconds: 5,
     };
     let bin = bench_bin();
     let (_, work, http) = prepare("bench-gate");
@@ -542,18 +542,32 @@ async fn gate() {
     let script = lookup_script(&work, o.customers);
     let mut lookup_ok = false;
     for attempt in 1..=2 {
-        let b = wrk(&script, &base_url, o.seconds, false);
-        let l = wrk(&script, &d.url, o.seconds, true);
+        // Three alternating pairs of short runs; the median pair's ratio counts (a stall that
+        // hits one run of six moves the median little).
+        let mut pairs: Vec<(Wrk, Wrk)> = (0..3)
+            .map(|_| {
+                let b = wrk(&script, &base_url, o.seconds, false);
+                let l = wrk(&script, &d.url, o.seconds, true);
+                (b, l)
+            })
+            .collect();
+        pairs.sort_by(|x, y| (x.1.rps / x.0.rps).total_cmp(&(y.1.rps / y.0.rps)));
+        let errors: u64 = pairs.iter().map(|(_, l)| l.errors).sum();
+        let ratios: Vec<String> = pairs
+            .iter()
+            .map(|(b, l)| format!("{:.2}", l.rps / b.rps))
+            .collect();
+        let (b, l) = &pairs[1];
         let ratio = l.rps / b.rps;
-        lookup_ok = ratio >= GATE_LOOKUP_FLOOR && l.errors == 0;
+        lookup_ok = ratio >= GATE_LOOKUP_FLOOR && errors == 0;
         println!(
-            "bench gate: look-ups, {} customers: {:.0} req/s (p99 {:.2} ms, {} errors) vs minimal axum {:.0} req/s (p99 {:.2} ms) = {ratio:.2}× (floor {GATE_LOOKUP_FLOOR}×, run {attempt}) {}",
+            "bench gate: look-ups, {} customers: {:.0} req/s (p99 {:.2} ms, {errors} errors) vs minimal axum {:.0} req/s (p99 {:.2} ms) = {ratio:.2}× (median of {}×; floor {GATE_LOOKUP_FLOOR}×, run {attempt}) {}",
             o.customers,
             l.rps,
             l.p99_ms,
-            l.errors,
             b.rps,
             b.p99_ms,
+            ratios.join("×, "),
             if lookup_ok { "ok" } else { "under the floor" }
         );
         if lookup_ok {
