@@ -342,6 +342,16 @@ pub fn adds_for(sim: &SimHandle, customer: &str) -> Vec<i64> {
 /// `[upstream]` for the real binary, pointed at a simulator at `url` through the Smaregi
 /// adapter (as in production).
 pub fn smaregi_upstream(url: &str, secret: &str, request_timeout_ms: u64) -> String {
+    // The simulator speaks plain HTTP; beyond loopback (a test's own network namespace) the
+    // config must accept that explicitly, as an operator would have to.
+    let loopback = ["http://127.", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    let insecure = if loopback {
+        ""
+    } else {
+        "allow_insecure_http = true\n"
+    };
     format!(
         r#"[upstream]
 kind = "smaregi"
@@ -353,7 +363,7 @@ client_id = "sim-client"
 client_secret = "{secret}"
 id_base = "{url}"
 api_base = "{url}"
-"#
+{insecure}"#
     )
 }
 
