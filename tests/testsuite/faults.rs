@@ -15,7 +15,7 @@ use common::free_port;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,71 +30,7 @@ use serde_json::{Value, json};
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Says why a test cannot run here: a notice on a developer machine, a failure on CI.
-fn skip(test: &str, why: &str) {
-    common::skip_or_fail(test, why);
-}
-
-/// A tmpfs mounted on a fresh temp dir; unmounted on drop (lazily if something still holds
-/// a file open, e.g. a daemon task a panicking test left behind).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
-            .arg("pointsd-faults")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
-            Ok(o) => {
-                skip(
-                    test,
-                    &format!(
-                        "`mount -t tmpfs` failed (needs root): {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                skip(test, &format!("cannot run `mount`: {e}"));
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn remount_read_only(&self) {
-        let st = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount read-only failed");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-    }
-}
+// The tmpfs is `common::Tmpfs` (shared with tests/testsuite/lifecycle.rs).
 
 /// A file that fills its file system; removed on drop (that is how space "returns").
 struct Filler(PathBuf);

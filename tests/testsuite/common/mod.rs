@@ -538,6 +538,16 @@ impl Tmpfs {
     pub fn path(&self) -> &std::path::Path {
         self.dir.path()
     }
+
+    /// Makes the file system read-only under whoever has files open on it.
+    pub fn remount_read_only(&self) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount read-only failed");
+    }
 }
 
 impl Drop for Tmpfs {
